@@ -1,0 +1,50 @@
+"""The `aigen` command: one subcommand per job, each owned by the module that does the work.
+
+Each module named in COMMANDS exposes `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from aigen import __version__
+from aigen.errors import UserError
+
+COMMANDS = {
+    "study": ("aigen.study.driver", "run the whole study and write a results folder"),
+    "explore": ("aigen.data.explore", "summarise a dataset and run the metadata shortcut audit"),
+    "synth": ("aigen.data.synth", "generate the embedded synthetic two-class dataset"),
+    "predict": ("aigen.study.predict", "score images with the models of a finished run"),
+    "fetch-data": ("aigen.data.fetch", "download the Kaggle dataset (needs kaggle credentials)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aigen", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aigen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"aigen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"aigen {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
