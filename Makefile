@@ -11,11 +11,11 @@ ARGS   ?=
 
 # (Re)install when the packaging or the Cython sources change; the build is done inside the venv
 # (no build isolation) so a rebuild needs no network once the venv exists.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.pyx csrc/*.pxd)
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard csrc/*.pyx csrc/*.pxd)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "setuptools>=68" "Cython>=3" "numpy>=2" wheel
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt setuptools Cython numpy wheel
+	$(PY) -m pip install --quiet -c constraints.txt --no-build-isolation -e '.[test]'
 	touch $@
 
 install: $(STAMP)

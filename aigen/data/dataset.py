@@ -1,0 +1,292 @@
+"""load_dataset(): discover files, hash, probe, decode into the preprocessing cache, record skips.
+
+Also the data options every command shares (add_data_arguments / dataset_from_args).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from aigen.data.discover import (LABEL_AI, LABEL_NAMES, LABEL_REAL, Candidate, Skipped, discover,
+                                 parse_class_args)
+from aigen.data.loading import DEFAULT_MAX_PIXELS, ImageSkip, probe_bytes, read_bytes
+from aigen.data.preprocess import (BACKBONE, SCRATCH, PreprocessCache, Spec, check_decodes,
+                                   decode_into_cache)
+from aigen.errors import UserError
+
+DEFAULT_SPECS = (SCRATCH, BACKBONE)
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One usable image. format/mode/width/height are what Pillow reads from the content (not the
+    file name); the size is as stored, before EXIF orientation."""
+
+    path: Path
+    rel_path: str  # POSIX, relative to the data root
+    label: int
+    sha256: str
+    format: str
+    mode: str
+    width: int
+    height: int
+    n_bytes: int
+
+
+@dataclass
+class Dataset:
+    root: Path
+    images: list[ImageInfo]  # sorted by rel_path; includes cross-class duplicates (see below)
+    skipped: list[Skipped]  # unusable files, plus every image whose content is also in the other class
+    class_names: dict[int, str]
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    class_folders: dict[str, int] = field(default_factory=dict)
+    n_files: int = 0  # candidate files found (usable + skipped for a file-level reason)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([im.label for im in self.images], dtype=np.int64)
+
+    def manifest_sha256(self) -> str:
+        """Fingerprint of the dataset: sha256 over (rel_path, sha256, label) of every image."""
+        h = hashlib.sha256()
+        for im in self.images:
+            h.update(f"{im.rel_path}\t{im.sha256}\t{im.label}\n".encode())
+        return h.hexdigest()
+
+    def conflicting_sha256s(self) -> set[str]:
+        """Contents present under both labels: unusable, since the label is contradictory."""
+        return conflicting_sha256s(self.images)
+
+
+def conflicting_sha256s(images: Iterable[ImageInfo]) -> set[str]:
+    labels: dict[str, set[int]] = collections.defaultdict(set)
+    for im in images:
+        labels[im.sha256].add(im.label)
+    return {sha for sha, labs in labels.items() if len(labs) > 1}
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports it), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _process_file(path: str, rel_path: str, label: int, specs: tuple[Spec, ...], cache_root: str,
+                  max_pixels: int | None) -> ImageInfo | Skipped:
+    """Worker: bytes -> sha256 -> header probe -> (decode once if any spec is not cached)."""
+    try:
+        data = read_bytes(path)
+        sha = hashlib.sha256(data).hexdigest()
+        probe = probe_bytes(data, max_pixels)
+        cache = PreprocessCache(cache_root)
+        missing = [spec for spec in specs if not cache.has(sha, spec)]
+        if missing:
+            decode_into_cache(data, sha, missing, cache, max_pixels)
+        elif not any(cache.has(sha, spec) for spec in (*specs, *DEFAULT_SPECS)):
+            # No spec asked for and none cached: decode anyway, so whether a file counts as an
+            # image never depends on the specs (a truncated file is always a skip).
+            check_decodes(data, max_pixels)
+    except ImageSkip as exc:
+        return Skipped(Path(path), exc.reason)
+    except MemoryError:
+        return Skipped(Path(path), "cannot decode: out of memory")
+    return ImageInfo(path=Path(path), rel_path=rel_path, label=label, sha256=sha, format=probe.format,
+                     mode=probe.mode, width=probe.width, height=probe.height, n_bytes=len(data))
+
+
+def _process_star(task: tuple) -> ImageInfo | Skipped:
+    return _process_file(*task)
+
+
+def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[ImageInfo | Skipped]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc="loading images", unit="img", file=sys.stderr,
+               disable=not progress, leave=False)
+    try:
+        if workers <= 1:
+            results = []
+            for task in tasks:
+                results.append(_process_star(task))
+                bar.update()
+            return results
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, never fork: the caller may already run threads (torch, BLAS), and fork copies
+        # their locks in whatever state they are.
+        chunksize = max(1, min(16, len(tasks) // (workers * 8)))
+        results = []
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for result in pool.map(_process_star, tasks, chunksize=chunksize):
+                results.append(result)
+                bar.update()
+        return results
+    finally:
+        bar.close()
+
+
+def load_dataset(root: str | os.PathLike, class_map: Mapping[str, int | str] | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None,
+                 progress: bool = True, specs: Sequence[Spec] = DEFAULT_SPECS) -> Dataset:
+    """Discover the two classes under `root`, check every file and fill the preprocessing cache.
+
+    Each file is read once: sha256, header probe (format/mode/size, pixel limit), then, if any of
+    `specs` is not yet cached for that content, one decode that fills all missing specs. With
+    specs=() nothing is written, but a content with no cache entry at all is still decoded once,
+    so the images/skipped verdict never depends on `specs`. Files run
+    in parallel on `workers` processes (default: available_cores(); 1 = in this process).
+    Unusable files become `Skipped` entries; nothing is ever written into the data folder.
+    """
+    found = discover(root, class_map)
+    if workers is None:
+        workers = available_cores()
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if max_pixels is not None and max_pixels < 0:
+        raise UserError(f"the pixel limit must be positive, got {max_pixels}")
+    cache_root = str(PreprocessCache().root)
+    tasks = [(str(c.path), c.rel_path, c.label, tuple(specs), cache_root, max_pixels) for c in found.files]
+    results = _run_tasks(tasks, min(workers, len(tasks)), progress)
+
+    images = sorted((r for r in results if isinstance(r, ImageInfo)), key=lambda im: im.rel_path)
+    skipped = list(found.skipped) + [r for r in results if isinstance(r, Skipped)]
+    skipped.extend(_conflict_skips(images))
+    dataset = Dataset(root=found.root, images=images, skipped=skipped, class_names=found.class_names,
+                      max_pixels=max_pixels, class_folders=dict(found.folders),
+                      n_files=len(found.files) + len(found.skipped))
+    _check_usable(dataset)
+    return dataset
+
+
+def _conflict_skips(images: list[ImageInfo]) -> list[Skipped]:
+    conflicts = conflicting_sha256s(images)
+    if not conflicts:
+        return []
+    by_sha: dict[str, list[ImageInfo]] = collections.defaultdict(list)
+    for im in images:
+        if im.sha256 in conflicts:
+            by_sha[im.sha256].append(im)
+    skips = []
+    for group in by_sha.values():
+        for im in group:
+            other = next(o for o in group if o.label != im.label)
+            skips.append(Skipped(im.path, f"identical content also under the other class: {other.rel_path}"))
+    return skips
+
+
+def _check_usable(dataset: Dataset) -> None:
+    conflicts = dataset.conflicting_sha256s()
+    for label in (LABEL_AI, LABEL_REAL):
+        n = sum(1 for im in dataset.images if im.label == label and im.sha256 not in conflicts)
+        if n == 0:
+            why = format_skip_summary(dataset) if dataset.skipped else "the folder has no files"
+            raise UserError(f"no usable {LABEL_NAMES[label]} images in {dataset.root} "
+                            f"(folder {dataset.class_names[label]}); {why}")
+
+
+def format_skip_summary(dataset_or_skipped: Dataset | Sequence[Skipped], n_files: int | None = None) -> str:
+    """One line: how many files were skipped, per reason category."""
+    if isinstance(dataset_or_skipped, Dataset):
+        skipped, n_files = dataset_or_skipped.skipped, dataset_or_skipped.n_files
+    else:
+        skipped = list(dataset_or_skipped)
+    if not skipped:
+        return "no files skipped"
+    counts = collections.Counter(s.category for s in skipped)
+    parts = ", ".join(f"{n} {cat}" for cat, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    of = f" of {n_files}" if n_files is not None else ""
+    return f"skipped {len(skipped)}{of} files: {parts}"
+
+
+def write_skipped(path: str | os.PathLike, skipped: Sequence[Skipped]) -> None:
+    """skipped.csv: columns path, reason (one row per skipped file)."""
+    from aigen.io import write_csv
+
+    write_csv(path, ["path", "reason"], [(str(s.path), s.reason) for s in skipped])
+
+
+def read_skipped(path: str | os.PathLike) -> list[Skipped]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [Skipped(Path(row["path"]), row["reason"]) for row in csv.DictReader(f)]
+
+
+# ---- the data options shared by every command -------------------------------------------------
+
+def _pixels(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels >= 0, got {text!r}")
+    return int(value)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """Add the data options: [ROOT] / --data ROOT, --classes, --max-pixels, --workers."""
+    group = parser.add_argument_group("data")
+    if positional:
+        group.add_argument("data_root", nargs="?", metavar="ROOT", default=None,
+                           help="data folder (same as --data)")
+    group.add_argument("--data", dest="data", metavar="ROOT", default=None,
+                       help="data folder: Kaggle layout (AiArtData/AiArtData, RealArt/RealArt) "
+                            "or one subfolder per class (e.g. fake/ and real/)")
+    group.add_argument("--classes", nargs="+", metavar="LABEL=FOLDER", default=None,
+                       help="name the class folders explicitly, e.g. --classes ai=AiArtData real=RealArt "
+                            "(folders relative to ROOT)")
+    group.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                       help=f"skip images with more than N pixels (width*height; default "
+                            f"{DEFAULT_MAX_PIXELS:,}; 0 = no limit of our own)")
+    group.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                       help="processes for decoding (default: all cores)")
+
+
+def data_root_from_args(args: argparse.Namespace, default_root: str | os.PathLike | None = None) -> Path:
+    positional = getattr(args, "data_root", None)
+    option = getattr(args, "data", None)
+    if positional and option and Path(positional) != Path(option):
+        raise UserError(f"two data folders given: {positional} and --data {option}")
+    root = positional or option or default_root
+    if root is None:
+        raise UserError("no data folder given: pass ROOT or --data ROOT")
+    return Path(root)
+
+
+def dataset_from_args(args: argparse.Namespace, default_root: str | os.PathLike | None = None,
+                      progress: bool = True, specs: Sequence[Spec] = DEFAULT_SPECS) -> Dataset:
+    """load_dataset with the options of add_data_arguments; prints the skip summary to stderr."""
+    class_map = parse_class_args(args.classes) if getattr(args, "classes", None) else None
+    dataset = load_dataset(data_root_from_args(args, default_root), class_map=class_map,
+                           max_pixels=getattr(args, "max_pixels", DEFAULT_MAX_PIXELS) or None,
+                           workers=getattr(args, "workers", None), progress=progress, specs=specs)
+    if dataset.skipped:
+        print(format_skip_summary(dataset), file=sys.stderr)
+    return dataset
+
+
+__all__ = ["LABEL_AI", "LABEL_REAL", "Candidate", "Dataset", "ImageInfo", "Skipped", "load_dataset",
+           "format_skip_summary", "write_skipped", "read_skipped", "add_data_arguments",
+           "dataset_from_args", "conflicting_sha256s"]

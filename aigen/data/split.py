@@ -1,0 +1,146 @@
+"""Seeded, stratified, duplicate-aware train/val/test split and its split.csv manifest.
+
+Images are grouped by content (sha256): a group never straddles two splits, so an exact duplicate
+cannot sit in train and test at once. Contents found under both labels are "excluded".
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aigen.data.dataset import Dataset
+from aigen.data.discover import LABEL_NAMES
+from aigen.errors import UserError
+
+SPLITS = ("train", "val", "test")
+EXCLUDED = "excluded"
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+SPLIT_HEADER = ["path", "sha256", "label", "split"]
+
+
+@dataclass
+class Split:
+    assignment: list[str]  # one of SPLITS or EXCLUDED per dataset image, in dataset order
+    seed: int | None = None
+
+    def indices(self, name: str) -> np.ndarray:
+        """Dataset indices (ascending, int64) of the images in split `name`."""
+        if name not in SPLITS and name != EXCLUDED:
+            raise ValueError(f"unknown split {name!r}")
+        return np.array([i for i, a in enumerate(self.assignment) if a == name], dtype=np.int64)
+
+    def counts(self, labels: np.ndarray) -> dict[str, dict[int, int]]:
+        """{split: {label: number of images}} for the given per-image labels."""
+        out: dict[str, dict[int, int]] = {}
+        for name in SPLITS + (EXCLUDED,):
+            idx = self.indices(name)
+            out[name] = {int(lab): int(np.sum(labels[idx] == lab)) for lab in sorted(LABEL_NAMES)}
+        return out
+
+
+def _targets(n: int, fractions: tuple[float, float, float]) -> dict[str, int]:
+    """Images wanted per split for one class of n images; val and test get at least one each."""
+    n_val = max(1, round(n * fractions[1]))
+    n_test = max(1, round(n * fractions[2]))
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def make_split(dataset: Dataset, seed: int, fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+               ) -> Split:
+    """Stratified train/val/test split by content groups, reproducible for a given seed.
+
+    Per class, content groups are shuffled with numpy's default_rng(seed) and dealt, largest first,
+    to the split furthest below its target (fractions of that class's images); every split gets at
+    least one group per class. A class with fewer than 3 distinct contents is a UserError.
+    """
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
+    conflicts = dataset.conflicting_sha256s()
+    assignment = [EXCLUDED] * len(dataset.images)
+    rng = np.random.default_rng(seed)
+    for label in sorted(LABEL_NAMES):
+        groups: dict[str, list[int]] = collections.defaultdict(list)
+        for i, im in enumerate(dataset.images):
+            if im.label == label and im.sha256 not in conflicts:
+                groups[im.sha256].append(i)
+        if len(groups) < len(SPLITS):
+            raise UserError(f"too few images to split: the {LABEL_NAMES[label]} class has "
+                            f"{len(groups)} distinct image(s); at least {len(SPLITS)} are needed "
+                            "(one per split)")
+        members = [groups[sha] for sha in sorted(groups)]  # sorted: independent of dict order
+        order = rng.permutation(len(members))
+        # Largest first (stable, so equal sizes keep the shuffled order): big groups land while
+        # the deficits are large, and the singletons at the end even out the counts exactly.
+        shuffled = sorted((members[k] for k in order), key=len, reverse=True)
+        n = sum(len(g) for g in shuffled)
+        target = _targets(n, fractions)
+        count = dict.fromkeys(SPLITS, 0)
+        for k, group in enumerate(shuffled):
+            empty = [s for s in SPLITS if count[s] == 0]
+            if len(shuffled) - k <= len(empty):
+                name = empty[0]  # just enough groups left to give every split one
+            else:
+                name = max(SPLITS, key=lambda s: target[s] - count[s])  # ties: train, val, test
+            count[name] += len(group)
+            for i in group:
+                assignment[i] = name
+    return Split(assignment=assignment, seed=seed)
+
+
+def write_split(path: str | os.PathLike, dataset: Dataset, split: Split) -> None:
+    """split.csv: path (POSIX, relative to the data root), sha256, label (1 AI, 0 real), split."""
+    from aigen.io import write_csv
+
+    if len(split.assignment) != len(dataset.images):
+        raise ValueError("split and dataset differ in length")
+    write_csv(path, SPLIT_HEADER,
+              [(im.rel_path, im.sha256, im.label, a) for im, a in zip(dataset.images, split.assignment)])
+
+
+def read_split(path: str | os.PathLike, dataset: Dataset) -> Split:
+    """Reload a split.csv for `dataset`; any difference between the two is a UserError."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = list(reader)
+    except OSError as exc:
+        raise UserError(f"cannot read split file {path}: {exc.strerror or exc}") from None
+    if header != SPLIT_HEADER:
+        raise UserError(f"{path} is not a split file: expected the header {','.join(SPLIT_HEADER)}")
+    by_path = {im.rel_path: i for i, im in enumerate(dataset.images)}
+    skipped = {Path(s.path).relative_to(dataset.root).as_posix() if Path(s.path).is_relative_to(dataset.root)
+               else str(s.path): s.reason for s in dataset.skipped}
+    assignment: list[str | None] = [None] * len(dataset.images)
+    for line, row in enumerate(rows, start=2):
+        if len(row) != 4:
+            raise UserError(f"{path}, line {line}: expected 4 columns, got {len(row)}")
+        rel, sha, label, name = row
+        if name not in SPLITS and name != EXCLUDED:
+            raise UserError(f"{path}, line {line}: unknown split {name!r}")
+        if rel not in by_path:
+            why = f"it is now skipped ({skipped[rel]})" if rel in skipped else "it is missing"
+            raise UserError(f"{path} lists {rel}, but {why}; "
+                            "the data folder changed since the split was made")
+        i = by_path[rel]
+        im = dataset.images[i]
+        if im.sha256 != sha:
+            raise UserError(f"{rel} changed since the split was made (sha256 {im.sha256[:12]}..., "
+                            f"split file says {sha[:12]}...)")
+        if str(im.label) != label:
+            raise UserError(f"{rel} has label {im.label} but {path} says {label}")
+        if assignment[i] is not None:
+            raise UserError(f"{path} lists {rel} twice")
+        assignment[i] = name
+    unlisted = [im.rel_path for im, a in zip(dataset.images, assignment) if a is None]
+    if unlisted:
+        raise UserError(f"{len(unlisted)} image(s) are not in {path} (e.g. {unlisted[0]}): "
+                        "the data folder changed since the split was made")
+    return Split(assignment=[a for a in assignment if a is not None])

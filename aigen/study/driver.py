@@ -1,0 +1,788 @@
+"""`aigen study` (= scripts/run_study.py): the whole study, from a data folder to a results folder.
+
+Stages: load + check the data -> exploration and metadata shortcut audit -> one split per seed ->
+backbone prefix activations (once per backbone, shared by both regimes and every seed) -> train
+every model for every seed -> evaluate each once on train/val/test -> scratch learning-rate study
+-> robustness of every model to re-encoded / downscaled test images -> results.json, CSVs,
+figures, report.md. Everything is written into a hidden folder beside --out that is renamed to
+--out only when complete (docs/study.md describes the folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aigen.errors import UserError
+
+BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
+MODEL_KINDS = ("scratch", "frozen", "finetuned")
+SCRATCH_NAME = "scratch_cnn"
+RESULTS_FILES = ("results.json", "config.json", "report.md")
+# Images per batch when computing prefix activations (bounds the float32 input held at once).
+PREFIX_CHUNK = 128
+CI_METHOD_TEXT = (
+    "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
+    "two or more seeds; with one seed, the Wilson score interval over the test images."
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**32), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `aigen study` (see docs/study.md)."""
+    from aigen.data.dataset import add_data_arguments
+
+    parser.description = (
+        "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
+        "seeded splits, evaluate them, test their robustness, and write a results folder with "
+        "results.json, CSVs, figures and report.md. See docs/study.md.")
+    add_data_arguments(parser, positional=False)
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", metavar="DIR", default=None,
+                     help="results folder to create (must not exist or be empty; default: "
+                          "results/<timestamp> in the current folder)")
+    run.add_argument("--seeds", type=_seed, nargs="+", default=[0], metavar="K",
+                     help="seeds; each gives its own split and initialisations (default: 0)")
+    run.add_argument("--backbones", nargs="+", choices=BACKBONE_NAMES, default=list(BACKBONE_NAMES),
+                     help="backbones for the frozen and fine-tuned models (default: both; one "
+                          "whose weights are unavailable is reported as skipped)")
+    run.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(MODEL_KINDS),
+                     help="which models to train (default: all three)")
+    run.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                     help="torch device for the backbones (default: auto)")
+    run.add_argument("--weights", metavar="PATH", default=None,
+                     help="local resnet18 ImageNet weights file (resnet18-f37072fd.pth)")
+    run.add_argument("--init", choices=("pretrained", "random"), default="pretrained",
+                     help="backbone initialisation; random exercises the code path without "
+                          "pretrained weights and is reported as NOT pretrained")
+    run.add_argument("--quick", action="store_true",
+                     help="smoke run: first seed only, one epoch per model (all images are still "
+                          "loaded and split)")
+    run.add_argument("--split-file", metavar="CSV", default=None,
+                     help="reuse a split.csv from an earlier run (the same split for every seed)")
+    run.add_argument("--metadata-csv", metavar="CSV", default=None,
+                     help="original file metadata for the exploration and shortcut audit, for "
+                          "data that was re-encoded after collection (see `aigen explore --help`)")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bars on stderr")
+    hyper = parser.add_argument_group("training")
+    hyper.add_argument("--scratch-epochs", type=_positive_int, default=20, metavar="N")
+    hyper.add_argument("--scratch-lr", type=_positive_float, default=0.01, metavar="LR")
+    hyper.add_argument("--scratch-filters", type=_positive_int, default=8, metavar="F",
+                       help="convolution filters of the scratch CNN (8 or 16 in the study)")
+    hyper.add_argument("--scratch-batch-size", type=_positive_int, default=1, metavar="N")
+    hyper.add_argument("--scratch-backend", choices=("cython", "numpy"), default="cython",
+                       help="conv/pool kernels of the scratch CNN (default: the Cython ones)")
+    hyper.add_argument("--scratch-lrs", type=_positive_float, nargs="*", default=[0.01, 0.1],
+                       metavar="LR",
+                       help="learning-rate study: the scratch CNN trained at each of these "
+                            "(default: 0.01 0.1; none to skip it)")
+    hyper.add_argument("--frozen-epochs", type=_positive_int, default=3, metavar="N")
+    hyper.add_argument("--frozen-lr", type=_positive_float, default=1e-3, metavar="LR")
+    hyper.add_argument("--finetune-epochs", type=_positive_int, default=8, metavar="N")
+    hyper.add_argument("--finetune-lr", type=_positive_float, default=1e-4, metavar="LR")
+    hyper.add_argument("--backbone-batch-size", type=_positive_int, default=32, metavar="N",
+                       help="mini-batch size of the frozen and fine-tuned models (default: 32)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the study; returns 0. User-fixable problems raise UserError before any training."""
+    out = _resolve_out(args.out)
+    data_root = _check_data_option(args)
+    if data_root is not None:
+        _refuse_out_inside(out, data_root)
+    partial = _make_partial(out)
+    try:
+        study = Study(args, out=out, work=partial)
+        study.run()
+        _move_into_place(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    study.print_summary()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The results folder: checked up front, written into a hidden folder, renamed at the end
+
+
+def _resolve_out(out: str | None) -> Path:
+    if out is None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path.cwd() / "results" / stamp
+        path, k = base, 1
+        while path.exists():
+            k += 1
+            path = base.with_name(f"{stamp}-{k}")
+        return path
+    path = Path(out).expanduser().absolute()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"--out {path} exists and is not a folder")
+        if any(path.iterdir()):
+            what = ("an earlier results folder" if any((path / f).exists() for f in RESULTS_FILES)
+                    else "a non-empty folder")
+            raise UserError(f"--out {path} is {what}; choose a new or empty folder "
+                            "(results are never overwritten)")
+    return path
+
+
+def _check_data_option(args: argparse.Namespace) -> Path | None:
+    """The --data folder, checked now so a typo fails before anything else happens."""
+    from aigen.data.discover import check_root
+
+    if getattr(args, "data", None) is None:
+        return None
+    return check_root(args.data).resolve()
+
+
+def _refuse_out_inside(out: Path, data_root: Path) -> None:
+    if out.resolve().is_relative_to(data_root):
+        raise UserError(f"--out {out} is inside the data folder {data_root}; aigen never writes "
+                        "into a data folder")
+
+
+def _make_partial(out: Path) -> Path:
+    """A hidden folder beside `out` that becomes `out` when the run completes."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        partial.chmod(0o777 & ~umask)  # mkdtemp makes it private; a results folder is not
+        return partial
+    except OSError as exc:
+        raise UserError(f"cannot write the results folder {out}: {exc.strerror or exc}") from None
+
+
+def _move_into_place(partial: Path, out: Path) -> None:
+    try:
+        if out.exists():
+            out.rmdir()  # only ever empty here (checked up front); anything else fails loudly
+        os.replace(partial, out)
+    except OSError as exc:
+        raise UserError(f"could not rename the finished results {partial} to {out}: "
+                        f"{exc.strerror or exc}") from None
+
+
+class StageTimer:
+    """Wall time per stage, in seconds, for config.json."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def stage(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = round(timer.seconds.get(name, 0.0)
+                                            + time.perf_counter() - self.t0, 3)
+
+        return _Stage()
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self._start, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The study
+
+
+def data_kind(root: Path) -> tuple[str, str]:
+    """("synthetic", description) for an `aigen synth` output, else ("real", description)."""
+    from aigen.data import synth
+
+    try:
+        manifest = json.loads((Path(root) / synth.MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("generator") == synth.GENERATOR_NAME:
+        return "synthetic", (
+            f"embedded synthetic proxy dataset ({synth.GENERATOR_NAME} v"
+            f"{manifest.get('generator_version')}, seed {manifest.get('seed')}, "
+            f"difficulty {manifest.get('difficulty')}); not real AI-generated images")
+    return "real", "image folder supplied by the user"
+
+
+class Study:
+    """One run of the study; `run()` fills `work` (the hidden folder) with every result file."""
+
+    def __init__(self, args: argparse.Namespace, out: Path, work: Path):
+        self.args = args
+        self.out = out
+        self.work = work
+        self.progress = bool(getattr(args, "progress", True))
+        self.timer = StageTimer()
+        self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        self.seeds = list(dict.fromkeys(args.seeds))[: 1 if args.quick else None]
+        epochs = (lambda n: 1) if args.quick else (lambda n: n)
+        self.hp = {
+            "scratch": {"epochs": epochs(args.scratch_epochs), "lr": args.scratch_lr,
+                        "filters": args.scratch_filters, "batch_size": args.scratch_batch_size,
+                        "backend": args.scratch_backend},
+            "frozen": {"epochs": epochs(args.frozen_epochs), "lr": args.frozen_lr,
+                       "batch_size": args.backbone_batch_size},
+            "finetuned": {"epochs": epochs(args.finetune_epochs), "lr": args.finetune_lr,
+                          "batch_size": args.backbone_batch_size},
+        }
+        self.lrs = list(dict.fromkeys(args.scratch_lrs)) if "scratch" in args.models else []
+        self.models: dict[str, dict[str, Any]] = {}  # name -> model info, filled by training
+        self.skipped_models: dict[str, str] = {}
+        self.runs: dict[tuple[str, int], dict[str, Any]] = {}  # (name, seed) -> trained run
+        self.history_rows: list[list[Any]] = []
+        self.device = None
+        self.metadata = None  # the --metadata-csv override, read now so a bad file fails early
+        if args.metadata_csv:
+            from aigen.data.explore import read_metadata_csv
+
+            self.metadata = read_metadata_csv(args.metadata_csv)
+
+    def _log(self, message: str) -> None:
+        print(f"aigen study: {message}", file=sys.stderr, flush=True)
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        from aigen.device import resolve_device
+
+        self.device = resolve_device(self.args.device)
+        (self.work / "figures").mkdir()
+        (self.work / "checkpoints").mkdir()
+        with self.timer.stage("load_data"):
+            self._load_data()
+        with self.timer.stage("exploration"):
+            self._explore()
+        with self.timer.stage("split"):
+            self._make_splits()
+        self._train_all()
+        with self.timer.stage("lr_study"):
+            self._lr_study()
+        with self.timer.stage("robustness"):
+            self._robustness()
+        self._write_results()
+
+    def _load_data(self) -> None:
+        from aigen.data.dataset import dataset_from_args, write_skipped
+        from aigen.data.preprocess import BACKBONE, SCRATCH
+
+        default_root = None
+        if self.args.data is None:
+            from aigen.data.synth import default_dataset
+
+            self._log("no --data given: using the embedded synthetic dataset")
+            default_root = default_dataset(progress=self.progress)
+        needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
+                                                            & set(self.args.models))
+        specs = (SCRATCH, BACKBONE) if needs_backbone else (SCRATCH,)
+        self.dataset = dataset_from_args(self.args, default_root=default_root,
+                                         progress=self.progress, specs=specs)
+        self.data_root = Path(self.dataset.root).resolve()
+        _refuse_out_inside(self.out, self.data_root)
+        self.data_kind, self.data_description = data_kind(self.data_root)
+        self.labels = self.dataset.labels
+        write_skipped(self.work / "skipped.csv", self.dataset.skipped)
+
+    def _explore(self) -> None:
+        from aigen.data import explore
+
+        metadata = self.metadata
+        self.summary = explore.summarize(self.dataset, metadata)
+        # Tables exploration.csv/.md at the top, histograms into figures/.
+        written = explore.write_exploration(self.dataset, self.work, metadata=metadata,
+                                            summary=self.summary)
+        self.exploration_figures = sorted(path for key, path in written.items()
+                                          if key.startswith("figure_"))
+        self.shortcut_audit = explore.shortcut_audit(self.dataset, seed=self.seeds[0],
+                                                     metadata=metadata)
+
+    def _make_splits(self) -> None:
+        from aigen.data.split import make_split, read_split, write_split
+
+        fixed = read_split(self.args.split_file, self.dataset) if self.args.split_file else None
+        self.splits = {}
+        self.split_files = {}
+        for k, seed in enumerate(self.seeds):
+            split = fixed if fixed is not None else make_split(self.dataset, seed)
+            name = "split.csv" if k == 0 else f"split_seed{seed}.csv"
+            write_split(self.work / name, self.dataset, split)
+            self.splits[seed] = split
+            self.split_files[seed] = name
+        used = set()
+        for split in self.splits.values():
+            for part in ("train", "val", "test"):
+                used.update(int(i) for i in split.indices(part))
+        self.used = np.array(sorted(used), dtype=np.int64)  # images in some split of some seed
+        self.row_of = {int(i): r for r, i in enumerate(self.used)}  # dataset index -> array row
+
+    def _rows(self, seed: int, part: str) -> np.ndarray:
+        return np.array([self.row_of[int(i)] for i in self.splits[seed].indices(part)],
+                        dtype=np.int64)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def _train_all(self) -> None:
+        from aigen.data.preprocess import SCRATCH, dataset_arrays
+
+        self.y_used = self.labels[self.used]
+        if "scratch" in self.args.models:
+            with self.timer.stage("scratch_inputs"):
+                self.X_scratch = dataset_arrays(self.dataset, SCRATCH, self.used)
+            self.models[SCRATCH_NAME] = {"regime": "scratch", "backbone": None}
+            for seed in self.seeds:
+                with self.timer.stage(f"train:{SCRATCH_NAME}"):
+                    self._train_scratch(seed)
+        self.backbones: dict[str, Any] = {}
+        self.prefix: dict[str, Any] = {}
+        self.pooled: dict[str, Any] = {}
+        regimes = [k for k in ("frozen", "finetuned") if k in self.args.models]
+        if not regimes:
+            return
+        for name in self.args.backbones:
+            if not self._load_backbone(name, regimes):
+                continue
+            for regime in regimes:
+                model_name = f"{name}_{regime}"
+                self.models[model_name] = {"regime": regime, "backbone": name}
+                for seed in self.seeds:
+                    with self.timer.stage(f"train:{model_name}"):
+                        self._train_backbone(name, regime, seed)
+
+    def _load_backbone(self, name: str, regimes: list[str]) -> bool:
+        from aigen.models.backbones import BackboneUnavailable, load_backbone
+
+        weights = self.args.weights if name == "resnet18" else None
+        with self.timer.stage(f"load_backbone:{name}"):
+            try:
+                backbone = load_backbone(name, weights=weights, init=self.args.init)
+            except BackboneUnavailable as exc:
+                for regime in regimes:
+                    self.skipped_models[f"{name}_{regime}"] = str(exc)
+                self._log(f"{name} skipped: {exc}")
+                return False
+        self.backbones[name] = backbone
+        with self.timer.stage(f"prefix_activations:{name}"):
+            self.prefix[name] = self._prefix_activations(backbone, self.used, f"{name} prefix")
+            if "frozen" in regimes:  # the frozen head's input, computed once for every seed
+                self.pooled[name] = backbone.pooled_features(self.prefix[name], self.device)
+        return True
+
+    def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
+        """Prefix activations of dataset images, read from the preprocessing cache in chunks."""
+        import torch
+        from tqdm import tqdm
+
+        from aigen.data.preprocess import BACKBONE, dataset_arrays
+
+        parts = []
+        for start in tqdm(range(0, len(indices), PREFIX_CHUNK), desc=desc, unit="chunk",
+                          disable=not self.progress, leave=False):
+            X = dataset_arrays(self.dataset, BACKBONE, indices[start:start + PREFIX_CHUNK])
+            parts.append(backbone.prefix_activations(X, self.device))
+        return torch.cat(parts)
+
+    def _record(self, name: str, seed: int, model, history: list[dict], prob: np.ndarray) -> None:
+        self.runs[(name, seed)] = {"model": model, "history": history, "prob": prob}
+        for h in history:
+            self.history_rows.append([name, seed, h["epoch"], h["train_loss"], h["train_acc"],
+                                      h["val_loss"], h["val_acc"]])
+
+    def _fit_scratch(self, seed: int, lr: float):
+        from aigen.repro import seed_everything
+        from aigen.training import train_scratch
+
+        hp = self.hp["scratch"]
+        tr, va = self._rows(seed, "train"), self._rows(seed, "val")
+        seed_everything(seed)
+        return train_scratch(self.X_scratch[tr], self.y_used[tr], self.X_scratch[va],
+                             self.y_used[va], filters=hp["filters"], lr=lr, epochs=hp["epochs"],
+                             batch_size=hp["batch_size"], seed=seed, backend=hp["backend"],
+                             progress=self.progress)
+
+    def _train_scratch(self, seed: int) -> None:
+        model, history = self._fit_scratch(seed, self.hp["scratch"]["lr"])
+        model.save(self.work / "checkpoints" / f"{SCRATCH_NAME}_seed{seed}.npz",
+                   metadata={"model": SCRATCH_NAME, "seed": seed, **self.hp["scratch"]})
+        self.models[SCRATCH_NAME].update(
+            weights_source="random initialisation, trained from scratch", pretrained=False,
+            n_params=model.n_params, trainable_params=model.n_params,
+            hyperparameters=self.hp["scratch"])
+        self._record(SCRATCH_NAME, seed, model, history, model.predict_proba(self.X_scratch))
+
+    def _train_backbone(self, name: str, regime: str, seed: int) -> None:
+        from aigen.repro import seed_everything
+        from aigen.training import train_finetuned, train_frozen
+
+        backbone = self.backbones[name]
+        hp = self.hp[regime]
+        A = self.pooled[name] if regime == "frozen" else self.prefix[name]
+        tr, va = self._rows(seed, "train"), self._rows(seed, "val")
+        train = train_frozen if regime == "frozen" else train_finetuned
+        seed_everything(seed)
+        clf, history = train(backbone, A[tr], self.y_used[tr], A[va], self.y_used[va],
+                             epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
+                             seed=seed, device=self.device, progress=self.progress)
+        model_name = f"{name}_{regime}"
+        clf.save(self.work / "checkpoints" / f"{model_name}_seed{seed}.pt",
+                 metadata={"model": model_name, "seed": seed, **hp})
+        total, trainable = _parameter_counts(clf)
+        self.models[model_name].update(
+            weights_source=backbone.weights_source, pretrained=backbone.pretrained,
+            n_params=total, trainable_params=trainable, hyperparameters=hp)
+        self._record(model_name, seed, clf, history, clf.predict_proba_from_prefix(A))
+
+    # -- learning-rate study ------------------------------------------------------------------
+
+    def _lr_study(self) -> None:
+        from aigen.study.metrics import summarize
+
+        self.lr_study: dict[str, Any] = {}
+        if not self.lrs:
+            return
+        runs = {}
+        for lr in self.lrs:
+            accuracy = {part: [] for part in ("train", "val", "test")}
+            counts = {part: [] for part in ("train", "val", "test")}
+            final_loss = []
+            for seed in self.seeds:
+                if lr == self.hp["scratch"]["lr"] and (SCRATCH_NAME, seed) in self.runs:
+                    done = self.runs[(SCRATCH_NAME, seed)]  # the main run already trained this lr
+                    model, history, prob = done["model"], done["history"], done["prob"]
+                else:
+                    model, history = self._fit_scratch(seed, lr)
+                    prob = model.predict_proba(self.X_scratch)
+                for h in history:
+                    self.history_rows.append([f"{SCRATCH_NAME}_lr{lr:g}", seed, h["epoch"],
+                                              h["train_loss"], h["train_acc"], h["val_loss"],
+                                              h["val_acc"]])
+                for part in accuracy:
+                    rows = self._rows(seed, part)
+                    correct = int(((prob[rows] >= 0.5) == (self.y_used[rows] == 1)).sum())
+                    accuracy[part].append(correct / len(rows))
+                    counts[part].append((correct, len(rows)))
+                final_loss.append(history[-1]["train_loss"])
+            runs[f"{lr:g}"] = {
+                "lr": lr,
+                **{f"{part}_accuracy": summarize(accuracy[part], counts[part])
+                   for part in accuracy},
+                "final_train_loss": summarize(final_loss, bounds=None),
+            }
+        hp = self.hp["scratch"]
+        self.lr_study = {"epochs": hp["epochs"], "filters": hp["filters"],
+                         "batch_size": hp["batch_size"], "runs": runs}
+
+    # -- robustness ---------------------------------------------------------------------------
+
+    def _robustness(self) -> None:
+        import torch
+
+        from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
+        from aigen.study.robustness import PERTURBATIONS, perturbed_inputs, summarize_robustness
+
+        self.robustness: dict[str, Any] = {}
+        if not self.models:
+            return
+        union = sorted({int(i) for s in self.splits.values() for i in s.indices("test")})
+        union_pos = {i: k for k, i in enumerate(union)}
+        specs = {}
+        if SCRATCH_NAME in self.models:
+            specs["scratch"] = SCRATCH
+        if self.backbones:
+            specs["backbone"] = BACKBONE
+        images = [self.dataset.images[i] for i in union]
+        u8 = perturbed_inputs(images, specs, max_pixels=self.dataset.max_pixels,
+                              progress=self.progress)
+        test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
+                    for seed in self.seeds}
+        y_union = self.labels[union]
+        accuracy: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
+        for pert in PERTURBATIONS:
+            probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
+            if "scratch" in specs:
+                X = to_model_input(u8[pert]["scratch"], SCRATCH)
+                for seed in self.seeds:
+                    probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"] \
+                        .predict_proba(X)
+            if "backbone" in specs:
+                X = to_model_input(u8[pert]["backbone"], BACKBONE)
+                for name, backbone in self.backbones.items():
+                    # Once per backbone and perturbation, shared by both regimes and all seeds.
+                    A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
+                                   for s in range(0, len(X), PREFIX_CHUNK)])
+                    pooled = None
+                    for model_name, info in self.models.items():
+                        if info["backbone"] != name:
+                            continue
+                        if info["regime"] == "frozen" and pooled is None:
+                            pooled = backbone.pooled_features(A, self.device)
+                        inputs = pooled if info["regime"] == "frozen" else A
+                        for seed in self.seeds:
+                            clf = self.runs[(model_name, seed)]["model"]
+                            probs[model_name][seed] = clf.predict_proba_from_prefix(inputs)
+            for model_name, per_seed in probs.items():
+                accuracy[model_name][pert] = [
+                    float(((p[test_pos[s]] >= 0.5) == (y_union[test_pos[s]] == 1)).mean())
+                    for s, p in per_seed.items()]
+        models = {}
+        for model_name in self.models:
+            clean = []
+            for seed in self.seeds:
+                rows = self._rows(seed, "test")
+                prob = self.runs[(model_name, seed)]["prob"][rows]
+                clean.append(float(((prob >= 0.5) == (self.y_used[rows] == 1)).mean()))
+            models[model_name] = summarize_robustness(clean, accuracy[model_name])
+        self.robustness = {"perturbations": dict(PERTURBATIONS), "n_images": len(union),
+                           "models": models}
+
+    # -- results ------------------------------------------------------------------------------
+
+    def _model_results(self, name: str) -> dict[str, Any]:
+        from aigen.study.metrics import aggregate_metrics, classification_metrics, summarize
+
+        info = self.models[name]
+        per_split: dict[str, list[dict]] = {}
+        for part in ("train", "val", "test"):
+            per_split[part] = []
+            for seed in self.seeds:
+                rows = self._rows(seed, part)
+                per_split[part].append(classification_metrics(
+                    self.y_used[rows], self.runs[(name, seed)]["prob"][rows]))
+        result = {
+            "regime": info["regime"],
+            "backbone": info["backbone"],
+            "weights_source": info["weights_source"],
+            "pretrained": info["pretrained"],
+            "n_params": info["n_params"],
+            "trainable_params": info["trainable_params"],
+            "hyperparameters": info["hyperparameters"],
+        }
+        for part, metrics in per_split.items():
+            result[f"{part}_accuracy"] = summarize(
+                [m["accuracy"] for m in metrics], counts=[(m["correct"], m["n"]) for m in metrics])
+        result["test_roc_auc"] = summarize([m["roc_auc"] for m in per_split["test"]])
+        result["test_metrics"] = {"per_seed": per_split["test"],
+                                  "aggregate": aggregate_metrics(per_split["test"])}
+        result["val_metrics"] = {"per_seed": per_split["val"],
+                                 "aggregate": aggregate_metrics(per_split["val"])}
+        result["checkpoints"] = {str(seed): f"checkpoints/{name}_seed{seed}."
+                                 + ("npz" if info["regime"] == "scratch" else "pt")
+                                 for seed in self.seeds}
+        return result
+
+    def _data_results(self) -> dict[str, Any]:
+        from aigen.data.discover import LABEL_AI, LABEL_REAL
+
+        categories = collections.Counter(s.category for s in self.dataset.skipped)
+        splits = {}
+        for seed, split in self.splits.items():
+            counts = {part: int(len(split.indices(part)))
+                      for part in ("train", "val", "test", "excluded")}
+            splits[str(seed)] = {"file": self.split_files[seed], **counts}
+        return {
+            "root": str(self.data_root),
+            "kind": self.data_kind,
+            "description": self.data_description,
+            "class_folders": dict(self.dataset.class_folders),
+            "n_files": self.dataset.n_files,
+            "n_images": len(self.dataset.images),
+            "n_per_class": {"ai": int((self.labels == LABEL_AI).sum()),
+                            "real": int((self.labels == LABEL_REAL).sum())},
+            "n_skipped": len(self.dataset.skipped),
+            "skipped_by_reason": dict(sorted(categories.items())),
+            "manifest_sha256": self.dataset.manifest_sha256(),
+            "max_pixels": self.dataset.max_pixels,
+            "metadata_csv": str(self.args.metadata_csv) if self.args.metadata_csv else None,
+            "summary": self.summary,
+            "splits": splits,
+            "split_file_reused": str(self.args.split_file) if self.args.split_file else None,
+        }
+
+    def _write_results(self) -> None:
+        from aigen import io
+
+        with self.timer.stage("evaluate"):
+            self.results = {
+                "seeds": self.seeds,
+                "models": {name: self._model_results(name) for name in self.models},
+                "skipped_models": dict(self.skipped_models),
+                "data": self._data_results(),
+                "shortcut_audit": self.shortcut_audit,
+                "robustness": self.robustness,
+                "lr_study": self.lr_study,
+                "ci_method": CI_METHOD_TEXT,
+                "threshold": 0.5,
+            }
+            io.write_json(self.work / "results.json", self.results)
+            self._write_predictions()
+            io.write_csv(self.work / "history.csv",
+                         ["model", "seed", "epoch", "train_loss", "train_acc", "val_loss",
+                          "val_acc"], self.history_rows)
+        with self.timer.stage("figures"):
+            figures = self._figures()
+        self.config = self._config()
+        with self.timer.stage("report"):
+            from aigen.study.report import build_report
+
+            io.write_text(self.work / "report.md", build_report(self.results, self.config, figures))
+        self.config["wall_seconds"] = {**self.timer.seconds, "total": self.timer.total()}
+        io.write_json(self.work / "config.json", self.config)
+
+    def _write_predictions(self) -> None:
+        from aigen import io
+
+        rows = []
+        for (name, seed), run_ in self.runs.items():
+            assignment = self.splits[seed].assignment
+            for r, i in enumerate(self.used):
+                part = assignment[int(i)]
+                if part in ("train", "val", "test"):
+                    im = self.dataset.images[int(i)]
+                    rows.append([im.rel_path, name, seed, part, im.label, repr(float(run_["prob"][r]))])
+        io.write_csv(self.work / "predictions.csv",
+                     ["path", "model", "seed", "split", "label", "prob_ai"], rows)
+
+    def _figures(self) -> dict[str, Any]:
+        from aigen.study import figures as fig
+
+        fdir = self.work / "figures"
+        rel = lambda p: p.relative_to(self.work).as_posix()  # noqa: E731
+        out: dict[str, Any] = {"exploration": [rel(p) for p in self.exploration_figures],
+                               "curves": {}}
+        history = collections.defaultdict(list)
+        keys = ("model", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+        for row in self.history_rows:
+            history[row[0]].append(dict(zip(keys, row)))
+        for name in self.models:
+            path = fdir / f"curves_{name}.png"
+            fig.training_curves(history[name], f"{name}: training curves", path)
+            out["curves"][name] = rel(path)
+        if self.models:
+            matrices = {name: m["test_metrics"]["aggregate"]["confusion_matrix"]
+                        for name, m in self.results["models"].items()}
+            fig.confusion_matrices(matrices, fdir / "confusion_matrices.png",
+                                   title="Test confusion matrices (summed over seeds)")
+            out["confusion"] = rel(fdir / "confusion_matrices.png")
+            curves = {}
+            for name in self.models:
+                curves[name] = []
+                for seed in self.seeds:
+                    rows = self._rows(seed, "test")
+                    curves[name].append((self.y_used[rows], self.runs[(name, seed)]["prob"][rows]))
+            fig.roc_curves(curves, fdir / "roc_curves.png")
+            out["roc"] = rel(fdir / "roc_curves.png")
+        if self.robustness.get("models"):
+            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png")
+            out["robustness"] = rel(fdir / "robustness.png")
+        if self.lr_study.get("runs"):
+            lr_history = []
+            for lr in self.lr_study["runs"]:
+                for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
+                    lr_history.append({**row, "lr": lr})
+            fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png")
+            out["lr_study"] = rel(fdir / "lr_study.png")
+        return out
+
+    def _config(self) -> dict[str, Any]:
+        from aigen.repro import environment_record
+
+        arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()
+                     if not k.startswith("_")}
+        return {
+            "command": "aigen study",
+            "argv": sys.argv[1:],
+            "arguments": arguments,
+            "resolved": {"seeds": self.seeds, "hyperparameters": self.hp,
+                         "scratch_lrs": self.lrs, "out": str(self.out)},
+            "started": self.started,
+            "device": str(self.device),
+            "data": {"root": str(self.data_root), "kind": self.data_kind,
+                     "manifest_sha256": self.dataset.manifest_sha256()},
+            "backbones": {name: {"weights_source": b.weights_source, "pretrained": b.pretrained,
+                                 "init": b.init, "weights_sha256": b.weights_sha256,
+                                 "fingerprint": b.fingerprint}
+                          for name, b in self.backbones.items()},
+            "environment": environment_record(),
+        }
+
+    # -- terminal -----------------------------------------------------------------------------
+
+    def print_summary(self) -> None:
+        """The comparison table and the report's path, on stdout."""
+        from aigen.study.metrics import format_summary
+        from aigen.study.report import audit_cells
+
+        rows = [(name, format_summary(m["train_accuracy"]), format_summary(m["val_accuracy"]),
+                 format_summary(m["test_accuracy"]))
+                for name, m in self.results["models"].items()]
+        rows.append(("metadata only (audit)", "–", "–",
+                     audit_cells(self.results["shortcut_audit"])["accuracy"]))
+        header = ("model", "train", "val", "test")
+        widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(4)]
+        line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
+        seeds = ", ".join(map(str, self.seeds))
+        print(f"accuracy (mean ± std over seeds {seeds}; data: {self.data_kind})")
+        print(line(header))
+        print(line(["-" * w for w in widths]))
+        for r in rows:
+            print(line(r))
+        for name, reason in self.results["skipped_models"].items():
+            print(f"skipped {name}: {reason.splitlines()[0][:160]}")
+        print(f"report: {self.out / 'report.md'}")
+
+
+def _parameter_counts(clf) -> tuple[int, int]:
+    """(all parameters, trained parameters) of a BackboneClassifier."""
+    backbone = clf.backbone
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    total = count(backbone.prefix) + count(clf.stage) + count(clf.head)
+    trained = count(clf.head) + (count(clf.stage) if clf.regime == "finetuned" else 0)
+    return int(total), int(trained)

@@ -1,0 +1,180 @@
+"""The study's figures (PNG, matplotlib's Agg renderer, no global pyplot state).
+
+Every function takes plain data (lists, dicts, arrays) and a path, so it can be drawn from the
+results folder alone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from aigen.io import atomic_path
+
+DPI = 110
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def training_curves(history: Sequence[Mapping[str, Any]], title: str,
+                    path: str | os.PathLike) -> None:
+    """Loss and accuracy per epoch, train (solid) and validation (dashed), one colour per seed.
+
+    `history` rows are dicts with "seed", "epoch", "train_loss", "val_loss", "train_acc", "val_acc".
+    """
+    fig = _figure(9, 3.6)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    seeds = sorted({row["seed"] for row in history})
+    for seed, color in zip(seeds, _colors(len(seeds))):
+        rows = sorted((r for r in history if r["seed"] == seed), key=lambda r: r["epoch"])
+        epochs = [r["epoch"] for r in rows]
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
+            marker = "o" if len(epochs) < 3 else None
+            ax.plot(epochs, [r[f"train_{key}"] for r in rows], color=color, marker=marker,
+                    label=f"seed {seed} train")
+            ax.plot(epochs, [r[f"val_{key}"] for r in rows], color=color, ls="--", marker=marker,
+                    label=f"seed {seed} val")
+    ax_loss.set(xlabel="epoch", ylabel="loss (BCE)", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_acc.legend(fontsize="small", ncols=2 if len(seeds) > 2 else 1)
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], path: str | os.PathLike,
+                       class_names: Sequence[str] = ("real", "ai"), title: str = "") -> None:
+    """One panel per model side by side; rows true class, columns predicted, counts annotated."""
+    n = max(1, len(matrices))
+    fig = _figure(min(3.2 * n + 0.5, 20), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for ax, (name, cm) in zip(axes, matrices.items()):
+        cm = np.asarray(cm)
+        ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, cm.max()))
+        for (i, j), value in np.ndenumerate(cm):
+            ax.text(j, i, str(value), ha="center", va="center", fontsize="large",
+                    color="white" if value > cm.max() / 2 else "black")
+        ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+               xticklabels=class_names, yticklabels=class_names,
+               xlabel="predicted", ylabel="true", title=name)
+        ax.title.set_fontsize("small")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+
+
+def roc_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+               path: str | os.PathLike, title: str = "ROC curves (test split)") -> None:
+    """ROC per model (one colour) and seed (one line); the legend gives the mean AUC over seeds.
+
+    `curves` maps model name -> [(y_true, prob_ai) for each seed].
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig = _figure(5.2, 4.8)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    for (name, per_seed), color in zip(curves.items(), _colors(len(curves))):
+        usable = [(y, p) for y, p in per_seed if len(np.unique(y)) == 2]  # AUC needs both classes
+        if not usable:
+            continue
+        auc = np.mean([roc_auc_score(y, p) for y, p in usable])
+        seeds = f", {len(usable)} seeds" if len(usable) > 1 else ""
+        for k, (y, p) in enumerate(usable):
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, color=color, alpha=0.9 if k == 0 else 0.4,
+                    label=f"{name} (AUC {auc:.3f}{seeds})" if k == 0 else None)
+    ax.set(xlabel="false positive rate (real called ai)", ylabel="true positive rate (ai found)",
+           xlim=(0, 1), ylim=(0, 1.01), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    _save(fig, path)
+
+
+def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
+                    title: str = "Test accuracy under perturbations (mean over seeds)") -> None:
+    """Grouped bars: per model, the clean accuracy then each perturbation's (std as error bar).
+
+    `models` is results.json's robustness["models"]: {name: {"clean": summary,
+    "perturbed": {perturbation: summary}}}.
+    """
+    names = list(models)
+    perturbations = list(next(iter(models.values()))["perturbed"]) if models else []
+    conditions = ["clean", *perturbations]
+    fig = _figure(max(6.0, 1.2 * len(names) * len(conditions) / 3 + 2), 4.2)
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(conditions))
+    x = np.arange(len(names))
+    for k, (cond, color) in enumerate(zip(conditions, _colors(len(conditions)))):
+        summaries = [models[n]["clean"] if cond == "clean" else models[n]["perturbed"][cond]
+                     for n in names]
+        means = [s["mean"] if s["mean"] is not None else np.nan for s in summaries]
+        stds = [s["std"] or 0.0 for s in summaries]
+        ax.bar(x + (k - (len(conditions) - 1) / 2) * width, means, width, yerr=stds,
+               color=color, label=cond, capsize=2)
+    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    ax.set_xticks(x, names, rotation=15 if len(names) > 3 else 0, fontsize="small")
+    ax.set(ylabel="test accuracy", ylim=(0, 1.05), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", ncols=min(3, len(conditions)), loc="lower right")
+    _save(fig, path)
+
+
+def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
+             history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+             title: str = "Scratch CNN: learning-rate sensitivity") -> None:
+    """Left: train/val/test accuracy per learning rate (mean ± std over seeds).
+    Right: validation loss per epoch per learning rate (mean over seeds).
+
+    `lr_results` is results.json's lr_study["runs"]: {lr string: {"train_accuracy", ...}};
+    `history` rows carry an "lr" key besides the training_curves fields.
+    """
+    lrs = list(lr_results)
+    fig = _figure(9.5, 3.8)
+    ax_bar, ax_curve = fig.subplots(1, 2)
+    x = np.arange(len(lrs))
+    splits = ("train", "val", "test")
+    width = 0.8 / len(splits)
+    for k, (split, color) in enumerate(zip(splits, _colors(len(splits)))):
+        summaries = [lr_results[lr][f"{split}_accuracy"] for lr in lrs]
+        ax_bar.bar(x + (k - 1) * width, [s["mean"] for s in summaries], width,
+                   yerr=[s["std"] or 0.0 for s in summaries], color=color, label=split, capsize=2)
+    ax_bar.axhline(0.5, color="grey", ls=":", lw=1)
+    ax_bar.set_xticks(x, [f"lr {lr}" for lr in lrs])
+    ax_bar.set(ylabel="accuracy", ylim=(0, 1.05), title="accuracy per learning rate")
+    ax_bar.legend(fontsize="small", loc="lower right")
+    for lr, color in zip(lrs, _colors(len(lrs))):
+        rows = [r for r in history if str(r["lr"]) == lr]
+        epochs = sorted({r["epoch"] for r in rows})
+        for key, ls in (("train_loss", "-"), ("val_loss", "--")):
+            means = [np.mean([r[key] for r in rows if r["epoch"] == e]) for e in epochs]
+            ax_curve.plot(epochs, means, color=color, ls=ls,
+                          marker="o" if len(epochs) < 3 else None,
+                          label=f"lr {lr} {key.split('_')[0]}")
+    ax_curve.set(xlabel="epoch", ylabel="loss (BCE)", title="loss per epoch (mean over seeds)")
+    ax_curve.xaxis.get_major_locator().set_params(integer=True)
+    ax_curve.legend(fontsize="small")
+    for ax in (ax_bar, ax_curve):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    _save(fig, path)

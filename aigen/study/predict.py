@@ -1,0 +1,182 @@
+"""`aigen predict --run RESULTS_DIR PATH...`: score images with the saved models of a study run.
+
+Output (CSV on stdout): `path,prob_ai,label` for one model; with several models a `model` column
+is added after `path` (one row per image and model). `label` is "ai" when prob_ai >= 0.5, else
+"real". Files that cannot be used are reported on stderr with the reason and left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from aigen.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `aigen predict`."""
+    parser.add_argument("--run", required=True, metavar="RESULTS_DIR",
+                        help="a results folder written by `aigen study`")
+    parser.add_argument("--model", action="append", default=None, metavar="NAME",
+                        help="model to use, e.g. efficientnet_lite0_finetuned; repeat for several "
+                             "(default: every model of the run)")
+    parser.add_argument("--seed", type=int, default=None, metavar="K",
+                        help="which seed's checkpoint (default: the run's first seed)")
+    parser.add_argument("--weights", metavar="PATH", default=None,
+                        help="resnet18 weights file, if it moved since the run (default: the "
+                             "--weights the run recorded)")
+    parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda",
+                        help="torch device for backbones (default: cpu)")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image files or folders (searched recursively)")
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(results.json, config.json) of a finished run, or a UserError."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"--run {run_dir} is not a folder")
+    loaded = []
+    for name in ("results.json", "config.json"):
+        try:
+            loaded.append(json.loads((run_dir / name).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise UserError(f"--run {run_dir} is not a finished `aigen study` results folder "
+                            f"(no {name})") from None
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read {run_dir / name}: {exc}") from None
+    return loaded[0], loaded[1]
+
+
+def iter_files(paths: list[str]) -> Iterator[Path]:
+    """Each given file, and every regular file below each given folder (sorted, recursive).
+
+    Whether a file is an image is left to the decoder: extensions are not trusted.
+    """
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path, followlinks=False):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield path  # a missing file is reported by the decoder like any unreadable one
+
+
+def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | None,
+                seed: int | None, weights: str | None, device) -> dict[str, Any]:
+    """{model name: loaded model} for the chosen models and seed of a run."""
+    from aigen.models import load_model
+
+    available = list(results.get("models", {}))
+    if not available:
+        raise UserError(f"the run {run_dir} has no trained models")
+    chosen = names or available
+    for name in chosen:
+        if name not in available:
+            skipped = results.get("skipped_models", {})
+            why = " (it was skipped in that run)" if name in skipped else ""
+            raise UserError(f"no model {name!r} in {run_dir}{why}; available: "
+                            f"{', '.join(available)}")
+    seeds = results.get("seeds") or [0]
+    seed = seeds[0] if seed is None else seed
+    if seed not in seeds:
+        raise UserError(f"the run {run_dir} has no seed {seed}; its seeds: "
+                        f"{', '.join(map(str, seeds))}")
+    run_args = config.get("arguments", {})
+    weights = weights or run_args.get("weights")
+    backbones: dict[str, Any] = {}  # one backbone per name, shared by its frozen/finetuned models
+    models = {}
+    for name in chosen:
+        relative = results["models"][name]["checkpoints"][str(seed)]
+        path = run_dir / relative
+        backbone_name = results["models"][name].get("backbone")
+        model = load_model(path, weights=weights if backbone_name == "resnet18" else None,
+                           device=device, backbone=backbones.get(backbone_name))
+        if backbone_name:
+            backbones[backbone_name] = model.backbone
+        models[name] = model
+    return models
+
+
+BATCH = 32  # images scored together (bounds the memory of the 224x224 inputs)
+
+
+def score(models: dict[str, Any], results: dict, batch: dict[str, Any]) -> dict[str, Any]:
+    """{model name: prob_ai array} for a batch of model inputs {spec name: float32 array}.
+
+    Backbone prefix activations are computed once per backbone and shared by its models.
+    """
+    prefix: dict[str, Any] = {}
+    probs = {}
+    for name, model in models.items():
+        if results["models"][name]["regime"] == "scratch":
+            probs[name] = model.predict_proba(batch["scratch"])
+            continue
+        backbone = model.backbone
+        if backbone.name not in prefix:
+            prefix[backbone.name] = backbone.prefix_activations(batch["backbone"], model.device)
+        probs[name] = model.predict_proba_from_prefix(prefix[backbone.name])
+    return probs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print `path[,model],prob_ai,label` rows for every readable image; skips go to stderr."""
+    import numpy as np
+
+    from aigen.data.loading import ImageSkip
+    from aigen.data.preprocess import BACKBONE, SCRATCH, load_model_input
+    from aigen.device import resolve_device
+
+    run_dir = Path(args.run)
+    results, config = read_run(run_dir)
+    device = resolve_device(args.device)
+    models = load_models(run_dir, results, config, args.model, args.seed, args.weights, device)
+    max_pixels = config.get("arguments", {}).get("max_pixels") or None
+    specs = {"scratch" if m["regime"] == "scratch" else "backbone" for n, m in
+             results["models"].items() if n in models}
+    specs = {key: spec for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE))
+             if key in specs}
+    several = len(models) > 1
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["path", "model", "prob_ai", "label"] if several
+                    else ["path", "prob_ai", "label"])
+    n_skipped = 0
+
+    def flush(paths: list[Path], inputs: dict[str, list]) -> None:
+        if not paths:
+            return
+        probs = score(models, results, {k: np.concatenate(v) for k, v in inputs.items()})
+        for row, path in enumerate(paths):
+            for name in models:
+                prob = float(probs[name][row])
+                label = "ai" if prob >= 0.5 else "real"
+                writer.writerow([path, name, repr(prob), label] if several
+                                else [path, repr(prob), label])
+        sys.stdout.flush()
+
+    paths: list[Path] = []
+    inputs: dict[str, list] = {key: [] for key in specs}
+    for path in iter_files(args.paths):
+        try:
+            decoded = {key: load_model_input(path, spec, max_pixels) for key, spec in specs.items()}
+        except ImageSkip as exc:
+            print(f"aigen predict: skipped {path}: {exc.reason}", file=sys.stderr)
+            n_skipped += 1
+            continue
+        paths.append(path)
+        for key, x in decoded.items():
+            inputs[key].append(x)
+        if len(paths) == BATCH:
+            flush(paths, inputs)
+            paths, inputs = [], {key: [] for key in specs}
+    flush(paths, inputs)
+    if n_skipped:
+        print(f"aigen predict: {n_skipped} file(s) skipped", file=sys.stderr)
+    return 0
