@@ -347,6 +347,40 @@ def test_empty_dataset(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no results, no partial
 
 
+def test_best_checkpoint_reports_the_best_validation_epoch(tmp_path, make_study_images):
+    # With these settings validation accuracy peaks at epoch 2 or 3 and falls back by epoch 5, so
+    # "best" and "last" give different models.
+    data = make_study_images(tmp_path / "data", n_per_class=30)
+    argv = scratch_argv(data, tmp_path / "out", "--checkpoint", "best", "--scratch-lr", "0.05")
+    argv[argv.index("--scratch-epochs") + 1] = "5"
+    argv[argv.index("--scratch-lrs") + 1] = "0.05"
+    code, _, err = run_cli(argv)
+    assert code == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    model = results["models"]["scratch_cnn"]
+    assert model["hyperparameters"]["checkpoint"] == "best"
+    with open(tmp_path / "out" / "history.csv", newline="") as f:
+        val_accs = [float(r["val_acc"]) for r in csv.DictReader(f) if r["model"] == "scratch_cnn"]
+    assert len(val_accs) == 5 and max(val_accs) > val_accs[-1]
+    assert model["val_accuracy"]["mean"] == pytest.approx(max(val_accs))
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--weights", "{tmp}/missing.pth"], ["does not exist", "missing.pth"]),
+    (["--weights", "{tmp}/wrong.pth"], ["f37072fd"]),
+    (["--weights", "{tmp}/wrong.pth", "--init", "random"], ["contradict"]),
+])
+def test_bad_weights_options_fail_before_any_work(tmp_path, make_study_images, extra, words):
+    data = make_study_images(tmp_path / "data", n_per_class=3)
+    (tmp_path / "wrong.pth").write_bytes(b"not resnet18 weights")
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    argv = ["study", "--data", str(data), "--out", str(tmp_path / "out"), "--models", "frozen",
+            "--backbones", "resnet18", "--no-progress", *extra]
+    code, _, err = run_cli(argv)
+    assert_one_line_error(code, err, *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "wrong.pth"]
+
+
 def test_unwritable_out(tmp_path, make_study_images):
     data = make_study_images(tmp_path / "data", n_per_class=3)
     (tmp_path / "file").write_text("a file, not a folder")

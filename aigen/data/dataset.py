@@ -235,18 +235,10 @@ def _pixels(text: str) -> int:
     return int(value)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_data_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """Add the data options: [ROOT] / --data ROOT, --classes, --max-pixels, --workers."""
+    from aigen.argtypes import positive_int
+
     group = parser.add_argument_group("data")
     if positional:
         group.add_argument("data_root", nargs="?", metavar="ROOT", default=None,
@@ -260,7 +252,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, positional: bool = True)
     group.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
                        help=f"skip images with more than N pixels (width*height; default "
                             f"{DEFAULT_MAX_PIXELS:,}; 0 = no limit of our own)")
-    group.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    group.add_argument("--workers", type=positive_int, default=None, metavar="N",
                        help="processes for decoding (default: all cores)")
 
 

@@ -529,6 +529,10 @@ def default_dataset(n_images: int = DEFAULT_N_IMAGES, seed: int = 0,
     manifest = _read_manifest(folder)
     if manifest and manifest.get("generator_version") == GENERATOR_VERSION:
         return folder
+    if manifest is None and folder.is_dir():
+        # Our own cache entry without a valid manifest is damaged (a finished one always has it):
+        # rebuild it rather than refuse it as a foreign non-empty folder.
+        shutil.rmtree(folder, ignore_errors=True)
     try:
         return generate(folder, n_images=n_images, seed=seed, difficulty=difficulty,
                         progress=progress)
@@ -547,15 +551,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Generate the embedded synthetic two-class dataset (a proxy for AI-generated vs real "
         "images, not evidence about real generators) in the Kaggle folder layout. "
         "See docs/synthetic-data.md.")
+    from aigen.argtypes import positive_int, seed
+
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="folder to create (must be new, empty, or a previous synth output)")
-    parser.add_argument("--n", dest="n_images", type=int, default=DEFAULT_N_IMAGES,
-                        help=f"number of images (default {DEFAULT_N_IMAGES}; {AI_SHARE:.0%} AI)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--n", dest="n_images", type=positive_int, default=DEFAULT_N_IMAGES,
+                        help=f"number of images (default {DEFAULT_N_IMAGES}; {AI_SHARE:.0%}% AI)")  # %% for argparse
+    parser.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     parser.add_argument("--difficulty", type=float, default=DEFAULT_DIFFICULTY,
                         help="0 = easy, 1 = both classes rendered alike, only metadata differs "
                              f"(default {DEFAULT_DIFFICULTY})")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="worker processes (default: all CPUs); does not change the output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

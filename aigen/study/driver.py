@@ -42,38 +42,10 @@ CI_METHOD_TEXT = (
 # Command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**32), got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or not np.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `aigen study` (see docs/study.md)."""
+    from aigen.argtypes import positive_float, positive_int
+    from aigen.argtypes import seed as seed_type
     from aigen.data.dataset import add_data_arguments
 
     parser.description = (
@@ -85,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--out", metavar="DIR", default=None,
                      help="results folder to create (must not exist or be empty; default: "
                           "results/<timestamp> in the current folder)")
-    run.add_argument("--seeds", type=_seed, nargs="+", default=[0], metavar="K",
+    run.add_argument("--seeds", type=seed_type, nargs="+", default=[0], metavar="K",
                      help="seeds; each gives its own split and initialisations (default: 0)")
     run.add_argument("--backbones", nargs="+", choices=BACKBONE_NAMES, default=list(BACKBONE_NAMES),
                      help="backbones for the frozen and fine-tuned models (default: both; one "
@@ -110,22 +82,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bars on stderr")
     hyper = parser.add_argument_group("training")
-    hyper.add_argument("--scratch-epochs", type=_positive_int, default=20, metavar="N")
-    hyper.add_argument("--scratch-lr", type=_positive_float, default=0.01, metavar="LR")
-    hyper.add_argument("--scratch-filters", type=_positive_int, default=8, metavar="F",
+    hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N")
+    hyper.add_argument("--scratch-lr", type=positive_float, default=0.01, metavar="LR")
+    hyper.add_argument("--scratch-filters", type=positive_int, default=8, metavar="F",
                        help="convolution filters of the scratch CNN (8 or 16 in the study)")
-    hyper.add_argument("--scratch-batch-size", type=_positive_int, default=1, metavar="N")
+    hyper.add_argument("--scratch-batch-size", type=positive_int, default=1, metavar="N")
     hyper.add_argument("--scratch-backend", choices=("cython", "numpy"), default="cython",
                        help="conv/pool kernels of the scratch CNN (default: the Cython ones)")
-    hyper.add_argument("--scratch-lrs", type=_positive_float, nargs="*", default=[0.01, 0.1],
+    hyper.add_argument("--scratch-lrs", type=positive_float, nargs="*", default=[0.01, 0.1],
                        metavar="LR",
                        help="learning-rate study: the scratch CNN trained at each of these "
                             "(default: 0.01 0.1; none to skip it)")
-    hyper.add_argument("--frozen-epochs", type=_positive_int, default=3, metavar="N")
-    hyper.add_argument("--frozen-lr", type=_positive_float, default=1e-3, metavar="LR")
-    hyper.add_argument("--finetune-epochs", type=_positive_int, default=8, metavar="N")
-    hyper.add_argument("--finetune-lr", type=_positive_float, default=1e-4, metavar="LR")
-    hyper.add_argument("--backbone-batch-size", type=_positive_int, default=32, metavar="N",
+    hyper.add_argument("--frozen-epochs", type=positive_int, default=3, metavar="N")
+    hyper.add_argument("--frozen-lr", type=positive_float, default=1e-3, metavar="LR")
+    hyper.add_argument("--finetune-epochs", type=positive_int, default=8, metavar="N")
+    hyper.add_argument("--finetune-lr", type=positive_float, default=1e-4, metavar="LR")
+    hyper.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                       help="weights each model keeps: those of the last epoch (default, the "
+                            "study's fixed-epoch protocol) or of the epoch with the best "
+                            "validation accuracy")
+    hyper.add_argument("--backbone-batch-size", type=positive_int, default=32, metavar="N",
                        help="mini-batch size of the frozen and fine-tuned models (default: 32)")
 
 
@@ -133,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the study; returns 0. User-fixable problems raise UserError before any training."""
     out = _resolve_out(args.out)
     data_root = _check_data_option(args)
+    _check_weights_options(args)
     if data_root is not None:
         _refuse_out_inside(out, data_root)
     partial = _make_partial(out)
@@ -179,6 +156,18 @@ def _check_data_option(args: argparse.Namespace) -> Path | None:
     if getattr(args, "data", None) is None:
         return None
     return check_root(args.data).resolve()
+
+
+def _check_weights_options(args: argparse.Namespace) -> None:
+    """An explicit --weights file is checked now (exists, right sha256 prefix): a typo in it is the
+    user's mistake to hear about at once, not a model quietly reported as skipped at the end."""
+    if args.weights is None or "resnet18" not in args.backbones:
+        return
+    if args.init == "random":
+        raise UserError("--init random and --weights contradict each other: give one")
+    from aigen.models.backbones import resolve_weights
+
+    resolve_weights("resnet18", args.weights)
 
 
 def _refuse_out_inside(out: Path, data_root: Path) -> None:
@@ -269,11 +258,11 @@ class Study:
         self.hp = {
             "scratch": {"epochs": epochs(args.scratch_epochs), "lr": args.scratch_lr,
                         "filters": args.scratch_filters, "batch_size": args.scratch_batch_size,
-                        "backend": args.scratch_backend},
+                        "backend": args.scratch_backend, "checkpoint": args.checkpoint},
             "frozen": {"epochs": epochs(args.frozen_epochs), "lr": args.frozen_lr,
-                       "batch_size": args.backbone_batch_size},
+                       "batch_size": args.backbone_batch_size, "checkpoint": args.checkpoint},
             "finetuned": {"epochs": epochs(args.finetune_epochs), "lr": args.finetune_lr,
-                          "batch_size": args.backbone_batch_size},
+                          "batch_size": args.backbone_batch_size, "checkpoint": args.checkpoint},
         }
         self.lrs = list(dict.fromkeys(args.scratch_lrs)) if "scratch" in args.models else []
         self.models: dict[str, dict[str, Any]] = {}  # name -> model info, filled by training
@@ -446,7 +435,7 @@ class Study:
         return train_scratch(self.X_scratch[tr], self.y_used[tr], self.X_scratch[va],
                              self.y_used[va], filters=hp["filters"], lr=lr, epochs=hp["epochs"],
                              batch_size=hp["batch_size"], seed=seed, backend=hp["backend"],
-                             progress=self.progress)
+                             progress=self.progress, checkpoint=hp["checkpoint"])
 
     def _train_scratch(self, seed: int) -> None:
         model, history = self._fit_scratch(seed, self.hp["scratch"]["lr"])
@@ -470,7 +459,8 @@ class Study:
         seed_everything(seed)
         clf, history = train(backbone, A[tr], self.y_used[tr], A[va], self.y_used[va],
                              epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
-                             seed=seed, device=self.device, progress=self.progress)
+                             seed=seed, device=self.device, progress=self.progress,
+                             checkpoint=hp["checkpoint"])
         model_name = f"{name}_{regime}"
         clf.save(self.work / "checkpoints" / f"{model_name}_seed{seed}.pt",
                  metadata={"model": model_name, "seed": seed, **hp})
