@@ -140,7 +140,7 @@ def test_audit_finds_metadata_that_separates_the_classes(separable_dataset):
     assert explore.shortcut_audit(separable_dataset, seed=0, folds=3)["accuracy_per_fold"] == \
         audit["accuracy_per_fold"]
     text = explore.format_audit(audit)
-    assert "3-fold stratified CV" in text and f"accuracy {audit['accuracy']:.3f}" in text
+    assert "3-fold stratified CV grouped by content" in text and f"accuracy {audit['accuracy']:.3f}" in text
 
 
 def test_audit_is_at_chance_when_metadata_is_identical(tmp_path):
@@ -155,6 +155,23 @@ def test_audit_is_at_chance_when_metadata_is_identical(tmp_path):
     assert audit["roc_auc"] == pytest.approx(0.5)
     lo, hi = audit["accuracy_ci95"]
     assert 0.0 <= lo <= hi <= 1.0
+
+
+def test_audit_keeps_exact_duplicates_in_one_fold(tmp_path):
+    """Every image is stored four times (same bytes) and each content has its own size, unrelated
+    to the class. Folds that split the copies would let the forest recognise the copies' size
+    (accuracy far above chance); folds grouped by content leave it at chance."""
+    root = tmp_path / "data"
+    sizes = np.random.default_rng(0).permutation(np.arange(16, 56))
+    for i, side in enumerate(sizes):
+        cls = "fake" if i % 2 else "real"
+        img = noise(i, int(side), int(side))
+        for copy in "abcd":
+            save(root / cls / f"{i:02d}{copy}.png", img, "PNG", compress_level=0)
+    ds = load(root)
+    assert len(ds.images) == 160 and len({im.sha256 for im in ds.images}) == 40
+    audit = explore.shortcut_audit(ds, seed=0, folds=5)
+    assert audit["accuracy"] < 0.7
 
 
 def test_audit_uses_the_metadata_override(separable_dataset):
@@ -174,7 +191,10 @@ def test_audit_needs_two_images_per_class_and_two_folds(tmp_path, separable_data
     save(root / "fake" / "f.png", noise(0, 8, 8), "PNG")
     for i in range(3):
         save(root / "real" / f"r{i}.png", noise(1 + i, 8, 8), "PNG")
-    with pytest.raises(UserError, match="at least 2 images per class, got 1"):
+    with pytest.raises(UserError, match="at least 2 distinct images per class, got 1"):
+        explore.shortcut_audit(load(root))
+    save(root / "fake" / "f_copy.png", noise(0, 8, 8), "PNG")  # two files, one content
+    with pytest.raises(UserError, match="at least 2 distinct images per class, got 1"):
         explore.shortcut_audit(load(root))
 
 
@@ -287,6 +307,18 @@ def test_cli_refuses_an_out_folder_inside_the_data(separable, capsys):
                             "--workers", "1", "--quiet"], capsys)
     assert code == 2 and "is inside the data folder" in err
     assert snapshot(separable) == before
+
+
+def test_cli_never_writes_over_an_existing_folder(separable, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "exploration.md").write_text("the user's own notes")
+    before = snapshot(out)
+    code, _, err = run_cli(["explore", str(separable), "--out", str(out), "--workers", "1",
+                            "--quiet"], capsys)
+    assert code == 2 and "non-empty folder" in err and "Traceback" not in err
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no hidden partial folder left
 
 
 @pytest.mark.parametrize("make_root, message", [

@@ -385,7 +385,7 @@ def test_unwritable_out(tmp_path, make_study_images):
     data = make_study_images(tmp_path / "data", n_per_class=3)
     (tmp_path / "file").write_text("a file, not a folder")
     code, _, err = run_cli(scratch_argv(data, tmp_path / "file" / "out"))
-    assert_one_line_error(code, err, "cannot write the results folder")
+    assert_one_line_error(code, err, "cannot write the folder")
 
 
 def test_out_holding_results_is_refused(tmp_path, make_study_images):
@@ -393,7 +393,7 @@ def test_out_holding_results_is_refused(tmp_path, make_study_images):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.json").write_text("{}")
     code, _, err = run_cli(scratch_argv(data, tmp_path / "out"))
-    assert_one_line_error(code, err, "earlier results folder")
+    assert_one_line_error(code, err, "non-empty folder", "never overwritten")
     assert (tmp_path / "out" / "results.json").read_text() == "{}"
 
 

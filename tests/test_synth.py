@@ -39,7 +39,7 @@ def mtimes(root: Path) -> dict[str, int]:
 
 def leftovers(parent: Path) -> list[str]:
     """Temporary folders generate() may leave beside its output."""
-    return sorted(p.name for p in parent.iterdir() if "synth-part" in p.name or "synth-old" in p.name)
+    return sorted(p.name for p in parent.iterdir() if "synth-part" in p.name or ".old-" in p.name)
 
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,7 @@ def metadata_records(dataset, metadata: Mapping[str, Mapping[str, Any]] | None =
             source = "override"
         width, height, n_bytes = int(values["width"]), int(values["height"]), int(values["n_bytes"])
         records.append({
-            "rel_path": im.rel_path, "label": int(im.label),
+            "rel_path": im.rel_path, "label": int(im.label), "sha256": im.sha256,
             "width": width, "height": height, "n_bytes": n_bytes,
             "format": str(values["format"]).upper(), "mode": str(values["mode"]),
             "aspect": width / height if height else float("nan"),
@@ -440,20 +440,26 @@ def shortcut_audit(dataset, seed: int = 0, folds: int = 5,
     accuracy of the forest on each feature group alone (which cue leaks most), and the forest's
     impurity importances summed per group. Accuracy and ROC-AUC are means over the folds with a
     95% t-interval over folds (folds share training data, so the interval is somewhat narrow).
+    Folds are grouped by content hash, as the study's split is: an exact duplicate never sits on
+    both sides of a fold, where its twin would give its metadata away.
     With `metadata` (rel_path -> dict), those values replace the ones read from the files.
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     _check_override_coverage(dataset, metadata)
     records = metadata_records(dataset, metadata)
     y = np.array([r["label"] for r in records], dtype=np.int64)
-    smallest = min(int((y == LABEL_AI).sum()), int((y == LABEL_REAL).sum()))
+    # Folds hold whole contents, so what limits their number is distinct contents per class.
+    smallest = min(len({r["sha256"] for r in records if r["label"] == label})
+                   for label in (LABEL_AI, LABEL_REAL))
     if smallest < 2:
-        raise UserError(f"the shortcut audit needs at least 2 images per class, got {smallest}")
+        raise UserError(f"the shortcut audit needs at least 2 distinct images per class, got {smallest}")
     if folds < 2:
         raise UserError(f"the shortcut audit needs at least 2 folds, got {folds}")
     k = min(folds, smallest)
-    splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(records, y))
+    contents = [r["sha256"] for r in records]
+    splits = list(StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+                  .split(records, y, groups=contents))
     X, names, groups = _feature_matrix(records)
 
     forest = _cross_validate(lambda: _forest(seed), X, y, splits)
@@ -497,7 +503,8 @@ def format_audit(audit: dict) -> str:
     lo, hi = audit["accuracy_ci95"]
     lg = audit["logistic"]
     lines = [
-        f"metadata shortcut audit ({audit['folds']}-fold stratified CV, seed {audit['seed']}, "
+        f"metadata shortcut audit ({audit['folds']}-fold stratified CV grouped by content, "
+        f"seed {audit['seed']}, "
         f"{audit['n_images']} images, metadata from {audit['metadata_source']})",
         f"  random forest on metadata: accuracy {audit['accuracy']:.3f} "
         f"[95% CI {lo:.3f}-{hi:.3f}], ROC-AUC {audit['roc_auc']:.3f}",
@@ -555,12 +562,12 @@ def _refuse_inside(out: Path, root: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from aigen import __version__
     from aigen.data.dataset import data_root_from_args, dataset_from_args, write_skipped
-    from aigen.io import write_json
+    from aigen.io import atomic_folder, check_new_folder, write_json
 
     root = data_root_from_args(args)
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}")
-    out = Path(args.out) if args.out else _default_out()
+    out = check_new_folder(args.out) if args.out else _default_out().absolute()
     _refuse_inside(out, root)
     metadata = read_metadata_csv(args.metadata_csv) if args.metadata_csv else None
 
@@ -569,16 +576,17 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(dataset, metadata)
     audit = shortcut_audit(dataset, seed=args.seed, folds=args.folds, metadata=metadata)
 
-    written = write_exploration(dataset, out, metadata=metadata, summary=summary)
-    write_skipped(out / "skipped.csv", dataset.skipped)
-    write_json(out / "exploration.json", {
-        "aigen_version": __version__,
-        "data_root": str(dataset.root),
-        "metadata_csv": str(args.metadata_csv) if args.metadata_csv else None,
-        "summary": summary,
-        "shortcut_audit": audit,
-        "files": {k: str(p.relative_to(out)) for k, p in written.items()},
-    })
+    with atomic_folder(out) as work:
+        written = write_exploration(dataset, work, metadata=metadata, summary=summary)
+        write_skipped(work / "skipped.csv", dataset.skipped)
+        write_json(work / "exploration.json", {
+            "aigen_version": __version__,
+            "data_root": str(dataset.root),
+            "metadata_csv": str(args.metadata_csv) if args.metadata_csv else None,
+            "summary": summary,
+            "shortcut_audit": audit,
+            "files": {k: str(p.relative_to(work)) for k, p in written.items()},
+        })
     print(format_summary(summary))
     print()
     print(format_audit(audit))

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,11 +432,11 @@ def generate(out_dir: str | os.PathLike, n_images: int = DEFAULT_N_IMAGES, seed:
         if any(out.iterdir()) and _read_manifest(out) is None:
             raise UserError(f"{out} is not empty and is not an `aigen synth` output; "
                             "choose a new or empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
     workers = _default_workers() if workers is None else max(1, int(workers))
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".synth-part", dir=out.parent))
-    try:
+    from aigen.io import atomic_folder
+
+    with atomic_folder(out, tag="synth-part", replace=True) as tmp:
         for parts in (AI_DIR, REAL_DIR):
             tmp.joinpath(*parts).mkdir(parents=True)
         jobs = [(tmp, seed, i, float(difficulty), n_images) for i in range(n_images)]
@@ -457,10 +456,6 @@ def generate(out_dir: str | os.PathLike, n_images: int = DEFAULT_N_IMAGES, seed:
                     bar.update(1)
         bar.close()
         _write_description(tmp, results, n_images, seed, difficulty, time.perf_counter() - started)
-        _move_into_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -498,22 +493,6 @@ real image generators. Regenerate it with:
 
     aigen synth OUT_DIR --n {n_images} --seed {seed} --difficulty {difficulty}
 """
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder onto `out`, replacing an empty folder or an old synth output."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.synth-old-{os.getpid()}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:  # put the previous output back rather than leave nothing
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def default_dataset(n_images: int = DEFAULT_N_IMAGES, seed: int = 0,

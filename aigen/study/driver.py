@@ -14,10 +14,7 @@ import argparse
 import collections
 import datetime as _dt
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from aigen.errors import UserError
+from aigen.io import atomic_folder, check_new_folder
 
 BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
-RESULTS_FILES = ("results.json", "config.json", "report.md")
 # Images per batch when computing prefix activations (bounds the float32 input held at once).
 PREFIX_CHUNK = 128
 CI_METHOD_TEXT = (
@@ -112,14 +109,9 @@ def run(args: argparse.Namespace) -> int:
     _check_weights_options(args)
     if data_root is not None:
         _refuse_out_inside(out, data_root)
-    partial = _make_partial(out)
-    try:
-        study = Study(args, out=out, work=partial)
+    with atomic_folder(out) as work:
+        study = Study(args, out=out, work=work)
         study.run()
-        _move_into_place(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     study.print_summary()
     return 0
 
@@ -137,16 +129,7 @@ def _resolve_out(out: str | None) -> Path:
             k += 1
             path = base.with_name(f"{stamp}-{k}")
         return path
-    path = Path(out).expanduser().absolute()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"--out {path} exists and is not a folder")
-        if any(path.iterdir()):
-            what = ("an earlier results folder" if any((path / f).exists() for f in RESULTS_FILES)
-                    else "a non-empty folder")
-            raise UserError(f"--out {path} is {what}; choose a new or empty folder "
-                            "(results are never overwritten)")
-    return path
+    return check_new_folder(out)
 
 
 def _check_data_option(args: argparse.Namespace) -> Path | None:
@@ -174,29 +157,6 @@ def _refuse_out_inside(out: Path, data_root: Path) -> None:
     if out.resolve().is_relative_to(data_root):
         raise UserError(f"--out {out} is inside the data folder {data_root}; aigen never writes "
                         "into a data folder")
-
-
-def _make_partial(out: Path) -> Path:
-    """A hidden folder beside `out` that becomes `out` when the run completes."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        partial.chmod(0o777 & ~umask)  # mkdtemp makes it private; a results folder is not
-        return partial
-    except OSError as exc:
-        raise UserError(f"cannot write the results folder {out}: {exc.strerror or exc}") from None
-
-
-def _move_into_place(partial: Path, out: Path) -> None:
-    try:
-        if out.exists():
-            out.rmdir()  # only ever empty here (checked up front); anything else fails loudly
-        os.replace(partial, out)
-    except OSError as exc:
-        raise UserError(f"could not rename the finished results {partial} to {out}: "
-                        f"{exc.strerror or exc}") from None
 
 
 class StageTimer:
