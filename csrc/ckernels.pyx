@@ -1,22 +1,33 @@
 # The compiled conv2d / maxpool2d kernels behind aigen.kernels.get_backend("cython").
 #
-# Inputs arrive already validated (aigen/kernels/_checks.py) by aigen/kernels/cython_backend.py;
-# these entry points only make them C-contiguous, allocate the outputs and run the loops with the
-# GIL released.  Every loop is ordered so that the innermost one walks a contiguous row.
+# Each Python entry point validates its arguments itself (a few C-level attribute reads; anything
+# unusual is handed to the shared rules in aigen/kernels/_checks.py, which raise the ValueError that
+# names the argument), makes the arrays C-contiguous, allocates the outputs and runs the loops on raw
+# pointers with the GIL released.  Every loop is ordered so that the innermost one walks a
+# contiguous row.
 #
 # Threads: the batch loop (and, for dw/db, the filter loop) is an OpenMP prange when the extension
 # was compiled with OpenMP; OMP_NUM_THREADS sets the thread count.  Small problems (e.g. one sample)
 # run on the calling thread, because waking a thread team costs more than the work.  Each output
 # element is always computed by one thread in one fixed order, so results do not depend on the
 # thread count.
+#
+# SIMD: the inner loops (a correlation, a set of dot products, 2x2 pooling forward and backward)
+# are written in C below and, on x86-64 with GCC or Clang, compiled more than once: for the
+# baseline instruction set the extension is built for, for AVX2 + FMA and (the convolution loops)
+# for AVX-512.  The best copy the CPU supports is chosen at import; simd_info() says which one
+# runs; -DAIGEN_NO_SIMD_DISPATCH builds the baseline copy only.  Everything else is Cython.
 
 cimport numpy as cnp
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import numpy as np
+
+from aigen.kernels import _checks
 
 cnp.import_array()
 
@@ -33,17 +44,309 @@ cdef extern from *:
     #ifndef AIGEN_SOURCE_SHA256
     #define AIGEN_SOURCE_SHA256 ""
     #endif
+
+    #if defined(__GNUC__) || defined(__clang__)
+    #define AIGEN_RESTRICT __restrict__
+    #elif defined(_MSC_VER)
+    #define AIGEN_RESTRICT __restrict
+    #else
+    #define AIGEN_RESTRICT
+    #endif
+
+    /* "omp simd reduction" lets the compiler keep one partial sum per vector lane (a fixed,
+       deterministic order for a given build); without OpenMP the loops stay scalar. */
+    #if defined(_OPENMP) && (defined(__GNUC__) || defined(__clang__))
+    #define AIGEN_SIMD_SUM10 _Pragma("omp simd reduction(+:a0,a1,a2,a3,a4,a5,a6,a7,a8,a9)")
+    #define AIGEN_SIMD_SUM1 _Pragma("omp simd reduction(+:a0)")
+    #else
+    #define AIGEN_SIMD_SUM10
+    #define AIGEN_SIMD_SUM1
+    #endif
+
+    /* The loops every kernel spends its time in, on raw pointers (one plane at a time).
+
+       corr:      out[q] (+)= sum_{i,j} k[i, j] * src[q + i*W + j] for q < L, with k rotated by
+                  180 degrees when flip is set; with init, out[q] = bias + sum instead of out[q] +=
+                  sum.  Planes are walked in "full-width" flat order (see the comment above
+                  _conv_fwd_sample); a 3x3 kernel takes one pass with all nine taps.
+       taps:      dw[i*KW + j] += sum_{q < L} z[q] * x[q + i*W + j] and *zsum += sum_{q < L} z[q];
+                  a 3x3 kernel takes one pass with ten sums.
+       pool2_fwd: max of each 2x2 window of an (H, W) plane.
+       pool2_bwd: dy of each 2x2 window to its first maximum (row-major), zeros elsewhere; writes
+                  every element of dx.
+       Pooling is branch-free (the winner of a random window is unpredictable): the first maximum
+       of the top pair, of the bottom pair, then the bottom one only if strictly larger. */
+    /* pool2_bwd takes a row of 2x2 windows in blocks of AIGEN_POOL_BLOCK windows (the last block
+       overlapping the one before: the writes are idempotent), so that every block is a fixed-length
+       loop the compiler turns into vector code with no scalar remainder, whose branches on random
+       data would cost more than the vector part. */
+    #define AIGEN_POOL_BLOCK 8
+    #define AIGEN_POOL2_BWD_WINDOW(T)                                                            \\
+        const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];          \\
+        const int right = b > a, bottom_right = d > c;                                           \\
+        const T top = right ? b : a, bottom = bottom_right ? d : c;                              \\
+        const int down = bottom > top;                                                           \\
+        const T gt = down ? (T) 0 : g[ow], gb = down ? g[ow] : (T) 0;                            \\
+        d0[2 * ow] = right ? (T) 0 : gt;                                                         \\
+        d0[2 * ow + 1] = right ? gt : (T) 0;                                                     \\
+        d1[2 * ow] = bottom_right ? (T) 0 : gb;                                                  \\
+        d1[2 * ow + 1] = bottom_right ? gb : (T) 0;
+
+    #define AIGEN_CONV_PRIMITIVES(T, SFX, ATTR)                                                     \\
+    ATTR static void aigen_corr_##SFX(T *AIGEN_RESTRICT out, const T *AIGEN_RESTRICT src,        \\
+                                      const T *AIGEN_RESTRICT k, Py_ssize_t KH, Py_ssize_t KW,   \\
+                                      Py_ssize_t W, Py_ssize_t L, int flip, int init, T bias) {  \\
+        Py_ssize_t q, i, j;                                                                      \\
+        if (KH == 3 && KW == 3) {                                                                \\
+            const T *AIGEN_RESTRICT r0 = src;                                                    \\
+            const T *AIGEN_RESTRICT r1 = src + W;                                                \\
+            const T *AIGEN_RESTRICT r2 = src + 2 * W;                                            \\
+            T k0, k1, k2, k3, k4, k5, k6, k7, k8;                                                \\
+            if (flip) {                                                                          \\
+                k0 = k[8]; k1 = k[7]; k2 = k[6]; k3 = k[5]; k4 = k[4];                           \\
+                k5 = k[3]; k6 = k[2]; k7 = k[1]; k8 = k[0];                                      \\
+            } else {                                                                             \\
+                k0 = k[0]; k1 = k[1]; k2 = k[2]; k3 = k[3]; k4 = k[4];                           \\
+                k5 = k[5]; k6 = k[6]; k7 = k[7]; k8 = k[8];                                      \\
+            }                                                                                    \\
+            if (init) {                                                                          \\
+                for (q = 0; q < L; q++)                                                          \\
+                    out[q] = bias + (k0 * r0[q] + k1 * r0[q + 1] + k2 * r0[q + 2]                \\
+                                     + k3 * r1[q] + k4 * r1[q + 1] + k5 * r1[q + 2]              \\
+                                     + k6 * r2[q] + k7 * r2[q + 1] + k8 * r2[q + 2]);            \\
+            } else {                                                                             \\
+                for (q = 0; q < L; q++)                                                          \\
+                    out[q] = out[q] + (k0 * r0[q] + k1 * r0[q + 1] + k2 * r0[q + 2]              \\
+                                       + k3 * r1[q] + k4 * r1[q + 1] + k5 * r1[q + 2]            \\
+                                       + k6 * r2[q] + k7 * r2[q + 1] + k8 * r2[q + 2]);          \\
+            }                                                                                    \\
+            return;                                                                              \\
+        }                                                                                        \\
+        if (init)                                                                                \\
+            for (q = 0; q < L; q++)                                                              \\
+                out[q] = bias;                                                                   \\
+        for (i = 0; i < KH; i++) {                                                               \\
+            for (j = 0; j < KW; j++) {                                                           \\
+                const T kv = flip ? k[(KH - 1 - i) * KW + (KW - 1 - j)] : k[i * KW + j];         \\
+                const T *AIGEN_RESTRICT r = src + i * W + j;                                     \\
+                for (q = 0; q < L; q++)                                                          \\
+                    out[q] += kv * r[q];                                                         \\
+            }                                                                                    \\
+        }                                                                                        \\
+    }                                                                                            \\
+    ATTR static void aigen_taps_##SFX(T *AIGEN_RESTRICT dw, T *AIGEN_RESTRICT zsum,              \\
+                                      const T *AIGEN_RESTRICT z, const T *AIGEN_RESTRICT x,      \\
+                                      Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L) { \\
+        Py_ssize_t q, i, j;                                                                      \\
+        if (KH == 3 && KW == 3) {                                                                \\
+            const T *AIGEN_RESTRICT r0 = x;                                                      \\
+            const T *AIGEN_RESTRICT r1 = x + W;                                                  \\
+            const T *AIGEN_RESTRICT r2 = x + 2 * W;                                              \\
+            T a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0, a8 = 0, a9 = 0;    \\
+            AIGEN_SIMD_SUM10                                                                     \\
+            for (q = 0; q < L; q++) {                                                            \\
+                const T zq = z[q];                                                               \\
+                a0 += zq * r0[q]; a1 += zq * r0[q + 1]; a2 += zq * r0[q + 2];                    \\
+                a3 += zq * r1[q]; a4 += zq * r1[q + 1]; a5 += zq * r1[q + 2];                    \\
+                a6 += zq * r2[q]; a7 += zq * r2[q + 1]; a8 += zq * r2[q + 2];                    \\
+                a9 += zq;                                                                        \\
+            }                                                                                    \\
+            dw[0] += a0; dw[1] += a1; dw[2] += a2; dw[3] += a3; dw[4] += a4;                     \\
+            dw[5] += a5; dw[6] += a6; dw[7] += a7; dw[8] += a8;                                  \\
+            *zsum += a9;                                                                         \\
+            return;                                                                              \\
+        }                                                                                        \\
+        for (i = 0; i < KH; i++) {                                                               \\
+            for (j = 0; j < KW; j++) {                                                           \\
+                const T *AIGEN_RESTRICT r = x + i * W + j;                                       \\
+                T a0 = 0;                                                                        \\
+                AIGEN_SIMD_SUM1                                                                  \\
+                for (q = 0; q < L; q++)                                                          \\
+                    a0 += z[q] * r[q];                                                           \\
+                dw[i * KW + j] += a0;                                                            \\
+            }                                                                                    \\
+        }                                                                                        \\
+        {                                                                                        \\
+            T a0 = 0;                                                                            \\
+            AIGEN_SIMD_SUM1                                                                      \\
+            for (q = 0; q < L; q++)                                                              \\
+                a0 += z[q];                                                                      \\
+            *zsum += a0;                                                                         \\
+        }                                                                                        \\
+    }
+
+    #define AIGEN_POOL_PRIMITIVES(T, SFX, ATTR)                                                  \\
+    ATTR static void aigen_pool2_fwd_##SFX(const T *AIGEN_RESTRICT x, T *AIGEN_RESTRICT y,       \\
+                                           Py_ssize_t H, Py_ssize_t W) {                         \\
+        const Py_ssize_t OH = H / 2, OW = W / 2;                                                 \\
+        Py_ssize_t oh, ow;                                                                       \\
+        for (oh = 0; oh < OH; oh++) {                                                            \\
+            const T *AIGEN_RESTRICT r0 = x + 2 * oh * W;                                         \\
+            const T *AIGEN_RESTRICT r1 = r0 + W;                                                 \\
+            T *AIGEN_RESTRICT yr = y + oh * OW;                                                  \\
+            for (ow = 0; ow < OW; ow++) {                                                        \\
+                const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];  \\
+                const T top = b > a ? b : a, bottom = d > c ? d : c;                             \\
+                yr[ow] = bottom > top ? bottom : top;                                            \\
+            }                                                                                    \\
+        }                                                                                        \\
+    }                                                                                            \\
+    ATTR static void aigen_pool2_bwd_##SFX(const T *AIGEN_RESTRICT dy, const T *AIGEN_RESTRICT x, \\
+                                           T *AIGEN_RESTRICT dx, Py_ssize_t H, Py_ssize_t W) {   \\
+        const Py_ssize_t OH = H / 2, OW = W / 2;                                                 \\
+        Py_ssize_t oh, ow, start;                                                                \\
+        for (oh = 0; oh < OH; oh++) {                                                            \\
+            const T *AIGEN_RESTRICT r0 = x + 2 * oh * W;                                         \\
+            const T *AIGEN_RESTRICT r1 = r0 + W;                                                 \\
+            const T *AIGEN_RESTRICT g = dy + oh * OW;                                            \\
+            T *AIGEN_RESTRICT d0 = dx + 2 * oh * W;                                              \\
+            T *AIGEN_RESTRICT d1 = d0 + W;                                                       \\
+            for (start = 0; start < OW; start += AIGEN_POOL_BLOCK) {                             \\
+                if (start + AIGEN_POOL_BLOCK > OW) {                                             \\
+                    if (OW < AIGEN_POOL_BLOCK) break;                                            \\
+                    start = OW - AIGEN_POOL_BLOCK;                                               \\
+                }                                                                                \\
+                for (ow = start; ow < start + AIGEN_POOL_BLOCK; ow++) {                          \\
+                    AIGEN_POOL2_BWD_WINDOW(T)                                                    \\
+                }                                                                                \\
+            }                                                                                    \\
+            if (OW < AIGEN_POOL_BLOCK)                                                           \\
+                for (ow = 0; ow < OW; ow++) {                                                    \\
+                    AIGEN_POOL2_BWD_WINDOW(T)                                                    \\
+                }                                                                                \\
+            if (W > 2 * OW) { /* odd width: the last column is in no window */                   \\
+                d0[W - 1] = 0;                                                                   \\
+                d1[W - 1] = 0;                                                                   \\
+            }                                                                                    \\
+        }                                                                                        \\
+        if (H > 2 * OH) /* odd height: the last row is in no window */                           \\
+            for (ow = 0; ow < W; ow++)                                                           \\
+                dx[(H - 1) * W + ow] = 0;                                                        \\
+    }
+
+    /* One table of the primitives per float type; aigen_f32 / aigen_f64 point at the copies in use. */
+    #define AIGEN_OPS_TYPE(T, TS)                                                                \\
+    typedef struct {                                                                             \\
+        void (*corr)(T *, const T *, const T *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,  \\
+                     int, int, T);                                                               \\
+        void (*taps)(T *, T *, const T *, const T *, Py_ssize_t, Py_ssize_t, Py_ssize_t,         \\
+                     Py_ssize_t);                                                                \\
+        void (*pool2_fwd)(const T *, T *, Py_ssize_t, Py_ssize_t);                               \\
+        void (*pool2_bwd)(const T *, const T *, T *, Py_ssize_t, Py_ssize_t);                    \\
+    } aigen_ops_##TS;
+    #define AIGEN_OPS(SFX) {aigen_corr_##SFX, aigen_taps_##SFX, aigen_pool2_fwd_##SFX,           \\
+                            aigen_pool2_bwd_##SFX}
+
+    AIGEN_OPS_TYPE(float, f32)
+    AIGEN_OPS_TYPE(double, f64)
+    AIGEN_CONV_PRIMITIVES(float, f32_base, )
+    AIGEN_CONV_PRIMITIVES(double, f64_base, )
+    AIGEN_POOL_PRIMITIVES(float, f32_base, )
+    AIGEN_POOL_PRIMITIVES(double, f64_base, )
+    static const aigen_ops_f32 aigen_f32_base = AIGEN_OPS(f32_base);
+    static const aigen_ops_f64 aigen_f64_base = AIGEN_OPS(f64_base);
+    static aigen_ops_f32 aigen_f32 = AIGEN_OPS(f32_base);
+    static aigen_ops_f64 aigen_f64 = AIGEN_OPS(f64_base);
+    #define aigen_corr_f32 (*aigen_f32.corr)
+    #define aigen_corr_f64 (*aigen_f64.corr)
+    #define aigen_taps_f32 (*aigen_f32.taps)
+    #define aigen_taps_f64 (*aigen_f64.taps)
+    #define aigen_pool2_fwd_f32 (*aigen_f32.pool2_fwd)
+    #define aigen_pool2_fwd_f64 (*aigen_f64.pool2_fwd)
+    #define aigen_pool2_bwd_f32 (*aigen_f32.pool2_bwd)
+    #define aigen_pool2_bwd_f64 (*aigen_f64.pool2_bwd)
+
+    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))  \\
+        && !defined(AIGEN_NO_SIMD_DISPATCH)
+    #define AIGEN_X86_COMPILED 1
+    #if defined(__clang__)
+    #define AIGEN_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+    #else
+    #define AIGEN_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512")))
+    #endif
+    #define AIGEN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+    AIGEN_CONV_PRIMITIVES(float, f32_avx2, AIGEN_TARGET_AVX2)
+    AIGEN_CONV_PRIMITIVES(double, f64_avx2, AIGEN_TARGET_AVX2)
+    AIGEN_POOL_PRIMITIVES(float, f32_avx2, AIGEN_TARGET_AVX2)
+    AIGEN_POOL_PRIMITIVES(double, f64_avx2, AIGEN_TARGET_AVX2)
+    AIGEN_CONV_PRIMITIVES(float, f32_avx512, AIGEN_TARGET_AVX512)
+    AIGEN_CONV_PRIMITIVES(double, f64_avx512, AIGEN_TARGET_AVX512)
+    static const aigen_ops_f32 aigen_f32_avx2 = AIGEN_OPS(f32_avx2);
+    static const aigen_ops_f64 aigen_f64_avx2 = AIGEN_OPS(f64_avx2);
+    /* Pooling keeps its AVX2 copy: 16-wide vectors would leave the network's rows of 15 windows
+       to scalar code (and hand-written AVX-512 pooling measured no faster on an AMD Zen 5). */
+    static const aigen_ops_f32 aigen_f32_avx512 = {aigen_corr_f32_avx512, aigen_taps_f32_avx512,
+                                                   aigen_pool2_fwd_f32_avx2, aigen_pool2_bwd_f32_avx2};
+    static const aigen_ops_f64 aigen_f64_avx512 = {aigen_corr_f64_avx512, aigen_taps_f64_avx512,
+                                                   aigen_pool2_fwd_f64_avx2, aigen_pool2_bwd_f64_avx2};
+    /* The best level this CPU (and its OS) supports: 0 baseline, 1 AVX2 + FMA, 2 AVX-512. */
+    static int aigen_cpu_simd(void) {
+        __builtin_cpu_init();
+        if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+            return 0;
+        return __builtin_cpu_supports("avx512f") ? 2 : 1;
+    }
+    #else
+    #define AIGEN_X86_COMPILED 0
+    static int aigen_cpu_simd(void) { return 0; }
+    #endif
+
+    /* Use the copies of one level (0 baseline, 1 AVX2 + FMA, 2 AVX-512), or the best this CPU
+       supports below it.  Returns the level in use. */
+    static int aigen_set_simd(int level) {
+        int best = aigen_cpu_simd();
+        if (level > best)
+            level = best;
+        aigen_f32 = aigen_f32_base;
+        aigen_f64 = aigen_f64_base;
+    #if AIGEN_X86_COMPILED
+        if (level == 1) {
+            aigen_f32 = aigen_f32_avx2;
+            aigen_f64 = aigen_f64_avx2;
+        } else if (level == 2) {
+            aigen_f32 = aigen_f32_avx512;
+            aigen_f64 = aigen_f64_avx512;
+        }
+        return level;
+    #else
+        return 0;
+    #endif
+    }
     """
     int aigen_max_threads() nogil
     const char *AIGEN_SOURCE_SHA256
     int AIGEN_OPENMP_COMPILED
+    int AIGEN_X86_COMPILED
+    int aigen_cpu_simd()
+    int aigen_set_simd(int level)
+    void aigen_corr_f32(float *out, const float *src, const float *k, Py_ssize_t KH,
+                        Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L, int flip, int init,
+                        float bias) noexcept nogil
+    void aigen_corr_f64(double *out, const double *src, const double *k, Py_ssize_t KH,
+                        Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L, int flip, int init,
+                        double bias) noexcept nogil
+    void aigen_taps_f32(float *dw, float *zsum, const float *z, const float *x, Py_ssize_t KH,
+                        Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L) noexcept nogil
+    void aigen_taps_f64(double *dw, double *zsum, const double *z, const double *x, Py_ssize_t KH,
+                        Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L) noexcept nogil
+    void aigen_pool2_fwd_f32(const float *x, float *y, Py_ssize_t H, Py_ssize_t W) noexcept nogil
+    void aigen_pool2_fwd_f64(const double *x, double *y, Py_ssize_t H, Py_ssize_t W) noexcept nogil
+    void aigen_pool2_bwd_f32(const float *dy, const float *x, float *dx, Py_ssize_t H,
+                             Py_ssize_t W) noexcept nogil
+    void aigen_pool2_bwd_f64(const double *dy, const double *x, double *dx, Py_ssize_t H,
+                             Py_ssize_t W) noexcept nogil
 
 # sha256 of csrc/*.pyx and csrc/*.pxd when this module was built (see setup.py); compared with the
 # checkout's sources at import so that a stale build is never used silently.
 SOURCE_SHA256 = AIGEN_SOURCE_SHA256.decode("ascii")
 
-# Below this many multiply-adds a call stays on one thread.
-cdef Py_ssize_t PARALLEL_MIN_WORK = 1 << 16
+# A convolution below this many multiply-adds (about 10 us of work), or a pooling call below this
+# many input values, stays on the calling thread: waking the thread team costs more.
+cdef Py_ssize_t PARALLEL_MIN_MACS = 1 << 19
+cdef Py_ssize_t PARALLEL_MIN_VALUES = 1 << 17
+
+_SIMD_NAMES = ("baseline", "avx2", "avx512")
+cdef int _simd_level = aigen_set_simd(2)
 
 
 def openmp_info():
@@ -51,82 +354,45 @@ def openmp_info():
     return {"openmp": bool(AIGEN_OPENMP_COMPILED), "max_threads": int(aigen_max_threads())}
 
 
+def simd_info():
+    """{"active": the copy of the inner loops in use, "available": the copies this CPU can run}.
+
+    "baseline" is the instruction set the extension was compiled for; "avx2" (AVX2 + FMA) and
+    "avx512" (AVX-512F, 512-bit vectors) are extra copies built on x86-64 with GCC or Clang.
+    """
+    cdef int best = aigen_cpu_simd() if AIGEN_X86_COMPILED else 0
+    return {"active": _SIMD_NAMES[_simd_level], "available": list(_SIMD_NAMES[:best + 1])}
+
+
+def _use_simd(str name):
+    """Switch the inner loops to the copy `name` (or the best available below it); returns the
+    previous name.  For tests and benchmarks only: not safe while another thread runs a kernel."""
+    global _simd_level
+    if name not in _SIMD_NAMES:
+        raise ValueError(f"unknown SIMD level {name!r}; choose one of {_SIMD_NAMES}")
+    previous = _SIMD_NAMES[_simd_level]
+    _simd_level = aigen_set_simd(_SIMD_NAMES.index(name))
+    return previous
+
+
 # --------------------------------------------------------------------------------------------------
-# Building blocks on raw pointers.
-#
-# Planes are walked in "full-width" flat order: output position (oh, ow) of a valid correlation
-# sits at q = oh * W + ow, so the input it reads through tap (i, j) is simply q + i * W + j.  One
-# long contiguous loop over q = 0 .. L-1, L = (OH - 1) * W + OW, then replaces OH short row loops
-# (rows of 30 vectorise badly); the W - OW columns it computes past each row end are discarded.
+# Typed access to the C primitives.
 
-cdef inline void _correlate_acc(floating *out, const floating *src, const floating *k,
-                                Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L,
-                                bint flip) noexcept nogil:
-    """out[q] += sum_{i,j} k[i, j] * src[q + i*W + j] for q < L (k rotated by 180 degrees if flip)."""
-    cdef Py_ssize_t q, i, j
-    cdef floating kv, k0, k1, k2, k3, k4, k5, k6, k7, k8
-    cdef const floating *r0
-    cdef const floating *r1
-    cdef const floating *r2
-    if KH == 3 and KW == 3:
-        # The network's kernel: all nine taps in one pass, so out is loaded and stored once.
-        if flip:
-            k0 = k[8]; k1 = k[7]; k2 = k[6]; k3 = k[5]; k4 = k[4]; k5 = k[3]; k6 = k[2]; k7 = k[1]; k8 = k[0]
-        else:
-            k0 = k[0]; k1 = k[1]; k2 = k[2]; k3 = k[3]; k4 = k[4]; k5 = k[5]; k6 = k[6]; k7 = k[7]; k8 = k[8]
-        r0 = src
-        r1 = src + W
-        r2 = src + 2 * W
-        for q in range(L):
-            out[q] += (k0 * r0[q] + k1 * r0[q + 1] + k2 * r0[q + 2]
-                       + k3 * r1[q] + k4 * r1[q + 1] + k5 * r1[q + 2]
-                       + k6 * r2[q] + k7 * r2[q + 1] + k8 * r2[q + 2])
-        return
-    for i in range(KH):
-        for j in range(KW):
-            kv = k[(KH - 1 - i) * KW + (KW - 1 - j)] if flip else k[i * KW + j]
-            r0 = src + i * W + j
-            for q in range(L):
-                out[q] += kv * r0[q]
+cdef inline void _corr(floating *out, const floating *src, const floating *k, Py_ssize_t KH,
+                       Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L, bint flip, bint init,
+                       floating bias) noexcept nogil:
+    if floating is float:
+        aigen_corr_f32(out, src, k, KH, KW, W, L, flip, init, bias)
+    else:
+        aigen_corr_f64(out, src, k, KH, KW, W, L, flip, init, bias)
 
 
-cdef inline floating _dot(const floating *a, const floating *b, Py_ssize_t L) noexcept nogil:
-    """sum_q a[q] * b[q], with 16 independent partial sums so the compiler can vectorise it
-    without reassociating floating-point additions."""
-    cdef floating acc[16]
-    cdef floating total = 0
-    cdef Py_ssize_t q = 0, lane
-    for lane in range(16):
-        acc[lane] = 0
-    while q + 16 <= L:
-        for lane in range(16):
-            acc[lane] += a[q + lane] * b[q + lane]
-        q += 16
-    while q < L:
-        total += a[q] * b[q]
-        q += 1
-    for lane in range(16):
-        total += acc[lane]
-    return total
-
-
-cdef inline floating _sum(const floating *a, Py_ssize_t L) noexcept nogil:
-    """sum_q a[q], vectorisable like _dot."""
-    cdef floating acc[16]
-    cdef floating total = 0
-    cdef Py_ssize_t q = 0, lane
-    for lane in range(16):
-        acc[lane] = 0
-    while q + 16 <= L:
-        for lane in range(16):
-            acc[lane] += a[q + lane]
-        q += 16
-    while q < L:
-        total += a[q]
-        q += 1
-    for lane in range(16):
-        total += acc[lane]
-    return total
+cdef inline void _taps(floating *dw, floating *zsum, const floating *z, const floating *x,
+                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L) noexcept nogil:
+    if floating is float:
+        aigen_taps_f32(dw, zsum, z, x, KH, KW, W, L)
+    else:
+        aigen_taps_f64(dw, zsum, z, x, KH, KW, W, L)
 
 
 cdef inline void _spread_rows(floating *dst, const floating *src, Py_ssize_t rows, Py_ssize_t cols,
@@ -146,62 +412,56 @@ cdef inline void _gather_rows(floating *dst, const floating *src, Py_ssize_t row
 
 
 # --------------------------------------------------------------------------------------------------
-# Convolution, one sample (forward, dx) or one filter (dw, db) at a time.
+# Convolution, one sample (forward, dx) or one (sample, filter) pair (dw, db) at a time.
+#
+# Planes are walked in "full-width" flat order: output position (oh, ow) of a valid correlation
+# sits at q = oh * W + ow, so the input it reads through tap (i, j) is simply q + i * W + j.  One
+# long contiguous loop over q = 0 .. L-1, L = (OH - 1) * W + OW, then replaces OH short row loops
+# (rows of 30 vectorise badly); the W - OW columns it computes past each row end are discarded.
 #
 # Scratch, one per thread: forward needs L values; backward needs dy[n, f] laid out full-width
 # with zeros past each row and (KH - 1) * W + KW - 1 leading zeros, "the padded plane" Z, so that
-# dx is again a correlation (with the rotated kernel) and dw a set of dot products.
+# dx is again a correlation (with the rotated kernel) and dw a set of dot products.  (A tap that
+# would reach left of column 0 lands in the previous row's zero columns: W - OW = KW - 1.)  Only
+# the dy positions of Z are ever written, so its zeros survive from one plane to the next.
 
 cdef inline void _conv_fwd_sample(const floating *x, const floating *w, const floating *b,
                                   floating *y, floating *buf, Py_ssize_t C, Py_ssize_t H,
                                   Py_ssize_t W, Py_ssize_t F, Py_ssize_t KH,
                                   Py_ssize_t KW) noexcept nogil:
     cdef Py_ssize_t OH = H - KH + 1, OW = W - KW + 1, L = (OH - 1) * W + OW
-    cdef Py_ssize_t f, c, q
+    cdef Py_ssize_t f, c
     for f in range(F):
-        for q in range(L):
-            buf[q] = b[f]
         for c in range(C):
-            _correlate_acc(buf, x + c * H * W, w + (f * C + c) * KH * KW, KH, KW, W, L, False)
+            _corr(buf, x + c * H * W, w + (f * C + c) * KH * KW, KH, KW, W, L, False, c == 0, b[f])
         _gather_rows(y + f * OH * OW, buf, OH, OW, W)
 
 
-cdef inline void _conv_bwd_dx_sample(const floating *dy, const floating *w, floating *dx,
-                                     floating *z, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                                     Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW) noexcept nogil:
-    """dx[c] = sum_f dy[f] correlated with the rotated w[f, c] over Z; dx starts at zero."""
-    cdef Py_ssize_t OH = H - KH + 1, OW = W - KW + 1, pad = (KH - 1) * W + KW - 1
-    cdef Py_ssize_t f, c
-    for f in range(F):
-        _spread_rows(z + pad, dy + f * OH * OW, OH, OW, W)
-        for c in range(C):
-            _correlate_acc(dx + c * H * W, z, w + (f * C + c) * KH * KW, KH, KW, W, H * W, True)
+cdef inline void _conv_bwd_dx_plane(const floating *z, const floating *w, floating *dx,
+                                    Py_ssize_t f, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                    Py_ssize_t KH, Py_ssize_t KW) noexcept nogil:
+    """dx[c] (+)= Z (holding dy[f]) correlated with the rotated w[f, c]; f == 0 initialises dx."""
+    cdef Py_ssize_t c
+    for c in range(C):
+        _corr(dx + c * H * W, z, w + (f * C + c) * KH * KW, KH, KW, W, H * W, True, f == 0, 0)
 
 
-cdef inline void _conv_bwd_dw_filter(const floating *dy, const floating *x, floating *dw,
-                                     floating *db, floating *z, Py_ssize_t f, Py_ssize_t N,
-                                     Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
-                                     Py_ssize_t KH, Py_ssize_t KW) noexcept nogil:
-    """dw[f, c, i, j] = sum_n <dy[n, f], x[n, c] shifted by (i, j)> and db[f] = sum dy[:, f]."""
-    cdef Py_ssize_t OH = H - KH + 1, OW = W - KW + 1, pad = (KH - 1) * W + KW - 1
-    cdef Py_ssize_t L = (OH - 1) * W + OW
-    cdef Py_ssize_t n, c, i, j
-    cdef floating *dwf = dw + f * C * KH * KW
-    cdef const floating *xc
-    cdef floating bias_grad = 0
-    for n in range(N):
-        _spread_rows(z + pad, dy + (n * F + f) * OH * OW, OH, OW, W)
-        bias_grad += _sum(dy + (n * F + f) * OH * OW, OH * OW)
-        for c in range(C):
-            xc = x + (n * C + c) * H * W
-            for i in range(KH):
-                for j in range(KW):
-                    dwf[(c * KH + i) * KW + j] += _dot(z + pad, xc + i * W + j, L)
-    db[f] = bias_grad
+cdef inline void _conv_bwd_dw_plane(const floating *z, const floating *x, floating *dwf,
+                                    floating *dbf, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                                    Py_ssize_t KH, Py_ssize_t KW) noexcept nogil:
+    """dw[f] += <Z (holding dy[n, f]), x[n, c] shifted by (i, j)> and db[f] += sum dy[n, f]."""
+    cdef Py_ssize_t OH = H - KH + 1, OW = W - KW + 1, L = (OH - 1) * W + OW
+    cdef Py_ssize_t pad = (KH - 1) * W + KW - 1
+    cdef Py_ssize_t c
+    cdef floating unused = 0
+    for c in range(C):
+        # The sum over Z's L values is the sum of dy[n, f] (the rest are zeros): db, once.
+        _taps(dwf + c * KH * KW, dbf if c == 0 else &unused, z + pad, x + c * H * W,
+              KH, KW, W, L)
 
 
 # --------------------------------------------------------------------------------------------------
-# Max pooling, one (H, W) plane at a time.
+# Max pooling, one (H, W) plane at a time: 2x2 windows in C (above), other sizes here.
 
 cdef inline void _pool_fwd_plane(const floating *x, floating *y, Py_ssize_t H, Py_ssize_t W,
                                  Py_ssize_t s) noexcept nogil:
@@ -210,22 +470,11 @@ cdef inline void _pool_fwd_plane(const floating *x, floating *y, Py_ssize_t H, P
     cdef Py_ssize_t oh, ow, i, j
     cdef floating m, v
     cdef const floating *xr
-    cdef const floating *r0
-    cdef const floating *r1
-    cdef floating *yr
     if s == 2:
-        for oh in range(OH):
-            r0 = x + 2 * oh * W
-            r1 = r0 + W
-            yr = y + oh * OW
-            for ow in range(OW):
-                m = r0[2 * ow]
-                v = r0[2 * ow + 1]
-                m = v if v > m else m
-                v = r1[2 * ow]
-                m = v if v > m else m
-                v = r1[2 * ow + 1]
-                yr[ow] = v if v > m else m
+        if floating is float:
+            aigen_pool2_fwd_f32(x, y, H, W)
+        else:
+            aigen_pool2_fwd_f64(x, y, H, W)
         return
     for oh in range(OH):
         for ow in range(OW):
@@ -241,7 +490,7 @@ cdef inline void _pool_fwd_plane(const floating *x, floating *y, Py_ssize_t H, P
 
 cdef inline void _pool_bwd_plane(const floating *dy, const floating *x, floating *dx,
                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t s) noexcept nogil:
-    """Route each dy to the first maximum (row-major) of its window; dx must start at zero.
+    """Route each dy to the first maximum (row-major) of its window and write zeros everywhere else.
 
     Comparisons are strict, so a later value equal to the running maximum never takes over.
     """
@@ -249,6 +498,13 @@ cdef inline void _pool_bwd_plane(const floating *dy, const floating *x, floating
     cdef Py_ssize_t oh, ow, i, j, best
     cdef floating m, v
     cdef const floating *xr
+    if s == 2:
+        if floating is float:
+            aigen_pool2_bwd_f32(dy, x, dx, H, W)
+        else:
+            aigen_pool2_bwd_f64(dy, x, dx, H, W)
+        return
+    memset(dx, 0, H * W * sizeof(floating))
     for oh in range(OH):
         for ow in range(OW):
             xr = x + oh * s * W + ow * s
@@ -264,151 +520,285 @@ cdef inline void _pool_bwd_plane(const floating *dy, const floating *x, floating
 
 
 # --------------------------------------------------------------------------------------------------
-# Batch drivers: typed memoryviews in, GIL released, one scratch buffer per thread.
+# Batch drivers: raw pointers into C-contiguous arrays, GIL released, one scratch buffer per thread.
+# A problem too small for threads runs a plain loop, outside any OpenMP region.
 
-cdef floating *_scratch(Py_ssize_t per_thread, floating *like) except NULL:
-    """Zeroed scratch: per_thread values for each thread a parallel loop may use (free() it)."""
-    cdef floating *buf = <floating *> calloc(aigen_max_threads() * per_thread, sizeof(floating))
+cdef int _threads(bint parallel) noexcept nogil:
+    """The size of the thread team to use (1 when the problem is too small to share)."""
+    return aigen_max_threads() if parallel else 1
+
+
+cdef floating *_scratch(Py_ssize_t n, floating *like) except NULL:
+    """n zeroed values (free() them); `like` only selects the type."""
+    cdef floating *buf = <floating *> calloc(n if n > 0 else 1, sizeof(floating))
     if buf == NULL:
         raise MemoryError()
     return buf
 
 
-cdef void _conv_fwd(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
-                    const floating[::1] b, floating[:, :, :, ::1] y) except *:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t n
-    cdef bint threads = N > 1 and N * F * C * H * W * KH * KW >= PARALLEL_MIN_WORK
+cdef int _conv_fwd(const floating *x, const floating *w, const floating *b, floating *y,
+                   Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                   Py_ssize_t KH, Py_ssize_t KW) except -1:
+    cdef Py_ssize_t OH = H - KH + 1, OW = W - KW + 1, n
+    cdef int nt = _threads(N > 1 and N * F * C * H * W * KH * KW >= PARALLEL_MIN_MACS)
     if N == 0:
-        return
-    cdef floating *buf = _scratch(H * W, &y[0, 0, 0, 0])
+        return 0
+    cdef floating *buf = _scratch(nt * H * W, y)
     with nogil:
-        for n in prange(N, use_threads_if=threads, schedule="static"):
-            _conv_fwd_sample(&x[n, 0, 0, 0], &w[0, 0, 0, 0], &b[0], &y[n, 0, 0, 0],
-                             buf + threadid() * H * W, C, H, W, F, KH, KW)
+        if nt > 1:
+            for n in prange(N, num_threads=nt, schedule="static"):
+                _conv_fwd_sample(x + n * C * H * W, w, b, y + n * F * OH * OW,
+                                 buf + threadid() * H * W, C, H, W, F, KH, KW)
+        else:
+            for n in range(N):
+                _conv_fwd_sample(x + n * C * H * W, w, b, y + n * F * OH * OW, buf,
+                                 C, H, W, F, KH, KW)
     free(buf)
+    return 0
 
 
-cdef void _conv_bwd(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] w, floating[:, :, :, ::1] dx,
-                    floating[:, :, :, ::1] dw, floating[::1] db) except *:
-    """dx and dw must arrive zero-filled."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t n, f
-    cdef Py_ssize_t zlen = (KH - 1) * W + KW - 1 + H * W
-    cdef bint big = N * F * C * H * W * KH * KW >= PARALLEL_MIN_WORK
+cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, floating *dx,
+                   floating *dw, floating *db, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+                   Py_ssize_t W, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW) except -1:
+    """Fills dx, dw and db completely (they may arrive uninitialised).
+
+    Whatever the threads, dx[n] is accumulated over f in order by one thread, and dw[f], db[f] over
+    n in order (starting from zero) by one thread, so the results are the same bit for bit.
+    """
+    cdef Py_ssize_t OH = H - KH + 1, OW = W - KW + 1, n, f
+    cdef Py_ssize_t pad = (KH - 1) * W + KW - 1, zlen = pad + H * W
+    cdef int nt = _threads(N * F * C * H * W * KH * KW >= PARALLEL_MIN_MACS and (N > 1 or F > 1))
+    cdef int nt_n = nt if N > 1 else 1
+    cdef int nt_f = nt if F > 1 else 1
+    cdef floating *z
+    cdef floating *zt
+    memset(dw, 0, F * C * KH * KW * sizeof(floating))
+    memset(db, 0, F * sizeof(floating))
     if N == 0:
-        return
-    # Only the dy positions of each thread's padded plane are ever written, so its zeros survive.
-    cdef floating *z = _scratch(zlen, &dx[0, 0, 0, 0])
+        return 0
+    z = _scratch(nt * zlen, dx)
     with nogil:
-        for n in prange(N, use_threads_if=big and N > 1, schedule="static"):
-            _conv_bwd_dx_sample(&dy[n, 0, 0, 0], &w[0, 0, 0, 0], &dx[n, 0, 0, 0],
-                                z + threadid() * zlen, C, H, W, F, KH, KW)
-        for f in prange(F, use_threads_if=big and F > 1, schedule="static"):
-            _conv_bwd_dw_filter(&dy[0, 0, 0, 0], &x[0, 0, 0, 0], &dw[0, 0, 0, 0], &db[0],
-                                z + threadid() * zlen, f, N, C, H, W, F, KH, KW)
+        if nt == 1:
+            # One pass: each dy plane is spread into Z once, for dx and for dw.
+            for n in range(N):
+                for f in range(F):
+                    _spread_rows(z + pad, dy + (n * F + f) * OH * OW, OH, OW, W)
+                    _conv_bwd_dx_plane(z, w, dx + n * C * H * W, f, C, H, W, KH, KW)
+                    _conv_bwd_dw_plane(z, x + n * C * H * W, dw + f * C * KH * KW, db + f,
+                                       C, H, W, KH, KW)
+        else:
+            # dx over the batch, then dw/db over the filters: no two threads write one value.
+            for n in prange(N, num_threads=nt_n, use_threads_if=nt_n > 1, schedule="static"):
+                zt = z + threadid() * zlen
+                for f in range(F):
+                    _spread_rows(zt + pad, dy + (n * F + f) * OH * OW, OH, OW, W)
+                    _conv_bwd_dx_plane(zt, w, dx + n * C * H * W, f, C, H, W, KH, KW)
+            for f in prange(F, num_threads=nt_f, use_threads_if=nt_f > 1, schedule="static"):
+                zt = z + threadid() * zlen
+                for n in range(N):
+                    _spread_rows(zt + pad, dy + (n * F + f) * OH * OW, OH, OW, W)
+                    _conv_bwd_dw_plane(zt, x + n * C * H * W, dw + f * C * KH * KW, db + f,
+                                       C, H, W, KH, KW)
     free(z)
+    return 0
 
 
-cdef void _pool_fwd(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, Py_ssize_t s):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t p
-    cdef bint threads = N > 1 and N * C * H * W >= PARALLEL_MIN_WORK
-    if N == 0:
-        return
+cdef void _pool_fwd(const floating *x, floating *y, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
+                    Py_ssize_t s) noexcept:
+    """P = N * C planes."""
+    cdef Py_ssize_t p, OH = H // s, OW = W // s
+    cdef int nt = _threads(P > 1 and P * H * W >= PARALLEL_MIN_VALUES)
     with nogil:
-        for p in prange(N * C, use_threads_if=threads, schedule="static"):
-            _pool_fwd_plane(&x[0, 0, 0, 0] + p * H * W, &y[0, 0, 0, 0] + p * (H // s) * (W // s),
-                            H, W, s)
+        if nt > 1:
+            for p in prange(P, num_threads=nt, schedule="static"):
+                _pool_fwd_plane(x + p * H * W, y + p * OH * OW, H, W, s)
+        else:
+            for p in range(P):
+                _pool_fwd_plane(x + p * H * W, y + p * OH * OW, H, W, s)
 
 
-cdef void _pool_bwd(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                    floating[:, :, :, ::1] dx, Py_ssize_t s):
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t p
-    cdef bint threads = N > 1 and N * C * H * W >= PARALLEL_MIN_WORK
-    if N == 0:
-        return
+cdef void _pool_bwd(const floating *dy, const floating *x, floating *dx, Py_ssize_t P,
+                    Py_ssize_t H, Py_ssize_t W, Py_ssize_t s) noexcept:
+    cdef Py_ssize_t p, OH = H // s, OW = W // s
+    cdef int nt = _threads(P > 1 and P * H * W >= PARALLEL_MIN_VALUES)
     with nogil:
-        for p in prange(N * C, use_threads_if=threads, schedule="static"):
-            _pool_bwd_plane(&dy[0, 0, 0, 0] + p * (H // s) * (W // s), &x[0, 0, 0, 0] + p * H * W,
-                            &dx[0, 0, 0, 0] + p * H * W, H, W, s)
+        if nt > 1:
+            for p in prange(P, num_threads=nt, schedule="static"):
+                _pool_bwd_plane(dy + p * OH * OW, x + p * H * W, dx + p * H * W, H, W, s)
+        else:
+            for p in range(P):
+                _pool_bwd_plane(dy + p * OH * OW, x + p * H * W, dx + p * H * W, H, W, s)
 
 
 # --------------------------------------------------------------------------------------------------
-# Python entry points.  They trust their (validated) arguments: 4-D/1-D float arrays of one dtype
-# with compatible shapes.
+# Python entry points.
+#
+# The checks below are the rules of aigen/kernels/_checks.py restated on C-level attributes, so the
+# common valid call costs a few hundred nanoseconds less than the Python checks would; whenever one
+# fails, the Python check for the call runs and raises the ValueError that names the argument
+# (and should it pass after all, the call simply goes on).
 
-cdef inline cnp.ndarray _c_contiguous(cnp.ndarray a):
-    # No copy (and no Python-level call) in the common, already contiguous case.
-    if cnp.PyArray_IS_C_CONTIGUOUS(a):
-        return a
-    return np.ascontiguousarray(a)
+ctypedef cnp.npy_intp *Dims
 
 
-def conv2d_forward(cnp.ndarray x not None, cnp.ndarray w not None, cnp.ndarray b not None):
-    """Valid cross-correlation, stride 1: y[n, f] = b[f] + sum_c x[n, c] (*) w[f, c]."""
-    x = _c_contiguous(x)
-    w = _c_contiguous(w)
-    b = _c_contiguous(b)
-    cdef int typenum = cnp.PyArray_TYPE(x)
+cdef inline int _float_type(object a, int nd):
+    """a's type number if a is a native-byte-order float32/float64 ndarray with nd dimensions, else -1."""
+    cdef int t
+    if not cnp.PyArray_Check(a) or cnp.PyArray_NDIM(<cnp.ndarray> a) != nd:
+        return -1
+    t = cnp.PyArray_TYPE(<cnp.ndarray> a)
+    if (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE) or not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray> a):
+        return -1
+    return t
+
+
+cdef inline bint _conv_operands_ok(object x, object w, int t):
+    cdef Dims xs
+    cdef Dims ws
+    if t < 0 or _float_type(w, 4) != t:
+        return False
+    xs = cnp.PyArray_DIMS(<cnp.ndarray> x)
+    ws = cnp.PyArray_DIMS(<cnp.ndarray> w)
+    return (xs[1] > 0 and xs[2] > 0 and xs[3] > 0 and ws[0] > 0 and ws[2] > 0 and ws[3] > 0
+            and ws[1] == xs[1] and ws[2] <= xs[2] and ws[3] <= xs[3])
+
+
+cdef inline Py_ssize_t _pool_size_ok(object x, object size, int t):
+    """size as a C integer if size is a plain int and fits x's planes, else 0."""
+    cdef long long s
+    cdef int overflow = 0
+    cdef Dims xs
+    if t < 0 or type(size) is not int:
+        return 0
+    s = PyLong_AsLongLongAndOverflow(size, &overflow)
+    if overflow:
+        return 0
+    xs = cnp.PyArray_DIMS(<cnp.ndarray> x)
+    if s < 1 or s > xs[2] or s > xs[3]:
+        return 0
+    return <Py_ssize_t> s
+
+
+cdef inline cnp.ndarray _c_array(object a, int t):
+    """a itself when it is already a C-contiguous, aligned array; otherwise such a copy."""
+    if cnp.PyArray_Check(a) and cnp.PyArray_ISCARRAY_RO(<cnp.ndarray> a):
+        return <cnp.ndarray> a
+    return <cnp.ndarray> cnp.PyArray_FROM_OTF(a, t, cnp.NPY_ARRAY_CARRAY_RO)
+
+
+cdef inline void *_data(cnp.ndarray a) noexcept:
+    return cnp.PyArray_DATA(a)
+
+
+def conv2d_forward(x, w, b):
+    """Valid stride-1 cross-correlation: (N, C, H, W) * (F, C, KH, KW) + (F,) -> (N, F, H-KH+1, W-KW+1).
+
+    y[n, f, h, v] = b[f] + sum_{c, i, j} x[n, c, h + i, v + j] * w[f, c, i, j].
+    """
+    cdef int t = _float_type(x, 4)
+    if not (_conv_operands_ok(x, w, t) and _float_type(b, 1) == t
+            and cnp.PyArray_DIMS(<cnp.ndarray> b)[0] == cnp.PyArray_DIMS(<cnp.ndarray> w)[0]):
+        _checks.check_conv2d_forward(x, w, b)
+        t = cnp.PyArray_TYPE(<cnp.ndarray> x)
+    cdef cnp.ndarray xa = _c_array(x, t)
+    cdef cnp.ndarray wa = _c_array(w, t)
+    cdef cnp.ndarray ba = _c_array(b, t)
+    cdef Dims xs = cnp.PyArray_DIMS(xa)
+    cdef Dims ws = cnp.PyArray_DIMS(wa)
     cdef cnp.npy_intp dims[4]
-    dims[0] = x.shape[0]
-    dims[1] = w.shape[0]
-    dims[2] = x.shape[2] - w.shape[2] + 1
-    dims[3] = x.shape[3] - w.shape[3] + 1
-    cdef cnp.ndarray y = cnp.PyArray_EMPTY(4, dims, typenum, 0)
-    if typenum == cnp.NPY_FLOAT32:
-        _conv_fwd[float](x, w, b, y)
+    dims[0] = xs[0]
+    dims[1] = ws[0]
+    dims[2] = xs[2] - ws[2] + 1
+    dims[3] = xs[3] - ws[3] + 1
+    cdef cnp.ndarray y = cnp.PyArray_EMPTY(4, dims, t, 0)
+    if t == cnp.NPY_FLOAT:
+        _conv_fwd(<float *> _data(xa), <float *> _data(wa), <float *> _data(ba), <float *> _data(y),
+                  xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
     else:
-        _conv_fwd[double](x, w, b, y)
+        _conv_fwd(<double *> _data(xa), <double *> _data(wa), <double *> _data(ba),
+                  <double *> _data(y), xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
     return y
 
 
-def conv2d_backward(cnp.ndarray dy not None, cnp.ndarray x not None, cnp.ndarray w not None):
-    """Gradients (dx, dw, db) of conv2d_forward given dy = dL/dy."""
-    dy = _c_contiguous(dy)
-    x = _c_contiguous(x)
-    w = _c_contiguous(w)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    cdef cnp.ndarray dx = cnp.PyArray_ZEROS(4, x.shape, typenum, 0)
-    cdef cnp.ndarray dw = cnp.PyArray_ZEROS(4, w.shape, typenum, 0)
-    cdef cnp.ndarray db = cnp.PyArray_ZEROS(1, w.shape, typenum, 0)
-    if typenum == cnp.NPY_FLOAT32:
-        _conv_bwd[float](dy, x, w, dx, dw, db)
+def conv2d_backward(dy, x, w):
+    """(dx, dw, db): gradients of conv2d_forward given dy of shape (N, F, H-KH+1, W-KW+1)."""
+    cdef int t = _float_type(x, 4)
+    cdef Dims xs
+    cdef Dims ws
+    cdef Dims ds
+    cdef bint ok = _conv_operands_ok(x, w, t) and _float_type(dy, 4) == t
+    if ok:
+        xs = cnp.PyArray_DIMS(<cnp.ndarray> x)
+        ws = cnp.PyArray_DIMS(<cnp.ndarray> w)
+        ds = cnp.PyArray_DIMS(<cnp.ndarray> dy)
+        ok = (ds[0] == xs[0] and ds[1] == ws[0] and ds[2] == xs[2] - ws[2] + 1
+              and ds[3] == xs[3] - ws[3] + 1)
+    if not ok:
+        _checks.check_conv2d_backward(dy, x, w)
+        t = cnp.PyArray_TYPE(<cnp.ndarray> x)
+    cdef cnp.ndarray da = _c_array(dy, t)
+    cdef cnp.ndarray xa = _c_array(x, t)
+    cdef cnp.ndarray wa = _c_array(w, t)
+    xs = cnp.PyArray_DIMS(xa)
+    ws = cnp.PyArray_DIMS(wa)
+    cdef cnp.ndarray dx = cnp.PyArray_EMPTY(4, xs, t, 0)
+    cdef cnp.ndarray dw = cnp.PyArray_EMPTY(4, ws, t, 0)
+    cdef cnp.ndarray db = cnp.PyArray_EMPTY(1, ws, t, 0)
+    if t == cnp.NPY_FLOAT:
+        _conv_bwd(<float *> _data(da), <float *> _data(xa), <float *> _data(wa),
+                  <float *> _data(dx), <float *> _data(dw), <float *> _data(db),
+                  xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
     else:
-        _conv_bwd[double](dy, x, w, dx, dw, db)
+        _conv_bwd(<double *> _data(da), <double *> _data(xa), <double *> _data(wa),
+                  <double *> _data(dx), <double *> _data(dw), <double *> _data(db),
+                  xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
     return dx, dw, db
 
 
-def maxpool2d_forward(cnp.ndarray x not None, Py_ssize_t size):
-    """Max over non-overlapping size x size windows (stride = size, floor: partial windows dropped)."""
-    x = _c_contiguous(x)
-    cdef int typenum = cnp.PyArray_TYPE(x)
+def maxpool2d_forward(x, size=2):
+    """Max over non-overlapping size x size windows; partial windows at the bottom/right are dropped."""
+    cdef int t = _float_type(x, 4)
+    cdef Py_ssize_t s = _pool_size_ok(x, size, t)
+    if s == 0:
+        s = _checks.check_maxpool2d_forward(x, size)
+        t = cnp.PyArray_TYPE(<cnp.ndarray> x)
+    cdef cnp.ndarray xa = _c_array(x, t)
+    cdef Dims xs = cnp.PyArray_DIMS(xa)
     cdef cnp.npy_intp dims[4]
-    dims[0] = x.shape[0]
-    dims[1] = x.shape[1]
-    dims[2] = x.shape[2] // size
-    dims[3] = x.shape[3] // size
-    cdef cnp.ndarray y = cnp.PyArray_EMPTY(4, dims, typenum, 0)
-    if typenum == cnp.NPY_FLOAT32:
-        _pool_fwd[float](x, y, size)
+    dims[0] = xs[0]
+    dims[1] = xs[1]
+    dims[2] = xs[2] // s
+    dims[3] = xs[3] // s
+    cdef cnp.ndarray y = cnp.PyArray_EMPTY(4, dims, t, 0)
+    if t == cnp.NPY_FLOAT:
+        _pool_fwd(<float *> _data(xa), <float *> _data(y), xs[0] * xs[1], xs[2], xs[3], s)
     else:
-        _pool_fwd[double](x, y, size)
+        _pool_fwd(<double *> _data(xa), <double *> _data(y), xs[0] * xs[1], xs[2], xs[3], s)
     return y
 
 
-def maxpool2d_backward(cnp.ndarray dy not None, cnp.ndarray x not None, Py_ssize_t size):
+def maxpool2d_backward(dy, x, size=2):
     """Gradient of maxpool2d_forward: each dy goes to the first maximum (row-major) of its window."""
-    dy = _c_contiguous(dy)
-    x = _c_contiguous(x)
-    cdef int typenum = cnp.PyArray_TYPE(x)
-    cdef cnp.ndarray dx = cnp.PyArray_ZEROS(4, x.shape, typenum, 0)
-    if typenum == cnp.NPY_FLOAT32:
-        _pool_bwd[float](dy, x, dx, size)
+    cdef int t = _float_type(x, 4)
+    cdef Py_ssize_t s = _pool_size_ok(x, size, t)
+    cdef Dims xs
+    cdef Dims ds
+    cdef bint ok = s > 0 and _float_type(dy, 4) == t
+    if ok:
+        xs = cnp.PyArray_DIMS(<cnp.ndarray> x)
+        ds = cnp.PyArray_DIMS(<cnp.ndarray> dy)
+        ok = ds[0] == xs[0] and ds[1] == xs[1] and ds[2] == xs[2] // s and ds[3] == xs[3] // s
+    if not ok:
+        s = _checks.check_maxpool2d_backward(dy, x, size)
+        t = cnp.PyArray_TYPE(<cnp.ndarray> x)
+    cdef cnp.ndarray da = _c_array(dy, t)
+    cdef cnp.ndarray xa = _c_array(x, t)
+    xs = cnp.PyArray_DIMS(xa)
+    cdef cnp.ndarray dx = cnp.PyArray_EMPTY(4, xs, t, 0)
+    if t == cnp.NPY_FLOAT:
+        _pool_bwd(<float *> _data(da), <float *> _data(xa), <float *> _data(dx), xs[0] * xs[1],
+                  xs[2], xs[3], s)
     else:
-        _pool_bwd[double](dy, x, dx, size)
+        _pool_bwd(<double *> _data(da), <double *> _data(xa), <double *> _data(dx), xs[0] * xs[1],
+                  xs[2], xs[3], s)
     return dx

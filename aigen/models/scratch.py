@@ -114,13 +114,17 @@ class ScratchCNN:
         return x
 
     def _forward(self, x: np.ndarray):
-        """(pre-activation, activation, pooled, logits); x already validated."""
+        """(conv output, its max-pool, pooled activation, logits); x already validated.
+
+        ReLU and max-pooling commute (both are monotone), so maxpool(relu(z)) is computed as
+        relu(maxpool(z)): the same values, with the ReLU on a quarter of the elements.
+        """
         k = self.kernels
         z1 = k.conv2d_forward(x, self.conv_w, self.conv_b)
-        a1 = np.maximum(z1, 0)
-        pooled = k.maxpool2d_forward(a1, POOL_SIZE)
+        m1 = k.maxpool2d_forward(z1, POOL_SIZE)
+        pooled = np.maximum(m1, 0)
         logits = pooled.reshape(x.shape[0], -1) @ self.fc_w + self.fc_b[0]
-        return z1, a1, pooled, logits
+        return z1, m1, pooled, logits
 
     def forward(self, x) -> np.ndarray:
         """Logits (N,) for inputs x (N, 1, 32, 32)."""
@@ -130,15 +134,20 @@ class ScratchCNN:
         """(mean loss, grads, logits) for a validated batch."""
         k = self.kernels
         n = x.shape[0]
-        z1, a1, pooled, logits = self._forward(x)
+        z1, m1, pooled, logits = self._forward(x)
         loss = float(bce_with_logits(logits, y).mean())
         dlogits = (sigmoid(logits) - y) / n  # d(mean BCE)/d logit
         flat = pooled.reshape(n, -1)
         g_fc_w = dlogits @ flat
         g_fc_b = np.array([dlogits.sum()], dtype=self.dtype)
         dpooled = np.multiply.outer(dlogits, self.fc_w).reshape(pooled.shape)
-        da1 = k.maxpool2d_backward(dpooled, a1, POOL_SIZE)
-        dz1 = np.multiply(da1, z1 > 0, out=da1)  # ReLU passes gradient where its input was > 0
+        # ReLU passes the gradient where its input was > 0; the input that matters is each window's
+        # maximum m1, the one element of the window the pooling gradient goes to.
+        dm1 = np.multiply(dpooled, m1 > 0, out=dpooled)
+        # Routed to each window's first maximum of z1: where relu(z1) has its first maximum too
+        # whenever m1 > 0, and the gradient is zero otherwise, so this is the exact gradient of
+        # conv -> ReLU -> pool (PyTorch's, ties included).
+        dz1 = k.maxpool2d_backward(dm1, z1, POOL_SIZE)
         _, g_conv_w, g_conv_b = k.conv2d_backward(dz1, x, self.conv_w)
         grads = {"conv_w": g_conv_w, "conv_b": g_conv_b, "fc_w": g_fc_w, "fc_b": g_fc_b}
         return loss, grads, logits

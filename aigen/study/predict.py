@@ -20,12 +20,14 @@ from aigen.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `aigen predict`."""
+    from aigen.argtypes import seed
+
     parser.add_argument("--run", required=True, metavar="RESULTS_DIR",
                         help="a results folder written by `aigen study`")
     parser.add_argument("--model", action="append", default=None, metavar="NAME",
                         help="model to use, e.g. efficientnet_lite0_finetuned; repeat for several "
                              "(default: every model of the run)")
-    parser.add_argument("--seed", type=int, default=None, metavar="K",
+    parser.add_argument("--seed", type=seed, default=None, metavar="K",
                         help="which seed's checkpoint (default: the run's first seed)")
     parser.add_argument("--weights", metavar="PATH", default=None,
                         help="resnet18 weights file, if it moved since the run (default: the "
