@@ -292,9 +292,12 @@ def test_read_errors_are_skips(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
+    (tmp_path / "any.png").write_bytes(b"x")
     monkeypatch.setattr(loading, "open", denied, raising=False)
     with pytest.raises(ImageSkip, match="unreadable: Permission denied"):
         loading.read_bytes(tmp_path / "any.png")
+    with pytest.raises(ImageSkip, match="unreadable: No such file or directory"):
+        loading.read_bytes(tmp_path / "missing.png")
 
 
 def test_data_folder_untouched_and_workers_agree(tmp_path):

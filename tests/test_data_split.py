@@ -131,3 +131,47 @@ def test_end_to_end_with_files(tmp_path):
     (root / "real" / "r3.png").write_bytes(b"")  # ... or becomes unusable
     with pytest.raises(UserError, match="r3.png, but it is now skipped \\(empty file\\)"):
         read_split(tmp_path / "split.csv", load_dataset(root, workers=1, progress=False))
+
+
+def _edited(tmp_path, ds, split, edit) -> Path:
+    """split.csv of `split` with edit(rows) applied to its data rows (a hand-edited split file)."""
+    write_split(tmp_path / "split.csv", ds, split)
+    with open(tmp_path / "split.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    edit(rows)
+    with open(tmp_path / "edited.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    return tmp_path / "edited.csv"
+
+
+def test_a_reused_split_must_keep_the_rules(tmp_path):
+    contents = [(f"a{i}", 1) for i in range(20)] + [(f"r{i}", 0) for i in range(20)]
+    ds = fake_dataset(contents + [("a3", 1), ("a0", 0)])  # a copy of a3; a0 under both labels
+    split = make_split(ds, seed=0)
+    rows_of = lambda rows, sha: [r for r in rows if r[1] == sha]  # noqa: E731
+    dup_sha = next(im.sha256 for im in ds.images
+                   if sum(other.sha256 == im.sha256 for other in ds.images) == 2
+                   and im.sha256 not in ds.conflicting_sha256s())
+    conflict_sha = next(iter(ds.conflicting_sha256s()))
+
+    def split_the_copies(rows):
+        first, second = rows_of(rows, dup_sha)
+        second[3] = "test" if first[3] != "test" else "train"
+
+    with pytest.raises(UserError, match="identical files .* in different splits"):
+        read_split(_edited(tmp_path, ds, split, split_the_copies), ds)
+
+    def use_the_conflict(rows):
+        rows_of(rows, conflict_sha)[0][3] = "train"
+
+    with pytest.raises(UserError, match="under both labels and must be excluded"):
+        read_split(_edited(tmp_path, ds, split, use_the_conflict), ds)
+
+    def no_val(rows):
+        for r in rows:
+            if r[3] == "val":
+                r[3] = "train"
+
+    with pytest.raises(UserError, match="has no val images"):
+        read_split(_edited(tmp_path, ds, split, no_val), ds)
+    assert read_split(_edited(tmp_path, ds, split, lambda rows: None), ds).assignment == split.assignment

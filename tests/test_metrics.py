@@ -125,3 +125,19 @@ def test_format_summary():
     assert metrics.format_summary(metrics.summarize([0.5])) == "0.500"
     assert metrics.format_summary(None) == "–"
     assert metrics.format_ci(metrics.summarize([0.8], counts=[(8, 10)])) == "[0.490, 0.943]"
+
+
+def test_identical_seeds_get_a_wilson_interval_not_a_zero_width_one():
+    s = metrics.summarize([1.0, 1.0, 1.0], counts=[(20, 20), (20, 20), (20, 20)])
+    assert s["std"] == 0.0 and s["ci_method"] == "wilson"
+    assert s["ci95"] == pytest.approx(metrics.wilson_interval(60, 60)) and s["ci95"][0] < 0.95
+    assert metrics.summarize([0.5, 0.5])["ci95"] == [0.5, 0.5]  # not a proportion with counts: t as usual
+
+
+def test_precision_of_a_never_predicted_class_is_undefined_not_zero():
+    y = np.array([0, 0, 1, 1])
+    m = metrics.classification_metrics(y, np.array([0.9, 0.8, 0.7, 0.6]))  # always "ai"
+    assert m["per_class"]["real"]["precision"] is None and m["per_class"]["real"]["recall"] == 0.0
+    assert m["per_class"]["ai"]["precision"] == 0.5
+    agg = metrics.aggregate_metrics([m, metrics.classification_metrics(y, np.array([0.1, 0.2, 0.7, 0.6]))])
+    assert agg["per_class"]["real"]["precision"]["mean"] == 1.0  # the undefined seed is left out

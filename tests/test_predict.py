@@ -86,6 +86,22 @@ def test_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert code == 2 and "not a finished `aigen study` results folder" in err
     code, _, err = predict_rows(capsys, ["--run", str(tmp_path / "missing"), "x.png"])
     assert code == 2 and "is not a folder" in err
+    for results in ("[]", '{"models": {"m": {"regime": "scratch"}}}'):  # damaged or foreign
+        (tmp_path / "results.json").write_text(results)
+        (tmp_path / "config.json").write_text("{}")
+        code, _, err = predict_rows(capsys, ["--run", str(tmp_path), "x.png"])
+        assert code == 2 and "do not have the layout" in err and "Traceback" not in err
+
+
+def test_a_fifo_is_skipped_not_read(run, capsys, tmp_path):
+    """Reading a FIFO would block forever: it is skipped as not a regular file."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    code, rows, err = predict_rows(capsys, ["--run", str(run["out"]), "--model", "scratch_cnn",
+                                            str(tmp_path)])
+    assert code == 0 and len(rows) == 1  # the header only
+    assert "pipe.jpg: not a regular file" in err
 
 
 def test_iter_files_recurses_in_order_and_skips_hidden_folders(tmp_path):

@@ -213,3 +213,15 @@ def test_learns_a_trivially_separable_task(backend):
     assert accuracy >= 0.95
     assert history[-1]["val_acc"] == pytest.approx(accuracy)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_confident_probabilities_do_not_saturate():
+    """A logit of 25 is P = 1 - 1.4e-11 in float64, but exactly 1.0 in float32: predictions are
+    computed in float64 so that ROC-AUC does not see spurious ties among confident images."""
+    from aigen.models.scratch import ScratchCNN
+
+    model = ScratchCNN(filters=2, seed=0, backend="numpy")
+    model.fc_w[:] = 0
+    model.fc_b[:] = 25.0
+    p = model.predict_proba(np.zeros((2, 1, 32, 32), dtype=np.float32))
+    assert p.dtype == np.float64 and np.all(p < 1.0) and np.all(p > 1 - 1e-10)

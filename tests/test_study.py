@@ -19,6 +19,7 @@ from PIL import Image
 from scipy import stats
 
 from aigen import cli
+from aigen.errors import UserError
 from aigen.study import driver, figures, report, robustness
 
 MODELS = {"scratch_cnn", "efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
@@ -397,6 +398,31 @@ def test_out_holding_results_is_refused(tmp_path, make_study_images):
     assert (tmp_path / "out" / "results.json").read_text() == "{}"
 
 
+def test_a_run_where_no_model_can_be_trained_is_an_error(tmp_path, make_study_images, monkeypatch):
+    data = make_study_images(tmp_path / "data", n_per_class=3)
+    monkeypatch.setenv("AIGEN_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    code, _, err = run_cli(["study", "--data", str(data), "--out", str(tmp_path / "out"),
+                            "--models", "frozen", "--backbones", "resnet18", "--workers", "1",
+                            "--no-progress", "--device", "cpu"])
+    assert_one_line_error(code, err, "no model could be trained", "resnet18_frozen")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))  # nothing left
+
+
+def test_lr_study_keys_and_repeated_options(tmp_path, make_study_images):
+    data = make_study_images(tmp_path / "data", n_per_class=6)
+    argv = scratch_argv(data, tmp_path / "out")
+    argv[argv.index("--scratch-lrs") + 1: argv.index("--scratch-lrs") + 2] = [
+        "0.01", "0.0100001", "0.01"]
+    code, _, err = run_cli(argv)
+    assert code == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results["lr_study"]["runs"]) == ["0.01", "0.0100001"]  # distinct, none lost
+    with open(tmp_path / "out" / "history.csv", newline="") as f:
+        names = {r["model"] for r in csv.DictReader(f)}
+    assert names == {"scratch_cnn", "scratch_cnn_lr0.01", "scratch_cnn_lr0.0100001"}
+
+
 def test_out_inside_the_data_folder_is_refused(tmp_path, make_study_images):
     data = make_study_images(tmp_path / "data", n_per_class=3)
     code, _, err = run_cli(scratch_argv(data, data / "results"))
@@ -468,6 +494,14 @@ def test_perturbed_inputs_follow_the_dataset_path(tmp_path, make_study_images):
         assert np.array_equal(to_model_input(u8["none"][key], spec), cached)
         assert not np.array_equal(to_model_input(u8["jpeg_q50"][key], spec), cached)
     assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    # A test image that changes during the run is refused, not silently perturbed as another.
+    changed = dataset.images[0].path
+    changed.write_bytes(dataset.images[1].path.read_bytes())
+    with pytest.raises(UserError, match="changed during the run.*content changed"):
+        robustness.perturbed_inputs(dataset.images, specs, perturbations=["none"], progress=False)
+    changed.unlink()
+    with pytest.raises(UserError, match="changed during the run.*unreadable"):
+        robustness.perturbed_inputs(dataset.images, specs, perturbations=["none"], progress=False)
 
 
 def test_summarize_robustness():

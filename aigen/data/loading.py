@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from typing import Iterator
@@ -48,8 +49,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    """The file's bytes, or ImageSkip("unreadable: ...")."""
+    """The file's bytes, or ImageSkip("unreadable: ...") / ImageSkip("not a regular file")."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device could block or never end
+            raise ImageSkip("not a regular file")
         with open(path, "rb") as f:
             return f.read()
     except OSError as exc:

@@ -34,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Spec:
     """A model input: `mode` ("L" or "RGB") resized to size x size with `resample`, then
     (x / 255 - mean) / std per channel. Aspect ratio is not preserved and nothing is cropped,
-    so the original size and shape cannot leak into the input."""
+    so the original size and shape are not inputs (resampling still leaves traces of them)."""
 
     name: str
     size: int

@@ -143,4 +143,25 @@ def read_split(path: str | os.PathLike, dataset: Dataset) -> Split:
     if unlisted:
         raise UserError(f"{len(unlisted)} image(s) are not in {path} (e.g. {unlisted[0]}): "
                         "the data folder changed since the split was made")
+    _check_split_rules(path, dataset, assignment)
     return Split(assignment=[a for a in assignment if a is not None])
+
+
+def _check_split_rules(path: Path, dataset: Dataset, assignment: list) -> None:
+    """A reloaded (possibly hand-edited) split must keep the rules `make_split` follows: no exact
+    duplicate on two sides, contents found under both labels excluded, no empty split."""
+    conflicts = dataset.conflicting_sha256s()
+    side_of: dict[str, tuple[str, str]] = {}
+    for im, name in zip(dataset.images, assignment):
+        if im.sha256 in conflicts:
+            if name != EXCLUDED:
+                raise UserError(f"{path} puts {im.rel_path} in {name}, but its content is under "
+                                f"both labels and must be {EXCLUDED}")
+            continue
+        first = side_of.setdefault(im.sha256, (name, im.rel_path))
+        if first[0] != name:
+            raise UserError(f"{path} puts the identical files {first[1]} ({first[0]}) and "
+                            f"{im.rel_path} ({name}) in different splits: that would leak")
+    for name in SPLITS:
+        if name not in assignment:
+            raise UserError(f"{path} has no {name} images")

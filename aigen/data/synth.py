@@ -60,7 +60,7 @@ from aigen.errors import UserError
 GENERATOR_VERSION = 1
 GENERATOR_NAME = "aigen synth"
 DEFAULT_N_IMAGES = 1000
-DEFAULT_DIFFICULTY = 0.3  # calibrated: see docs/synthetic-data.md
+DEFAULT_DIFFICULTY = 0.3  # the default study's proxy; docs/synthetic-data.md describes the knob
 AI_SHARE = 0.55  # class balance of the real dataset (533 AI, 427 real)
 MANIFEST_NAME = "manifest.json"
 README_NAME = "SYNTHETIC.md"

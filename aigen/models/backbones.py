@@ -480,7 +480,8 @@ class BackboneClassifier:
         """Probability of class 1 (AI) for prefix activations A, as a float64 numpy array (N,)."""
         import torch
 
-        return torch.softmax(self.logits_from_prefix(A, batch_size), dim=1)[:, 1].double().numpy()
+        # float64 before the softmax, so that confident predictions do not saturate to 0 or 1
+        return torch.softmax(self.logits_from_prefix(A, batch_size).double(), dim=1)[:, 1].numpy()
 
     def predict_proba(self, X, batch_size: int = 32) -> np.ndarray:
         """Probability of class 1 (AI) for model-input images X (N, 3, H, W) float32."""

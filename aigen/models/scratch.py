@@ -182,7 +182,9 @@ class ScratchCNN:
         X = np.asarray(X)
         out = np.empty(X.shape[0], dtype=np.float64)
         for start in range(0, X.shape[0], batch_size):
-            out[start:start + batch_size] = sigmoid(self.forward(X[start:start + batch_size]))
+            # float64 before the sigmoid: in float32 it saturates to exactly 0 or 1 at |logit| > 17
+            out[start:start + batch_size] = sigmoid(
+                self.forward(X[start:start + batch_size]).astype(np.float64))
         return out
 
     def evaluate(self, X, y, batch_size: int = 256) -> tuple[float, float]:

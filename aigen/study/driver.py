@@ -31,7 +31,8 @@ SCRATCH_NAME = "scratch_cnn"
 PREFIX_CHUNK = 128
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
-    "two or more seeds; with one seed, the Wilson score interval over the test images."
+    "two or more seeds (the Wilson score interval over all seeds' test images when every seed "
+    "scored the same); with one seed, the Wilson score interval over the test images."
 )
 
 
@@ -89,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hyper.add_argument("--scratch-lrs", type=positive_float, nargs="*", default=[0.01, 0.1],
                        metavar="LR",
                        help="learning-rate study: the scratch CNN trained at each of these "
-                            "(default: 0.01 0.1; none to skip it)")
+                            "(default: 0.01 0.1; give the option no value to skip it)")
     hyper.add_argument("--frozen-epochs", type=positive_int, default=3, metavar="N")
     hyper.add_argument("--frozen-lr", type=positive_float, default=1e-3, metavar="LR")
     hyper.add_argument("--finetune-epochs", type=positive_int, default=8, metavar="N")
@@ -104,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; returns 0. User-fixable problems raise UserError before any training."""
+    args.backbones = list(dict.fromkeys(args.backbones))  # a name given twice trains once
+    if args.weights is not None:  # recorded as an absolute path, for `aigen predict` from elsewhere
+        args.weights = str(Path(args.weights).expanduser().absolute())
     out = _resolve_out(args.out)
     data_root = _check_data_option(args)
     _check_weights_options(args)
@@ -157,6 +161,11 @@ def _refuse_out_inside(out: Path, data_root: Path) -> None:
     if out.resolve().is_relative_to(data_root):
         raise UserError(f"--out {out} is inside the data folder {data_root}; aigen never writes "
                         "into a data folder")
+
+
+def lr_key(lr: float) -> str:
+    """How a learning rate names its runs in results.json and history.csv (e.g. "0.01")."""
+    return f"{lr:.10g}"
 
 
 class StageTimer:
@@ -224,7 +233,9 @@ class Study:
             "finetuned": {"epochs": epochs(args.finetune_epochs), "lr": args.finetune_lr,
                           "batch_size": args.backbone_batch_size, "checkpoint": args.checkpoint},
         }
-        self.lrs = list(dict.fromkeys(args.scratch_lrs)) if "scratch" in args.models else []
+        # Keyed by lr_key: values that print alike would overwrite each other's results.
+        self.lrs = list({lr_key(lr): lr for lr in args.scratch_lrs}.values()) \
+            if "scratch" in args.models else []
         self.models: dict[str, dict[str, Any]] = {}  # name -> model info, filled by training
         self.skipped_models: dict[str, str] = {}
         self.runs: dict[tuple[str, int], dict[str, Any]] = {}  # (name, seed) -> trained run
@@ -254,6 +265,9 @@ class Study:
         with self.timer.stage("split"):
             self._make_splits()
         self._train_all()
+        if not self.models:
+            reasons = "; ".join(f"{n}: {r.splitlines()[0]}" for n, r in self.skipped_models.items())
+            raise UserError(f"no model could be trained ({reasons})")
         with self.timer.stage("lr_study"):
             self._lr_study()
         with self.timer.stage("robustness"):
@@ -451,7 +465,7 @@ class Study:
                     model, history = self._fit_scratch(seed, lr)
                     prob = model.predict_proba(self.X_scratch)
                 for h in history:
-                    self.history_rows.append([f"{SCRATCH_NAME}_lr{lr:g}", seed, h["epoch"],
+                    self.history_rows.append([f"{SCRATCH_NAME}_lr{lr_key(lr)}", seed, h["epoch"],
                                               h["train_loss"], h["train_acc"], h["val_loss"],
                                               h["val_acc"]])
                 for part in accuracy:
@@ -460,7 +474,7 @@ class Study:
                     accuracy[part].append(correct / len(rows))
                     counts[part].append((correct, len(rows)))
                 final_loss.append(history[-1]["train_loss"])
-            runs[f"{lr:g}"] = {
+            runs[lr_key(lr)] = {
                 "lr": lr,
                 **{f"{part}_accuracy": summarize(accuracy[part], counts[part])
                    for part in accuracy},

@@ -5,8 +5,11 @@ Conventions used throughout the results folder:
 - a summary over seeds is {"mean", "std", "per_seed", "ci95"}; "std" is the sample standard
   deviation (ddof=1; 0.0 with one seed);
 - "ci95" is a two-sided 95% interval for the mean: with two or more seeds, the Student-t interval
-  over the per-seed values; with one seed and a proportion (accuracy), the Wilson score interval
-  over the images of that split; otherwise (one seed, not a proportion) null.
+  over the per-seed values, except for a proportion (accuracy) on which every seed scored the same,
+  where it is the Wilson score interval over all seeds' images (a t-interval would have zero
+  width); with one seed and a proportion, the Wilson score interval over the images of that split;
+  otherwise (one seed, not a proportion) null;
+- a per-class precision (and F1) is null for a seed whose model never predicted that class.
 """
 
 from __future__ import annotations
@@ -68,7 +71,11 @@ def summarize(
     x = np.asarray(defined, dtype=np.float64)
     mean = float(x.mean())
     std = float(x.std(ddof=1)) if x.size > 1 else 0.0
-    if x.size > 1:
+    if x.size > 1 and std == 0.0 and counts is not None:
+        # Every seed scored the same: the t-interval would have zero width, claiming a certainty
+        # the test images cannot give. The Wilson interval over all seeds' images is honest.
+        ci, method = wilson_interval(sum(c for c, _ in counts), sum(n for _, n in counts)), "wilson"
+    elif x.size > 1:
         ci, method = t_interval(x), "t"
         if bounds is not None:
             ci = [max(bounds[0], ci[0]), min(bounds[1], ci[1])]
@@ -96,8 +103,10 @@ def classification_metrics(y_true: np.ndarray, prob_ai: np.ndarray) -> dict[str,
     prob_ai = np.asarray(prob_ai, dtype=np.float64)
     y_pred = predict_labels(prob_ai)
     labels = sorted(CLASS_NAMES)
+    # A class never predicted has no precision (nor F1): None, left out of the means over seeds,
+    # rather than a 0.0 that would be averaged in as if it had been measured.
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
+        y_true, y_pred, labels=labels, zero_division=np.nan
     )
     auc = float(roc_auc_score(y_true, prob_ai)) if len(np.unique(y_true)) == 2 else None
     return {
@@ -107,15 +116,19 @@ def classification_metrics(y_true: np.ndarray, prob_ai: np.ndarray) -> dict[str,
         "roc_auc": auc,
         "per_class": {
             CLASS_NAMES[label]: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
+                "precision": _defined(precision[i]),
+                "recall": _defined(recall[i]),
+                "f1": _defined(f1[i]),
                 "support": int(support[i]),
             }
             for i, label in enumerate(labels)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def _defined(value) -> float | None:
+    return None if np.isnan(value) else float(value)
 
 
 def aggregate_metrics(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -52,7 +52,14 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
                             f"(no {name})") from None
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {run_dir / name}: {exc}") from None
-    return loaded[0], loaded[1]
+    results, config = loaded
+    models = results.get("models") if isinstance(results, dict) else None
+    if not isinstance(config, dict) or not isinstance(models, dict) or not all(
+            isinstance(m, dict) and isinstance(m.get("checkpoints"), dict)
+            and isinstance(m.get("regime"), str) for m in models.values()):
+        raise UserError(f"--run {run_dir}: results.json/config.json do not have the layout "
+                        "`aigen study` writes (models with their regime and checkpoints)")
+    return results, config
 
 
 def iter_files(paths: list[str]) -> Iterator[Path]:

@@ -132,15 +132,35 @@ def _models_section(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _protocol_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per model: its training hyperparameters and which epoch's weights it kept."""
+    lines = []
+    for name, m in results["models"].items():
+        hp = dict(m.get("hyperparameters") or {})
+        checkpoint = hp.pop("checkpoint", "last")
+        kept = ("the last epoch's weights" if checkpoint == "last" else
+                "the weights of the epoch with the best validation accuracy (so its val column "
+                "is not a held-out estimate)")
+        settings = ", ".join(f"{k} {v}" for k, v in hp.items())
+        lines.append(f"- `{name}`: {settings}; kept {kept}.")
+    return ["Training settings:", "", *lines, ""] if lines else []
+
+
 def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
     seeds = results["seeds"]
     out = ["## Comparison", ""]
+    data = results.get("data", {})
+    if data.get("split_file_reused"):
+        varies = (f"every seed uses the one split reused from `{data['split_file_reused']}`, so "
+                  "the spread covers initialisation and shuffling only")
+    else:
+        varies = "each seed has its own split and initialisation"
     out.append(
         f"Accuracy on each split, mean ± sample standard deviation over {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}); each seed has its own split and initialisation. "
-        + results["ci_method"]
+        f"({', '.join(map(str, seeds))}); {varies}. " + results["ci_method"]
     )
     out.append("")
+    out += _protocol_lines(results)
     rows = []
     for name, m in results["models"].items():
         rows.append([f"`{name}`", format_summary(m["train_accuracy"]),

@@ -82,19 +82,31 @@ def perturbed_inputs(
     draft scale), and every perturbation of it is preprocessed for every spec in `specs` (e.g.
     {"scratch": SCRATCH, "backbone": BACKBONE}); `to_model_input(u8, spec)` turns a stack into
     model input (kept as uint8 here: a quarter of the memory). The perturbation "none" reproduces
-    the cached dataset images exactly. An image that no longer decodes raises ImageSkip.
+    the cached dataset images exactly. A file that changed or became unreadable since it was
+    loaded is a UserError: it would no longer be the test image the models were scored on.
     """
+    import hashlib
+
     from tqdm import tqdm
 
-    from aigen.data.loading import open_image
+    from aigen.data.loading import ImageSkip, decode_bytes, read_bytes
     from aigen.data.preprocess import DECODE_MIN_SIDE, preprocess
+    from aigen.errors import UserError
 
     u8: dict[str, dict[str, list[np.ndarray]]] = {
         p: {key: [] for key in specs} for p in perturbations
     }
     for info in tqdm(images, desc="robustness: perturbing test images", unit="img",
                      disable=not progress, leave=False):
-        original = open_image(info.path, max_pixels=max_pixels, min_side=DECODE_MIN_SIDE)
+        try:
+            data = read_bytes(info.path)
+            if hashlib.sha256(data).hexdigest() != info.sha256:
+                raise ImageSkip("its content changed")
+            original = decode_bytes(data, max_pixels=max_pixels, min_side=DECODE_MIN_SIDE)
+        except ImageSkip as exc:
+            raise UserError(f"robustness: the test image {info.path} changed during the run "
+                            f"({exc.reason}); leave the data folder alone while a study runs") \
+                from None
         for p in perturbations:
             img = perturb(original, p, getattr(info, "format", None))
             for key, spec in specs.items():
