@@ -6,12 +6,16 @@ import os
 from pathlib import Path
 
 
-def cache_dir() -> Path:
-    """`$AIGEN_CACHE_DIR`, else `$XDG_CACHE_HOME/aigen`, else `~/.cache/aigen` (created on demand)."""
+def cache_location() -> Path:
+    """`$AIGEN_CACHE_DIR`, else `$XDG_CACHE_HOME/aigen`, else `~/.cache/aigen` (not created)."""
     if env := os.environ.get("AIGEN_CACHE_DIR"):
-        path = Path(env)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        path = Path(base) / "aigen"
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "aigen"
+
+
+def cache_dir() -> Path:
+    """The cache folder (see cache_location), created on demand."""
+    path = cache_location()
     path.mkdir(parents=True, exist_ok=True)
     return path

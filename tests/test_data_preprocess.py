@@ -201,3 +201,19 @@ def test_no_specs_writes_nothing_but_still_finds_broken_files(tmp_path, decode_c
     again = load_dataset(root, workers=1, progress=False, specs=())
     assert again.images == ds.images and again.skipped == ds.skipped
     assert len(decode_calls) == 1  # only the broken file, which never has a cache entry
+
+
+def test_a_cache_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
+    """E.g. --data $HOME with the cache in ~/.cache: aigen would write into the data folder."""
+    from aigen.data.dataset import load_dataset
+    from aigen.errors import UserError
+
+    for cls in ("ai", "real"):
+        (tmp_path / cls).mkdir()
+        Image.new("RGB", (8, 8), (1, 2, 3) if cls == "ai" else (4, 5, 6)).save(tmp_path / cls / "x.png")
+    monkeypatch.setenv("AIGEN_CACHE_DIR", str(tmp_path / ".cache" / "aigen"))
+    with pytest.raises(UserError, match="is inside the data folder.*AIGEN_CACHE_DIR"):
+        load_dataset(tmp_path, workers=1, progress=False)
+    assert not (tmp_path / ".cache").exists()
+    assert len(load_dataset(tmp_path, workers=1, progress=False, specs=()).images) == 2  # reads only
+    assert not (tmp_path / ".cache").exists()

@@ -504,6 +504,30 @@ def test_perturbed_inputs_follow_the_dataset_path(tmp_path, make_study_images):
         robustness.perturbed_inputs(dataset.images, specs, perturbations=["none"], progress=False)
 
 
+def test_robustness_scores_each_seeds_own_test_images(tmp_path, make_study_images, monkeypatch):
+    """With an identity perturbation added, the robustness path (files decoded again, perturbed,
+    preprocessed, scored per backbone and seed) must reproduce every model's clean test accuracy
+    seed by seed, on two seeds with different test splits."""
+    monkeypatch.setitem(robustness.PERTURBATIONS, "none", "unperturbed (identity, for this test)")
+    data = make_study_images(tmp_path / "data", n_per_class=30)
+    argv = ["study", "--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0", "1",
+            "--models", "scratch", "frozen", "--backbones", "efficientnet_lite0",
+            "--scratch-epochs", "6", "--scratch-lr", "0.05", "--scratch-lrs", "--workers", "1",
+            "--no-progress", "--device", "cpu"]
+    code, _, err = run_cli(argv)
+    assert code == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    splits = [set(r["path"] for r in csv.DictReader(open(tmp_path / "out" / f, newline=""))
+                  if r["split"] == "test") for f in ("split.csv", "split_seed1.csv")]
+    assert splits[0] != splits[1]
+    models = results["robustness"]["models"]
+    assert set(models) == {"scratch_cnn", "efficientnet_lite0_frozen"}
+    for name, r in models.items():
+        assert r["perturbed"]["none"]["per_seed"] == r["clean"]["per_seed"], name
+        assert r["clean"]["per_seed"] == results["models"][name]["test_accuracy"]["per_seed"]
+        assert r["perturbed"]["none"]["drop"] == 0.0
+
+
 def test_summarize_robustness():
     r = robustness.summarize_robustness([0.8, 0.9], {"jpeg_q50": [0.7, 0.7]})
     assert r["clean"]["mean"] == pytest.approx(0.85)

@@ -22,6 +22,7 @@ from aigen.data.discover import (LABEL_AI, LABEL_NAMES, LABEL_REAL, Candidate, S
 from aigen.data.loading import DEFAULT_MAX_PIXELS, ImageSkip, probe_bytes, read_bytes
 from aigen.data.preprocess import (BACKBONE, SCRATCH, PreprocessCache, Spec, check_decodes,
                                    decode_into_cache)
+from aigen.data.preprocess import cache_root as preprocess_cache_root
 from aigen.errors import UserError
 
 DEFAULT_SPECS = (SCRATCH, BACKBONE)
@@ -157,7 +158,15 @@ def load_dataset(root: str | os.PathLike, class_map: Mapping[str, int | str] | N
         raise UserError(f"--workers must be at least 1, got {workers}")
     if max_pixels is not None and max_pixels < 0:
         raise UserError(f"the pixel limit must be positive, got {max_pixels}")
-    cache_root = str(PreprocessCache().root)
+    if specs:  # checked before the cache folder is created
+        from aigen.paths import cache_location
+
+        cache = cache_location()
+        if cache.resolve().is_relative_to(Path(found.root).resolve()):
+            raise UserError(f"the cache folder {cache} is inside the data folder {found.root}, "
+                            "and aigen never writes into a data folder: set AIGEN_CACHE_DIR to a "
+                            "folder outside it")
+    cache_root = str(preprocess_cache_root(create=bool(specs)))
     tasks = [(str(c.path), c.rel_path, c.label, tuple(specs), cache_root, max_pixels) for c in found.files]
     results = _run_tasks(tasks, min(workers, len(tasks)), progress)
 

@@ -113,13 +113,14 @@ def load_model_input(path: str | os.PathLike, spec: Spec,
     return to_model_input(preprocess(open_image(path, max_pixels, min_side=DECODE_MIN_SIDE), spec), spec)
 
 
-def cache_root() -> Path:
-    """Where preprocessed images are kept: <cache_dir>/preprocess/v<CACHE_VERSION>."""
+def cache_root(create: bool = True) -> Path:
+    """Where preprocessed images are kept: <cache_dir>/preprocess/v<CACHE_VERSION> (the cache
+    folder is created unless `create` is false: a run that only reads the cache writes nothing)."""
     from aigen.errors import UserError
-    from aigen.paths import cache_dir
+    from aigen.paths import cache_dir, cache_location
 
     try:
-        return cache_dir() / "preprocess" / f"v{CACHE_VERSION}"
+        return (cache_dir() if create else cache_location()) / "preprocess" / f"v{CACHE_VERSION}"
     except OSError as exc:
         raise UserError(f"cannot create the cache folder: {exc} "
                         "(set AIGEN_CACHE_DIR to a writable folder)") from None

@@ -504,7 +504,7 @@ class Study:
             specs["backbone"] = BACKBONE
         images = [self.dataset.images[i] for i in union]
         u8 = perturbed_inputs(images, specs, max_pixels=self.dataset.max_pixels,
-                              progress=self.progress)
+                              perturbations=tuple(PERTURBATIONS), progress=self.progress)
         test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
                     for seed in self.seeds}
         y_union = self.labels[union]
@@ -702,7 +702,7 @@ class Study:
                      if not k.startswith("_")}
         return {
             "command": "aigen study",
-            "argv": sys.argv[1:],
+            "argv": sys.argv,
             "arguments": arguments,
             "resolved": {"seeds": self.seeds, "hyperparameters": self.hp,
                          "scratch_lrs": self.lrs, "out": str(self.out)},
