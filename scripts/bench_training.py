@@ -55,7 +55,7 @@ def run_once(args, timings: dict[str, list[float]], accuracies: dict[str, list[f
     del rgb
 
     def accuracy(probs, truth):
-        return float(np.mean((probs > 0.5) == (truth == 1)))
+        return float(np.mean((probs >= 0.5) == (truth == 1)))  # the study's threshold rule
 
     def scratch():
         model, _ = train_scratch(gray["train"], y["train"], gray["val"], y["val"], seed=args.seed,
