@@ -18,6 +18,7 @@ from aigen.data.discover import (LABEL_AI, LABEL_REAL, discover, find_class_fold
                                  parse_class_args)
 from aigen.data.loading import ImageSkip, open_image
 from aigen.errors import UserError
+from helpers import snapshot
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -38,16 +39,6 @@ def two_classes(root: Path, ai: str = "fake", real: str = "real", n: int = 3) ->
         save(root / ai / f"a{i}.png", noise(i))
         save(root / real / f"r{i}.png", noise(100 + i))
     return root
-
-
-def snapshot(root: Path) -> dict:
-    """Every entry under root with its bytes and mtime: any write would change it."""
-    entries = {".": root.stat().st_mtime_ns}
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        entries[p.relative_to(root).as_posix()] = (st.st_mtime_ns, st.st_size,
-                                                   p.read_bytes() if p.is_file() else None)
-    return entries
 
 
 def rel_paths(ds: Dataset) -> list[str]:

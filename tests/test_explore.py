@@ -15,6 +15,7 @@ from aigen import cli
 from aigen.data import explore
 from aigen.data.dataset import load_dataset
 from aigen.errors import UserError
+from helpers import snapshot
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data" / "aiart"
@@ -32,16 +33,6 @@ def save(path: Path, img: Image.Image, fmt: str, **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format=fmt, **kw)
     return path
-
-
-def snapshot(root: Path) -> dict:
-    """Every entry under root with its bytes and mtime: any write would change it."""
-    entries = {".": root.stat().st_mtime_ns}
-    for p in sorted(root.rglob("*")):
-        st = p.lstat()
-        entries[p.relative_to(root).as_posix()] = (st.st_mtime_ns, st.st_size,
-                                                   p.read_bytes() if p.is_file() else None)
-    return entries
 
 
 def load(root: Path):
