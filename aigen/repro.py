@@ -61,7 +61,7 @@ def git_commit(path: str | os.PathLike | None = None) -> dict[str, Any]:
     commit = _git(where, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None}
-    status = _git(where, "status", "--porcelain", "--untracked-files=no")
+    status = _git(where, "status", "--porcelain")  # untracked (not ignored) files count too
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
