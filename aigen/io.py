@@ -29,6 +29,28 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def new_results_folder(prefix: str = "") -> Path:
+    """results/<prefix><YYYYmmdd-HHMMSS> under the current folder, with -2, -3, ... if taken."""
+    import datetime
+
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path.cwd() / "results" / stamp
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{stamp}-{k}")
+    return path
+
+
+def refuse_inside(out: str | os.PathLike, data_root: str | os.PathLike) -> None:
+    """A UserError when the output folder `out` is (inside) the data folder."""
+    from aigen.errors import UserError
+
+    if Path(out).resolve().is_relative_to(Path(data_root).resolve()):
+        raise UserError(f"--out {out} is inside the data folder {data_root}; choose another "
+                        "(aigen never writes into a data folder)")
+
+
 def check_new_folder(path: str | os.PathLike, option: str = "--out") -> Path:
     """`path` as an absolute Path, if it does not exist or is an empty folder; else a UserError.
 
@@ -106,7 +128,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=json_default) + "\n")
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -117,7 +139,7 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
     write_text(path, buf.getvalue())
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     # numpy scalars/arrays and paths appear in results; store them as plain JSON values.
     if hasattr(obj, "tolist"):
         return obj.tolist()

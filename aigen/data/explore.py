@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -383,14 +381,11 @@ def _feature_matrix(records: list[dict]) -> tuple[np.ndarray, list[str], list[st
 
 
 def _t_interval(values: Sequence[float]) -> list[float]:
-    """95% t-interval of the mean over folds, clipped to [0, 1]."""
-    from scipy.stats import t
+    """95% t-interval of the mean over folds (at least 2), clipped to [0, 1]."""
+    from aigen.study.metrics import t_interval
 
-    a = np.asarray(values, dtype=np.float64)
-    if a.size < 2:
-        return [float("nan"), float("nan")]
-    half = t.ppf(0.975, a.size - 1) * a.std(ddof=1) / math.sqrt(a.size)
-    return [float(max(0.0, a.mean() - half)), float(min(1.0, a.mean() + half))]
+    lo, hi = t_interval(values)
+    return [max(0.0, lo), min(1.0, hi)]
 
 
 def _forest(seed: int):
@@ -542,33 +537,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _default_out() -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path("results") / f"explore-{stamp}"
-    n = 1
-    while out.exists():
-        n += 1
-        out = Path("results") / f"explore-{stamp}-{n}"
-    return out
-
-
-def _refuse_inside(out: Path, root: Path) -> None:
-    out_r, root_r = out.resolve(), root.resolve()
-    if out_r == root_r or root_r in out_r.parents:
-        raise UserError(f"the output folder {out} is inside the data folder {root}; "
-                        "choose another --out (nothing is ever written into a data folder)")
-
-
 def run(args: argparse.Namespace) -> int:
     from aigen import __version__
     from aigen.data.dataset import data_root_from_args, dataset_from_args, write_skipped
-    from aigen.io import atomic_folder, check_new_folder, write_json
+    from aigen.io import (atomic_folder, check_new_folder, new_results_folder, refuse_inside,
+                          write_json)
 
     root = data_root_from_args(args)
     if not root.is_dir():
         raise UserError(f"data folder not found: {root}")
-    out = check_new_folder(args.out) if args.out else _default_out().absolute()
-    _refuse_inside(out, root)
+    out = check_new_folder(args.out) if args.out else new_results_folder("explore-")
+    refuse_inside(out, root)
     metadata = read_metadata_csv(args.metadata_csv) if args.metadata_csv else None
 
     # Header probes are all the exploration needs: no decoding into the preprocessing cache.

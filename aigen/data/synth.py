@@ -397,7 +397,8 @@ def _check_params(n_images: int, difficulty: float) -> None:
         raise UserError(f"difficulty must be in [0, 1], got {difficulty}")
 
 
-def _read_manifest(folder: Path) -> dict | None:
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of an `aigen synth` output folder, or None for any other folder."""
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
@@ -429,7 +430,7 @@ def generate(out_dir: str | os.PathLike, n_images: int = DEFAULT_N_IMAGES, seed:
     if out.exists():
         if not out.is_dir():
             raise UserError(f"{out} exists and is not a folder")
-        if any(out.iterdir()) and _read_manifest(out) is None:
+        if any(out.iterdir()) and read_manifest(out) is None:
             raise UserError(f"{out} is not empty and is not an `aigen synth` output; "
                             "choose a new or empty folder")
     workers = _default_workers() if workers is None else max(1, int(workers))
@@ -505,7 +506,7 @@ def default_dataset(n_images: int = DEFAULT_N_IMAGES, seed: int = 0,
 
     _check_params(n_images, difficulty)
     folder = cache_dir() / "synth" / f"v{GENERATOR_VERSION}-n{n_images}-s{seed}-d{difficulty:g}"
-    manifest = _read_manifest(folder)
+    manifest = read_manifest(folder)
     if manifest and manifest.get("generator_version") == GENERATOR_VERSION:
         return folder
     if manifest is None and folder.is_dir():
@@ -517,7 +518,7 @@ def default_dataset(n_images: int = DEFAULT_N_IMAGES, seed: int = 0,
                         progress=progress)
     except OSError:
         # Another process may have finished the same folder first; that copy is as good.
-        if _read_manifest(folder):
+        if read_manifest(folder):
             return folder
         raise
 
@@ -549,7 +550,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = generate(args.out_dir, n_images=args.n_images, seed=args.seed,
                    difficulty=args.difficulty, workers=args.workers, progress=not args.quiet)
-    manifest = _read_manifest(out) or {}
+    manifest = read_manifest(out) or {}
     classes = manifest.get("classes", {})
     print(f"wrote {args.n_images} images ({classes.get('AiArtData', '?')} AI, "
           f"{classes.get('RealArt', '?')} real) to {out} in {time.perf_counter() - started:.1f} s")

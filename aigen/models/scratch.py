@@ -201,7 +201,7 @@ class ScratchCNN:
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
         """Atomically write the parameters, the architecture and `metadata` to an .npz file."""
-        from aigen.io import atomic_path
+        from aigen.io import atomic_path, json_default
 
         header = {
             "format": FILE_FORMAT,
@@ -216,7 +216,7 @@ class ScratchCNN:
             "metadata": dict(metadata or {}),
         }
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: numpy adds no suffix
-            np.savez(fh, header=np.array(json.dumps(header, default=_json_default)),
+            np.savez(fh, header=np.array(json.dumps(header, default=json_default)),
                      **self.params)
 
     @classmethod
@@ -245,11 +245,3 @@ class ScratchCNN:
                     backend=backend or header["backend"], dtype=np.dtype(header["dtype"]))
         model.set_params(arrays)
         return model, header
-
-
-def _json_default(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as _dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aigen.errors import UserError
-from aigen.io import atomic_folder, check_new_folder
+from aigen.io import atomic_folder, check_new_folder, new_results_folder, refuse_inside
 
 BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     data_root = _check_data_option(args)
     _check_weights_options(args)
     if data_root is not None:
-        _refuse_out_inside(out, data_root)
+        refuse_inside(out, data_root)
     with atomic_folder(out) as work:
         study = Study(args, out=out, work=work)
         study.run()
@@ -125,15 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _resolve_out(out: str | None) -> Path:
-    if out is None:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path.cwd() / "results" / stamp
-        path, k = base, 1
-        while path.exists():
-            k += 1
-            path = base.with_name(f"{stamp}-{k}")
-        return path
-    return check_new_folder(out)
+    return new_results_folder() if out is None else check_new_folder(out)
 
 
 def _check_data_option(args: argparse.Namespace) -> Path | None:
@@ -155,12 +146,6 @@ def _check_weights_options(args: argparse.Namespace) -> None:
     from aigen.models.backbones import resolve_weights
 
     resolve_weights("resnet18", args.weights)
-
-
-def _refuse_out_inside(out: Path, data_root: Path) -> None:
-    if out.resolve().is_relative_to(data_root):
-        raise UserError(f"--out {out} is inside the data folder {data_root}; aigen never writes "
-                        "into a data folder")
 
 
 def lr_key(lr: float) -> str:
@@ -200,11 +185,8 @@ def data_kind(root: Path) -> tuple[str, str]:
     """("synthetic", description) for an `aigen synth` output, else ("real", description)."""
     from aigen.data import synth
 
-    try:
-        manifest = json.loads((Path(root) / synth.MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
-        manifest = None
-    if isinstance(manifest, dict) and manifest.get("generator") == synth.GENERATOR_NAME:
+    manifest = synth.read_manifest(Path(root))
+    if manifest is not None:
         return "synthetic", (
             f"embedded synthetic proxy dataset ({synth.GENERATOR_NAME} v"
             f"{manifest.get('generator_version')}, seed {manifest.get('seed')}, "
@@ -290,7 +272,7 @@ class Study:
         self.dataset = dataset_from_args(self.args, default_root=default_root,
                                          progress=self.progress, specs=specs)
         self.data_root = Path(self.dataset.root).resolve()
-        _refuse_out_inside(self.out, self.data_root)
+        refuse_inside(self.out, self.data_root)
         self.data_kind, self.data_description = data_kind(self.data_root)
         self.labels = self.dataset.labels
         write_skipped(self.work / "skipped.csv", self.dataset.skipped)
