@@ -59,6 +59,17 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         raise ImageSkip(f"unreadable: {exc.strerror or _one_line(exc)}") from None
 
 
+def read_unchanged(path: str | os.PathLike, sha256: str) -> bytes:
+    """The file's bytes, checked against the sha256 it had when the dataset was loaded; raises
+    ImageSkip when it became unreadable or its content changed."""
+    import hashlib
+
+    data = read_bytes(path)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ImageSkip("its content changed since the dataset was loaded")
+    return data
+
+
 def _open(data: bytes) -> Image.Image:
     if not data:
         raise ImageSkip("empty file")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from aigen.data.loading import DEFAULT_MAX_PIXELS, ImageSkip, decode_bytes, open_image, read_bytes
+from aigen.data.loading import DEFAULT_MAX_PIXELS, ImageSkip, decode_bytes, open_image
 
 if TYPE_CHECKING:
     from aigen.data.dataset import Dataset
@@ -106,11 +106,18 @@ def to_model_input(u8: np.ndarray, spec: Spec) -> np.ndarray:
     return out
 
 
+def load_model_inputs(path: str | os.PathLike, specs: Iterable[Spec],
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[Spec, np.ndarray]:
+    """{spec: float32 (1, C, H, W)} for an image file outside a dataset: decoded once, exactly like
+    dataset files (raises loading.ImageSkip when the file is unusable)."""
+    img = open_image(path, max_pixels, min_side=DECODE_MIN_SIDE)
+    return {spec: to_model_input(preprocess(img, spec), spec) for spec in specs}
+
+
 def load_model_input(path: str | os.PathLike, spec: Spec,
                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """float32 (1, C, H, W) for an image file outside a dataset, decoded exactly like dataset files
-    (raises loading.ImageSkip when the file is unusable)."""
-    return to_model_input(preprocess(open_image(path, max_pixels, min_side=DECODE_MIN_SIDE), spec), spec)
+    """float32 (1, C, H, W) for one spec (see load_model_inputs)."""
+    return load_model_inputs(path, [spec], max_pixels)[spec]
 
 
 def cache_root(create: bool = True) -> Path:
@@ -198,8 +205,7 @@ def dataset_arrays(dataset: "Dataset", spec: Spec, indices: Sequence[int] | np.n
 
     Read from the cache that load_dataset filled; a missing or corrupt entry is recomputed from the
     file (a file whose content changed since loading is a UserError)."""
-    import hashlib
-
+    from aigen.data.loading import read_unchanged
     from aigen.errors import UserError
 
     cache = cache or PreprocessCache()
@@ -210,14 +216,9 @@ def dataset_arrays(dataset: "Dataset", spec: Spec, indices: Sequence[int] | np.n
         arr = cache.get(info.sha256, spec)
         if arr is None:
             try:
-                data = read_bytes(info.path)
-            except ImageSkip as exc:
-                raise UserError(f"{info.path}: {exc.reason}; reload the dataset") from None
-            if hashlib.sha256(data).hexdigest() != info.sha256:
-                raise UserError(f"{info.path} changed since the dataset was loaded; reload it")
-            try:
+                data = read_unchanged(info.path, info.sha256)
                 arr = decode_into_cache(data, info.sha256, [spec], cache, dataset.max_pixels)[spec]
             except ImageSkip as exc:
-                raise UserError(f"{info.path}: {exc.reason}") from None
+                raise UserError(f"{info.path}: {exc.reason}; reload the dataset") from None
         u8[row] = arr
     return to_model_input(u8, spec)

@@ -140,9 +140,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from aigen.data.loading import ImageSkip
-    from aigen.data.loading import open_image
-    from aigen.data.preprocess import (BACKBONE, DECODE_MIN_SIDE, SCRATCH, preprocess,
-                                       to_model_input)
+    from aigen.data.preprocess import BACKBONE, SCRATCH, load_model_inputs
     from aigen.device import resolve_device
 
     run_dir = Path(args.run)
@@ -176,9 +174,8 @@ def run(args: argparse.Namespace) -> int:
     inputs: dict[str, list] = {key: [] for key in specs}
     for path in iter_files(args.paths):
         try:
-            # Decoded once, exactly as dataset images are, then preprocessed for each model kind.
-            img = open_image(path, max_pixels, min_side=DECODE_MIN_SIDE)
-            decoded = {key: to_model_input(preprocess(img, spec), spec) for key, spec in specs.items()}
+            by_spec = load_model_inputs(path, specs.values(), max_pixels)
+            decoded = {key: by_spec[spec] for key, spec in specs.items()}
         except ImageSkip as exc:
             print(f"aigen predict: skipped {path}: {exc.reason}", file=sys.stderr)
             n_skipped += 1

@@ -85,11 +85,9 @@ def perturbed_inputs(
     the cached dataset images exactly. A file that changed or became unreadable since it was
     loaded is a UserError: it would no longer be the test image the models were scored on.
     """
-    import hashlib
-
     from tqdm import tqdm
 
-    from aigen.data.loading import ImageSkip, decode_bytes, read_bytes
+    from aigen.data.loading import ImageSkip, decode_bytes, read_unchanged
     from aigen.data.preprocess import DECODE_MIN_SIDE, preprocess
     from aigen.errors import UserError
 
@@ -99,10 +97,8 @@ def perturbed_inputs(
     for info in tqdm(images, desc="robustness: perturbing test images", unit="img",
                      disable=not progress, leave=False):
         try:
-            data = read_bytes(info.path)
-            if hashlib.sha256(data).hexdigest() != info.sha256:
-                raise ImageSkip("its content changed")
-            original = decode_bytes(data, max_pixels=max_pixels, min_side=DECODE_MIN_SIDE)
+            original = decode_bytes(read_unchanged(info.path, info.sha256), max_pixels=max_pixels,
+                                    min_side=DECODE_MIN_SIDE)
         except ImageSkip as exc:
             raise UserError(f"robustness: the test image {info.path} changed during the run "
                             f"({exc.reason}); leave the data folder alone while a study runs") \
