@@ -11,7 +11,7 @@ ARGS   ?=
 
 # (Re)install when the packaging or the Cython sources change; the build is done inside the venv
 # (no build isolation) so a rebuild needs no network once the venv exists.
-$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard csrc/*.pyx csrc/*.pxd)
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard csrc/*.pyx csrc/*.pxd csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt setuptools Cython numpy wheel

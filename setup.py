@@ -25,10 +25,16 @@ DIRECTIVES = {
 }
 
 
+def sources() -> list[Path]:
+    """csrc/*.pyx, then *.pxd, then the C headers the .pyx includes (*.h), each group sorted."""
+    return [path for pattern in ("*.pyx", "*.pxd", "*.h") for path in sorted(CSRC.glob(pattern))]
+
+
 def source_sha256() -> str:
-    """Hash of every Cython source; baked into the extension so a stale build is detected at import."""
+    """Hash of every Cython source and C header; baked into the extension so a stale build is detected
+    at import (aigen/kernels/cython_backend.py computes the same digest)."""
     digest = hashlib.sha256()
-    for path in sorted(CSRC.glob("*.pyx")) + sorted(CSRC.glob("*.pxd")):
+    for path in sources():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -66,7 +72,8 @@ extensions = [
     Extension(
         "aigen.kernels._ckernels",
         sources=[str((CSRC / "ckernels.pyx").relative_to(ROOT))],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), str(CSRC.relative_to(ROOT))],
+        depends=[str(path.relative_to(ROOT)) for path in sorted(CSRC.glob("*.h"))],
         define_macros=[
             ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
             ("AIGEN_SOURCE_SHA256", f'"{source_sha256()}"'),

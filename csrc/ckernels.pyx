@@ -13,10 +13,11 @@
 # thread count.
 #
 # SIMD: the inner loops (a correlation, a set of dot products, 2x2 pooling forward and backward)
-# are written in C below and, on x86-64 with GCC or Clang, compiled more than once: for the
+# are written in C in csrc/aigen_loops.h and, on x86-64 with GCC or Clang, compiled more than once: for the
 # baseline instruction set the extension is built for, for AVX2 + FMA and (the convolution loops)
 # for AVX-512.  The best copy the CPU supports is chosen at import; simd_info() says which one
-# runs; -DAIGEN_NO_SIMD_DISPATCH builds the baseline copy only.  Everything else is Cython.
+# runs (csrc/aigen_dispatch.h); -DAIGEN_NO_SIMD_DISPATCH builds the baseline copy only.  Everything
+# else is Cython.
 
 cimport numpy as cnp
 from cpython.long cimport PyLong_AsLongLongAndOverflow
@@ -31,288 +32,7 @@ from aigen.kernels import _checks
 
 cnp.import_array()
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int aigen_max_threads(void) { return omp_get_max_threads(); }
-    #define AIGEN_OPENMP_COMPILED 1
-    #else
-    static int aigen_max_threads(void) { return 1; }
-    #define AIGEN_OPENMP_COMPILED 0
-    #endif
-    #ifndef AIGEN_SOURCE_SHA256
-    #define AIGEN_SOURCE_SHA256 ""
-    #endif
-
-    #if defined(__GNUC__) || defined(__clang__)
-    #define AIGEN_RESTRICT __restrict__
-    #elif defined(_MSC_VER)
-    #define AIGEN_RESTRICT __restrict
-    #else
-    #define AIGEN_RESTRICT
-    #endif
-
-    /* "omp simd reduction" lets the compiler keep one partial sum per vector lane (a fixed,
-       deterministic order for a given build); without OpenMP the loops stay scalar. */
-    #if defined(_OPENMP) && (defined(__GNUC__) || defined(__clang__))
-    #define AIGEN_SIMD_SUM10 _Pragma("omp simd reduction(+:a0,a1,a2,a3,a4,a5,a6,a7,a8,a9)")
-    #define AIGEN_SIMD_SUM1 _Pragma("omp simd reduction(+:a0)")
-    #else
-    #define AIGEN_SIMD_SUM10
-    #define AIGEN_SIMD_SUM1
-    #endif
-
-    /* The loops every kernel spends its time in, on raw pointers (one plane at a time).
-
-       corr:      out[q] (+)= sum_{i,j} k[i, j] * src[q + i*W + j] for q < L, with k rotated by
-                  180 degrees when flip is set; with init, out[q] = bias + sum instead of out[q] +=
-                  sum.  Planes are walked in "full-width" flat order (see the comment above
-                  _conv_fwd_sample); a 3x3 kernel takes one pass with all nine taps.
-       taps:      dw[i*KW + j] += sum_{q < L} z[q] * x[q + i*W + j] and *zsum += sum_{q < L} z[q];
-                  a 3x3 kernel takes one pass with ten sums.
-       pool2_fwd: max of each 2x2 window of an (H, W) plane.
-       pool2_bwd: dy of each 2x2 window to its first maximum (row-major), zeros elsewhere; writes
-                  every element of dx.
-       Pooling is branch-free (the winner of a random window is unpredictable): the first maximum
-       of the top pair, of the bottom pair, then the bottom one only if strictly larger. */
-    /* pool2_bwd takes a row of 2x2 windows in blocks of AIGEN_POOL_BLOCK windows (the last block
-       overlapping the one before: the writes are idempotent), so that every block is a fixed-length
-       loop the compiler turns into vector code with no scalar remainder, whose branches on random
-       data would cost more than the vector part. */
-    #define AIGEN_POOL_BLOCK 8
-    #define AIGEN_POOL2_BWD_WINDOW(T)                                                            \\
-        const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];          \\
-        const int right = b > a, bottom_right = d > c;                                           \\
-        const T top = right ? b : a, bottom = bottom_right ? d : c;                              \\
-        const int down = bottom > top;                                                           \\
-        const T gt = down ? (T) 0 : g[ow], gb = down ? g[ow] : (T) 0;                            \\
-        d0[2 * ow] = right ? (T) 0 : gt;                                                         \\
-        d0[2 * ow + 1] = right ? gt : (T) 0;                                                     \\
-        d1[2 * ow] = bottom_right ? (T) 0 : gb;                                                  \\
-        d1[2 * ow + 1] = bottom_right ? gb : (T) 0;
-
-    #define AIGEN_CONV_PRIMITIVES(T, SFX, ATTR)                                                     \\
-    ATTR static void aigen_corr_##SFX(T *AIGEN_RESTRICT out, const T *AIGEN_RESTRICT src,        \\
-                                      const T *AIGEN_RESTRICT k, Py_ssize_t KH, Py_ssize_t KW,   \\
-                                      Py_ssize_t W, Py_ssize_t L, int flip, int init, T bias) {  \\
-        Py_ssize_t q, i, j;                                                                      \\
-        if (KH == 3 && KW == 3) {                                                                \\
-            const T *AIGEN_RESTRICT r0 = src;                                                    \\
-            const T *AIGEN_RESTRICT r1 = src + W;                                                \\
-            const T *AIGEN_RESTRICT r2 = src + 2 * W;                                            \\
-            T k0, k1, k2, k3, k4, k5, k6, k7, k8;                                                \\
-            if (flip) {                                                                          \\
-                k0 = k[8]; k1 = k[7]; k2 = k[6]; k3 = k[5]; k4 = k[4];                           \\
-                k5 = k[3]; k6 = k[2]; k7 = k[1]; k8 = k[0];                                      \\
-            } else {                                                                             \\
-                k0 = k[0]; k1 = k[1]; k2 = k[2]; k3 = k[3]; k4 = k[4];                           \\
-                k5 = k[5]; k6 = k[6]; k7 = k[7]; k8 = k[8];                                      \\
-            }                                                                                    \\
-            if (init) {                                                                          \\
-                for (q = 0; q < L; q++)                                                          \\
-                    out[q] = bias + (k0 * r0[q] + k1 * r0[q + 1] + k2 * r0[q + 2]                \\
-                                     + k3 * r1[q] + k4 * r1[q + 1] + k5 * r1[q + 2]              \\
-                                     + k6 * r2[q] + k7 * r2[q + 1] + k8 * r2[q + 2]);            \\
-            } else {                                                                             \\
-                for (q = 0; q < L; q++)                                                          \\
-                    out[q] = out[q] + (k0 * r0[q] + k1 * r0[q + 1] + k2 * r0[q + 2]              \\
-                                       + k3 * r1[q] + k4 * r1[q + 1] + k5 * r1[q + 2]            \\
-                                       + k6 * r2[q] + k7 * r2[q + 1] + k8 * r2[q + 2]);          \\
-            }                                                                                    \\
-            return;                                                                              \\
-        }                                                                                        \\
-        if (init)                                                                                \\
-            for (q = 0; q < L; q++)                                                              \\
-                out[q] = bias;                                                                   \\
-        for (i = 0; i < KH; i++) {                                                               \\
-            for (j = 0; j < KW; j++) {                                                           \\
-                const T kv = flip ? k[(KH - 1 - i) * KW + (KW - 1 - j)] : k[i * KW + j];         \\
-                const T *AIGEN_RESTRICT r = src + i * W + j;                                     \\
-                for (q = 0; q < L; q++)                                                          \\
-                    out[q] += kv * r[q];                                                         \\
-            }                                                                                    \\
-        }                                                                                        \\
-    }                                                                                            \\
-    ATTR static void aigen_taps_##SFX(T *AIGEN_RESTRICT dw, T *AIGEN_RESTRICT zsum,              \\
-                                      const T *AIGEN_RESTRICT z, const T *AIGEN_RESTRICT x,      \\
-                                      Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t W, Py_ssize_t L) { \\
-        Py_ssize_t q, i, j;                                                                      \\
-        if (KH == 3 && KW == 3) {                                                                \\
-            const T *AIGEN_RESTRICT r0 = x;                                                      \\
-            const T *AIGEN_RESTRICT r1 = x + W;                                                  \\
-            const T *AIGEN_RESTRICT r2 = x + 2 * W;                                              \\
-            T a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0, a8 = 0, a9 = 0;    \\
-            AIGEN_SIMD_SUM10                                                                     \\
-            for (q = 0; q < L; q++) {                                                            \\
-                const T zq = z[q];                                                               \\
-                a0 += zq * r0[q]; a1 += zq * r0[q + 1]; a2 += zq * r0[q + 2];                    \\
-                a3 += zq * r1[q]; a4 += zq * r1[q + 1]; a5 += zq * r1[q + 2];                    \\
-                a6 += zq * r2[q]; a7 += zq * r2[q + 1]; a8 += zq * r2[q + 2];                    \\
-                a9 += zq;                                                                        \\
-            }                                                                                    \\
-            dw[0] += a0; dw[1] += a1; dw[2] += a2; dw[3] += a3; dw[4] += a4;                     \\
-            dw[5] += a5; dw[6] += a6; dw[7] += a7; dw[8] += a8;                                  \\
-            *zsum += a9;                                                                         \\
-            return;                                                                              \\
-        }                                                                                        \\
-        for (i = 0; i < KH; i++) {                                                               \\
-            for (j = 0; j < KW; j++) {                                                           \\
-                const T *AIGEN_RESTRICT r = x + i * W + j;                                       \\
-                T a0 = 0;                                                                        \\
-                AIGEN_SIMD_SUM1                                                                  \\
-                for (q = 0; q < L; q++)                                                          \\
-                    a0 += z[q] * r[q];                                                           \\
-                dw[i * KW + j] += a0;                                                            \\
-            }                                                                                    \\
-        }                                                                                        \\
-        {                                                                                        \\
-            T a0 = 0;                                                                            \\
-            AIGEN_SIMD_SUM1                                                                      \\
-            for (q = 0; q < L; q++)                                                              \\
-                a0 += z[q];                                                                      \\
-            *zsum += a0;                                                                         \\
-        }                                                                                        \\
-    }
-
-    #define AIGEN_POOL_PRIMITIVES(T, SFX, ATTR)                                                  \\
-    ATTR static void aigen_pool2_fwd_##SFX(const T *AIGEN_RESTRICT x, T *AIGEN_RESTRICT y,       \\
-                                           Py_ssize_t H, Py_ssize_t W) {                         \\
-        const Py_ssize_t OH = H / 2, OW = W / 2;                                                 \\
-        Py_ssize_t oh, ow;                                                                       \\
-        for (oh = 0; oh < OH; oh++) {                                                            \\
-            const T *AIGEN_RESTRICT r0 = x + 2 * oh * W;                                         \\
-            const T *AIGEN_RESTRICT r1 = r0 + W;                                                 \\
-            T *AIGEN_RESTRICT yr = y + oh * OW;                                                  \\
-            for (ow = 0; ow < OW; ow++) {                                                        \\
-                const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];  \\
-                const T top = b > a ? b : a, bottom = d > c ? d : c;                             \\
-                yr[ow] = bottom > top ? bottom : top;                                            \\
-            }                                                                                    \\
-        }                                                                                        \\
-    }                                                                                            \\
-    ATTR static void aigen_pool2_bwd_##SFX(const T *AIGEN_RESTRICT dy, const T *AIGEN_RESTRICT x, \\
-                                           T *AIGEN_RESTRICT dx, Py_ssize_t H, Py_ssize_t W) {   \\
-        const Py_ssize_t OH = H / 2, OW = W / 2;                                                 \\
-        Py_ssize_t oh, ow, start;                                                                \\
-        for (oh = 0; oh < OH; oh++) {                                                            \\
-            const T *AIGEN_RESTRICT r0 = x + 2 * oh * W;                                         \\
-            const T *AIGEN_RESTRICT r1 = r0 + W;                                                 \\
-            const T *AIGEN_RESTRICT g = dy + oh * OW;                                            \\
-            T *AIGEN_RESTRICT d0 = dx + 2 * oh * W;                                              \\
-            T *AIGEN_RESTRICT d1 = d0 + W;                                                       \\
-            for (start = 0; start < OW; start += AIGEN_POOL_BLOCK) {                             \\
-                if (start + AIGEN_POOL_BLOCK > OW) {                                             \\
-                    if (OW < AIGEN_POOL_BLOCK) break;                                            \\
-                    start = OW - AIGEN_POOL_BLOCK;                                               \\
-                }                                                                                \\
-                for (ow = start; ow < start + AIGEN_POOL_BLOCK; ow++) {                          \\
-                    AIGEN_POOL2_BWD_WINDOW(T)                                                    \\
-                }                                                                                \\
-            }                                                                                    \\
-            if (OW < AIGEN_POOL_BLOCK)                                                           \\
-                for (ow = 0; ow < OW; ow++) {                                                    \\
-                    AIGEN_POOL2_BWD_WINDOW(T)                                                    \\
-                }                                                                                \\
-            if (W > 2 * OW) { /* odd width: the last column is in no window */                   \\
-                d0[W - 1] = 0;                                                                   \\
-                d1[W - 1] = 0;                                                                   \\
-            }                                                                                    \\
-        }                                                                                        \\
-        if (H > 2 * OH) /* odd height: the last row is in no window */                           \\
-            for (ow = 0; ow < W; ow++)                                                           \\
-                dx[(H - 1) * W + ow] = 0;                                                        \\
-    }
-
-    /* One table of the primitives per float type; aigen_f32 / aigen_f64 point at the copies in use. */
-    #define AIGEN_OPS_TYPE(T, TS)                                                                \\
-    typedef struct {                                                                             \\
-        void (*corr)(T *, const T *, const T *, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,  \\
-                     int, int, T);                                                               \\
-        void (*taps)(T *, T *, const T *, const T *, Py_ssize_t, Py_ssize_t, Py_ssize_t,         \\
-                     Py_ssize_t);                                                                \\
-        void (*pool2_fwd)(const T *, T *, Py_ssize_t, Py_ssize_t);                               \\
-        void (*pool2_bwd)(const T *, const T *, T *, Py_ssize_t, Py_ssize_t);                    \\
-    } aigen_ops_##TS;
-    #define AIGEN_OPS(SFX) {aigen_corr_##SFX, aigen_taps_##SFX, aigen_pool2_fwd_##SFX,           \\
-                            aigen_pool2_bwd_##SFX}
-
-    AIGEN_OPS_TYPE(float, f32)
-    AIGEN_OPS_TYPE(double, f64)
-    AIGEN_CONV_PRIMITIVES(float, f32_base, )
-    AIGEN_CONV_PRIMITIVES(double, f64_base, )
-    AIGEN_POOL_PRIMITIVES(float, f32_base, )
-    AIGEN_POOL_PRIMITIVES(double, f64_base, )
-    static const aigen_ops_f32 aigen_f32_base = AIGEN_OPS(f32_base);
-    static const aigen_ops_f64 aigen_f64_base = AIGEN_OPS(f64_base);
-    static aigen_ops_f32 aigen_f32 = AIGEN_OPS(f32_base);
-    static aigen_ops_f64 aigen_f64 = AIGEN_OPS(f64_base);
-    #define aigen_corr_f32 (*aigen_f32.corr)
-    #define aigen_corr_f64 (*aigen_f64.corr)
-    #define aigen_taps_f32 (*aigen_f32.taps)
-    #define aigen_taps_f64 (*aigen_f64.taps)
-    #define aigen_pool2_fwd_f32 (*aigen_f32.pool2_fwd)
-    #define aigen_pool2_fwd_f64 (*aigen_f64.pool2_fwd)
-    #define aigen_pool2_bwd_f32 (*aigen_f32.pool2_bwd)
-    #define aigen_pool2_bwd_f64 (*aigen_f64.pool2_bwd)
-
-    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))  \\
-        && !defined(AIGEN_NO_SIMD_DISPATCH)
-    #define AIGEN_X86_COMPILED 1
-    #if defined(__clang__)
-    #define AIGEN_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
-    #else
-    #define AIGEN_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,prefer-vector-width=512")))
-    #endif
-    #define AIGEN_TARGET_AVX2 __attribute__((target("avx2,fma")))
-    AIGEN_CONV_PRIMITIVES(float, f32_avx2, AIGEN_TARGET_AVX2)
-    AIGEN_CONV_PRIMITIVES(double, f64_avx2, AIGEN_TARGET_AVX2)
-    AIGEN_POOL_PRIMITIVES(float, f32_avx2, AIGEN_TARGET_AVX2)
-    AIGEN_POOL_PRIMITIVES(double, f64_avx2, AIGEN_TARGET_AVX2)
-    AIGEN_CONV_PRIMITIVES(float, f32_avx512, AIGEN_TARGET_AVX512)
-    AIGEN_CONV_PRIMITIVES(double, f64_avx512, AIGEN_TARGET_AVX512)
-    static const aigen_ops_f32 aigen_f32_avx2 = AIGEN_OPS(f32_avx2);
-    static const aigen_ops_f64 aigen_f64_avx2 = AIGEN_OPS(f64_avx2);
-    /* Pooling keeps its AVX2 copy: 16-wide vectors would leave the network's rows of 15 windows
-       to scalar code (and hand-written AVX-512 pooling measured no faster on an AMD Zen 5). */
-    static const aigen_ops_f32 aigen_f32_avx512 = {aigen_corr_f32_avx512, aigen_taps_f32_avx512,
-                                                   aigen_pool2_fwd_f32_avx2, aigen_pool2_bwd_f32_avx2};
-    static const aigen_ops_f64 aigen_f64_avx512 = {aigen_corr_f64_avx512, aigen_taps_f64_avx512,
-                                                   aigen_pool2_fwd_f64_avx2, aigen_pool2_bwd_f64_avx2};
-    /* The best level this CPU (and its OS) supports: 0 baseline, 1 AVX2 + FMA, 2 AVX-512. */
-    static int aigen_cpu_simd(void) {
-        __builtin_cpu_init();
-        if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
-            return 0;
-        return __builtin_cpu_supports("avx512f") ? 2 : 1;
-    }
-    #else
-    #define AIGEN_X86_COMPILED 0
-    static int aigen_cpu_simd(void) { return 0; }
-    #endif
-
-    /* Use the copies of one level (0 baseline, 1 AVX2 + FMA, 2 AVX-512), or the best this CPU
-       supports below it.  Returns the level in use. */
-    static int aigen_set_simd(int level) {
-        int best = aigen_cpu_simd();
-        if (level > best)
-            level = best;
-        aigen_f32 = aigen_f32_base;
-        aigen_f64 = aigen_f64_base;
-    #if AIGEN_X86_COMPILED
-        if (level == 1) {
-            aigen_f32 = aigen_f32_avx2;
-            aigen_f64 = aigen_f64_avx2;
-        } else if (level == 2) {
-            aigen_f32 = aigen_f32_avx512;
-            aigen_f64 = aigen_f64_avx512;
-        }
-        return level;
-    #else
-        return 0;
-    #endif
-    }
-    """
+cdef extern from "aigen_dispatch.h":
     int aigen_max_threads() nogil
     const char *AIGEN_SOURCE_SHA256
     int AIGEN_OPENMP_COMPILED
@@ -336,7 +56,7 @@ cdef extern from *:
     void aigen_pool2_bwd_f64(const double *dy, const double *x, double *dx, Py_ssize_t H,
                              Py_ssize_t W) noexcept nogil
 
-# sha256 of csrc/*.pyx and csrc/*.pxd when this module was built (see setup.py); compared with the
+# sha256 of csrc/*.pyx, *.pxd and *.h when this module was built (see setup.py); compared with the
 # checkout's sources at import so that a stale build is never used silently.
 SOURCE_SHA256 = AIGEN_SOURCE_SHA256.decode("ascii")
 
@@ -461,7 +181,7 @@ cdef inline void _conv_bwd_dw_plane(const floating *z, const floating *x, floati
 
 
 # --------------------------------------------------------------------------------------------------
-# Max pooling, one (H, W) plane at a time: 2x2 windows in C (above), other sizes here.
+# Max pooling, one (H, W) plane at a time: 2x2 windows in C (aigen_loops.h), other sizes here.
 
 cdef inline void _pool_fwd_plane(const floating *x, floating *y, Py_ssize_t H, Py_ssize_t W,
                                  Py_ssize_t s) noexcept nogil:

@@ -569,8 +569,9 @@ def test_kernels_release_the_gil():
 def test_source_hash_follows_the_sources(tmp_path):
     from aigen.kernels import cython_backend
 
-    sources = sorted(cython_backend.CSRC.glob("*.pyx")) + sorted(cython_backend.CSRC.glob("*.pxd"))
+    sources = [p for pattern in ("*.pyx", "*.pxd", "*.h") for p in sorted(cython_backend.CSRC.glob(pattern))]
     assert sources, "no Cython sources found beside the package"
+    assert any(p.suffix == ".h" for p in sources), "the C inner loops live in csrc/*.h"
     for path in sources:
         (tmp_path / path.name).write_bytes(path.read_bytes())
     (tmp_path / "notes.txt").write_text("not a source")
@@ -581,21 +582,28 @@ def test_source_hash_follows_the_sources(tmp_path):
     pyx.write_bytes(pyx.read_bytes() + b"\n# an edit\n")
     assert cython_backend.source_sha256(tmp_path) != cython_backend._ck.SOURCE_SHA256
     digest = hashlib.sha256()
-    for path in sorted(tmp_path.glob("*.pyx")) + sorted(tmp_path.glob("*.pxd")):
+    for path in [p for pattern in ("*.pyx", "*.pxd", "*.h") for p in sorted(tmp_path.glob(pattern))]:
         digest.update(path.name.encode() + path.read_bytes())
     assert cython_backend.source_sha256(tmp_path) == digest.hexdigest()
+    # An edit to a C header alone also makes the build stale.
+    pyx.write_bytes(next(p for p in sources if p.suffix == ".pyx").read_bytes())
+    assert cython_backend.source_sha256(tmp_path) == cython_backend._ck.SOURCE_SHA256
+    header = next(tmp_path.glob("*.h"))
+    header.write_bytes(header.read_bytes() + b"\n/* an edit */\n")
+    assert cython_backend.source_sha256(tmp_path) != cython_backend._ck.SOURCE_SHA256
 
 
 @needs_cython
 def test_a_stale_build_is_refused_with_a_rebuild_hint(tmp_path, monkeypatch):
     from aigen.kernels import cython_backend
 
-    for path in [*cython_backend.CSRC.glob("*.pyx"), *cython_backend.CSRC.glob("*.pxd")]:
+    for path in [*cython_backend.CSRC.glob("*.pyx"), *cython_backend.CSRC.glob("*.pxd"),
+                 *cython_backend.CSRC.glob("*.h")]:
         (tmp_path / path.name).write_bytes(path.read_bytes())
-    assert cython_backend.load_extension() is cython_backend._ck
-    edited = next(tmp_path.glob("*.pyx"))
-    edited.write_text(edited.read_text() + "\n# edited after the build\n")
     monkeypatch.setattr(cython_backend, "CSRC", tmp_path)
+    assert cython_backend.load_extension() is cython_backend._ck  # the copy matches the build
+    edited = next(tmp_path.glob("*.h"))
+    edited.write_text(edited.read_text() + "\n/* edited after the build */\n")
     with pytest.raises(KernelBuildError, match="stale") as info:
         cython_backend.load_extension()
     assert "make build" in str(info.value)

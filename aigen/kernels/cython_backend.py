@@ -22,9 +22,10 @@ REBUILD_HINT = (
 
 
 def source_sha256(csrc: Path = CSRC) -> str:
-    """sha256 over csrc/*.pyx then csrc/*.pxd (name + bytes each): the same digest setup.py bakes in."""
+    """sha256 over csrc/*.pyx, then *.pxd, then the C headers *.h (name + bytes each): the same
+    digest setup.py bakes in."""
     digest = hashlib.sha256()
-    for path in sorted(csrc.glob("*.pyx")) + sorted(csrc.glob("*.pxd")):
+    for path in [p for pattern in ("*.pyx", "*.pxd", "*.h") for p in sorted(csrc.glob(pattern))]:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
