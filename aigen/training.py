@@ -56,10 +56,11 @@ def _epoch_bar(epochs: int, desc: str, progress: bool):
 
 def train_scratch(X_tr, y_tr, X_val, y_val, *, filters: int = 8, lr: float = 0.01,
                   epochs: int = 20, batch_size: int = 1, seed: int = 0, backend: str = "cython",
-                  progress: bool = True, checkpoint: str = "last", dtype=np.float32):
+                  progress: bool = True, checkpoint: str = "last", dtype=np.float32,
+                  init: str = "torch"):
     """Train a ScratchCNN on X (N, 1, 32, 32) in [0, 1] and labels y (1 = AI); -> (model, history).
 
-    The model is initialised from `seed`; each epoch visits the training set in a fresh order
+    The model is initialised from `seed` (`init`: see ScratchCNN); each epoch visits the training set in a fresh order
     drawn from np.random.default_rng([1, seed]).
     """
     from aigen.models.scratch import ScratchCNN
@@ -67,7 +68,7 @@ def train_scratch(X_tr, y_tr, X_val, y_val, *, filters: int = 8, lr: float = 0.0
     y_tr = _check_xy(X_tr, y_tr, "training set")
     y_val = _check_xy(X_val, y_val, "validation set")
     _check_common(epochs, batch_size, checkpoint, len(y_tr))
-    model = ScratchCNN(filters=filters, seed=seed, backend=backend, dtype=dtype)
+    model = ScratchCNN(filters=filters, seed=seed, backend=backend, dtype=dtype, init=init)
     X_tr = model._input(X_tr)
     y_tr = y_tr.astype(model.dtype)
     X_val = np.asarray(X_val)

@@ -410,10 +410,75 @@ cdef inline void *_data(cnp.ndarray a) noexcept:
     return cnp.PyArray_DATA(a)
 
 
-def conv2d_forward(x, w, b):
+# Caller-provided outputs (out=): a valid buffer is written in place, so a training loop that keeps
+# its buffers allocates nothing per call.  The fast check below is _checks.check_out restated; when it
+# fails, check_out runs and raises the ValueError naming the problem.
+
+cdef inline bint _extent(object a, char **lo, char **hi) noexcept:
+    """[lo, hi): the bytes a's elements can touch (np.may_share_memory's bounds); False if empty
+    or not an array."""
+    cdef int i
+    cdef Py_ssize_t low = 0, high = 0, d, s
+    if not cnp.PyArray_Check(a):
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray> a
+    for i in range(cnp.PyArray_NDIM(arr)):
+        d = cnp.PyArray_DIMS(arr)[i]
+        if d == 0:
+            return False
+        s = cnp.PyArray_STRIDES(arr)[i]
+        if s > 0:
+            high += (d - 1) * s
+        else:
+            low += (d - 1) * s
+    lo[0] = <char *> cnp.PyArray_DATA(arr) + low
+    hi[0] = <char *> cnp.PyArray_DATA(arr) + high + cnp.PyArray_ITEMSIZE(arr)
+    return True
+
+
+cdef inline bint _overlap(object a, object b) noexcept:
+    cdef char *alo
+    cdef char *ahi
+    cdef char *blo
+    cdef char *bhi
+    if not (_extent(a, &alo, &ahi) and _extent(b, &blo, &bhi)):
+        return False
+    return alo < bhi and blo < ahi
+
+
+cdef inline bint _out_ok(object out, int nd, cnp.npy_intp *dims, int t, object a, object b,
+                         object c, object d):
+    """out is a C-contiguous, aligned, writeable, native array of type t and shape dims that shares
+    no memory with a, b, c or d (None for unused)."""
+    cdef int i
+    if _float_type(out, nd) != t or not cnp.PyArray_ISCARRAY(<cnp.ndarray> out):
+        return False
+    for i in range(nd):
+        if cnp.PyArray_DIMS(<cnp.ndarray> out)[i] != dims[i]:
+            return False
+    return not (_overlap(out, a) or _overlap(out, b) or _overlap(out, c) or _overlap(out, d))
+
+
+cdef cnp.ndarray _output(object out, int nd, cnp.npy_intp *dims, int t, object like, str name,
+                         tuple inputs):
+    """A fresh uninitialised array when out is None, else out once it passes the checks."""
+    if out is None:
+        return cnp.PyArray_EMPTY(nd, dims, t, 0)
+    cdef object a = inputs[0][1] if len(inputs) > 0 else None
+    cdef object b = inputs[1][1] if len(inputs) > 1 else None
+    cdef object c = inputs[2][1] if len(inputs) > 2 else None
+    cdef object d = inputs[3][1] if len(inputs) > 3 else None
+    if not _out_ok(out, nd, dims, t, a, b, c, d):
+        _checks.check_out(name, out, tuple([dims[i] for i in range(nd)]), like, inputs)
+        raise ValueError(f"{name} cannot be used as an output buffer")  # check_out raised already
+    return <cnp.ndarray> out
+
+
+def conv2d_forward(x, w, b, out=None):
     """Valid stride-1 cross-correlation: (N, C, H, W) * (F, C, KH, KW) + (F,) -> (N, F, H-KH+1, W-KW+1).
 
-    y[n, f, h, v] = b[f] + sum_{c, i, j} x[n, c, h + i, v + j] * w[f, c, i, j].
+    y[n, f, h, v] = b[f] + sum_{c, i, j} x[n, c, h + i, v + j] * w[f, c, i, j].  out: an optional
+    buffer for y, written in place and returned.
     """
     cdef int t = _float_type(x, 4)
     if not (_conv_operands_ok(x, w, t) and _float_type(b, 1) == t
@@ -430,7 +495,7 @@ def conv2d_forward(x, w, b):
     dims[1] = ws[0]
     dims[2] = xs[2] - ws[2] + 1
     dims[3] = xs[3] - ws[3] + 1
-    cdef cnp.ndarray y = cnp.PyArray_EMPTY(4, dims, t, 0)
+    cdef cnp.ndarray y = _output(out, 4, dims, t, x, "out", (("x", x), ("w", w), ("b", b)))
     if t == cnp.NPY_FLOAT:
         _conv_fwd(<float *> _data(xa), <float *> _data(wa), <float *> _data(ba), <float *> _data(y),
                   xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
@@ -440,8 +505,11 @@ def conv2d_forward(x, w, b):
     return y
 
 
-def conv2d_backward(dy, x, w):
-    """(dx, dw, db): gradients of conv2d_forward given dy of shape (N, F, H-KH+1, W-KW+1)."""
+def conv2d_backward(dy, x, w, out=None):
+    """(dx, dw, db): gradients of conv2d_forward given dy of shape (N, F, H-KH+1, W-KW+1).
+
+    out: an optional tuple of three buffers (dx, dw, db), written in place and returned.
+    """
     cdef int t = _float_type(x, 4)
     cdef Dims xs
     cdef Dims ws
@@ -461,9 +529,23 @@ def conv2d_backward(dy, x, w):
     cdef cnp.ndarray wa = _c_array(w, t)
     xs = cnp.PyArray_DIMS(xa)
     ws = cnp.PyArray_DIMS(wa)
-    cdef cnp.ndarray dx = cnp.PyArray_EMPTY(4, xs, t, 0)
-    cdef cnp.ndarray dw = cnp.PyArray_EMPTY(4, ws, t, 0)
-    cdef cnp.ndarray db = cnp.PyArray_EMPTY(1, ws, t, 0)
+    cdef cnp.ndarray dx
+    cdef cnp.ndarray dw
+    cdef cnp.ndarray db
+    cdef tuple args = (("dy", dy), ("x", x), ("w", w))
+    if out is None:
+        dx = cnp.PyArray_EMPTY(4, xs, t, 0)
+        dw = cnp.PyArray_EMPTY(4, ws, t, 0)
+        db = cnp.PyArray_EMPTY(1, ws, t, 0)
+    else:
+        if type(out) is not tuple or len(out) != 3:
+            out = _checks.check_out_tuple(out, 3)
+        dx = _output(out[0], 4, xs, t, x, "out[0] (dx)", args)
+        dw = _output(out[1], 4, ws, t, x, "out[1] (dw)", args + (("out[0] (dx)", dx),))
+        db = _output(out[2], 1, ws, t, x, "out[2] (db)",
+                     (("dy", dy), ("x", x), ("out[0] (dx)", dx), ("out[1] (dw)", dw)))
+        if _overlap(db, w):  # the one pair the four slots above could not hold
+            _checks.check_out("out[2] (db)", db, (ws[0],), x, args)
     if t == cnp.NPY_FLOAT:
         _conv_bwd(<float *> _data(da), <float *> _data(xa), <float *> _data(wa),
                   <float *> _data(dx), <float *> _data(dw), <float *> _data(db),
@@ -475,8 +557,9 @@ def conv2d_backward(dy, x, w):
     return dx, dw, db
 
 
-def maxpool2d_forward(x, size=2):
-    """Max over non-overlapping size x size windows; partial windows at the bottom/right are dropped."""
+def maxpool2d_forward(x, size=2, out=None):
+    """Max over non-overlapping size x size windows; partial windows at the bottom/right are dropped.
+    out: an optional buffer for the result, written in place and returned."""
     cdef int t = _float_type(x, 4)
     cdef Py_ssize_t s = _pool_size_ok(x, size, t)
     if s == 0:
@@ -489,7 +572,7 @@ def maxpool2d_forward(x, size=2):
     dims[1] = xs[1]
     dims[2] = xs[2] // s
     dims[3] = xs[3] // s
-    cdef cnp.ndarray y = cnp.PyArray_EMPTY(4, dims, t, 0)
+    cdef cnp.ndarray y = _output(out, 4, dims, t, x, "out", (("x", x),))
     if t == cnp.NPY_FLOAT:
         _pool_fwd(<float *> _data(xa), <float *> _data(y), xs[0] * xs[1], xs[2], xs[3], s)
     else:
@@ -497,8 +580,9 @@ def maxpool2d_forward(x, size=2):
     return y
 
 
-def maxpool2d_backward(dy, x, size=2):
-    """Gradient of maxpool2d_forward: each dy goes to the first maximum (row-major) of its window."""
+def maxpool2d_backward(dy, x, size=2, out=None):
+    """Gradient of maxpool2d_forward: each dy goes to the first maximum (row-major) of its window.
+    out: an optional buffer for dx, written in place and returned."""
     cdef int t = _float_type(x, 4)
     cdef Py_ssize_t s = _pool_size_ok(x, size, t)
     cdef Dims xs
@@ -514,7 +598,7 @@ def maxpool2d_backward(dy, x, size=2):
     cdef cnp.ndarray da = _c_array(dy, t)
     cdef cnp.ndarray xa = _c_array(x, t)
     xs = cnp.PyArray_DIMS(xa)
-    cdef cnp.ndarray dx = cnp.PyArray_EMPTY(4, xs, t, 0)
+    cdef cnp.ndarray dx = _output(out, 4, xs, t, x, "out", (("dy", dy), ("x", x)))
     if t == cnp.NPY_FLOAT:
         _pool_bwd(<float *> _data(da), <float *> _data(xa), <float *> _data(dx), xs[0] * xs[1],
                   xs[2], xs[3], s)

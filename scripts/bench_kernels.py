@@ -4,8 +4,10 @@
 Ops, on the scratch CNN's shapes (x = (N, 1, 32, 32) float32, 3x3 kernels, F filters, 2x2 pool):
 
     conv fwd, conv bwd (dx, dw, db), pool fwd, pool bwd, ReLU + mask (the step's NumPy glue), and
-    the layer step = conv fwd + ReLU + pool fwd + pool bwd + ReLU mask + conv bwd, written as the
-    scratch CNN writes it (aigen/models/scratch.py)
+    the layer step = conv fwd + ReLU + pool fwd + pool bwd + ReLU mask + conv bwd, allocating its
+    outputs, and the same step writing into buffers kept from call to call (the kernels' out=, as
+    the scratch CNN's training step does: aigen/models/scratch.py); torch has no such path and runs
+    its autograd step for both
 
 for the batch (N = 64) and one sample (N = 1), F = 8 and 16, at 1 thread and at all cores.  Each
 op is timed as a median over --repeats repeats (after a warm-up), a repeat being a loop long
@@ -13,9 +15,16 @@ enough to time reliably.  Every (thread count, library) pair runs in a fresh sub
 script: OpenMP fixes its thread count at process start, and importing torch changes how later
 large NumPy allocations behave (they page-fault), which must not be charged to NumPy or Cython.
 
+Allocator state: "warm" workers time as a long-running process does (glibc's dynamic mmap threshold
+already raised, freed blocks reused); "cold" workers fix glibc's mmap threshold at its 128 KiB
+start value (mallopt), so that every multi-MB allocation is a fresh mmap that page-faults, as in a
+fresh process or after something freed its memory to the OS.  Minor page faults per call (from
+getrusage: a count, independent of machine load) are reported beside the times.
+
     python scripts/bench_kernels.py                         # the full table (a few minutes)
     python scripts/bench_kernels.py --quick                 # a rough table in well under a minute
     python scripts/bench_kernels.py --json results.json     # also write every figure as JSON
+    python scripts/bench_kernels.py --allocator cold --ops step step_out   # the cold case only
 """
 
 from __future__ import annotations
@@ -32,9 +41,13 @@ import time
 from pathlib import Path
 
 LIBS = ("numpy", "cython", "torch")
-OPS = ("conv_fwd", "conv_bwd", "pool_fwd", "pool_bwd", "relu_mask", "step")
+OPS = ("conv_fwd", "conv_bwd", "pool_fwd", "pool_bwd", "relu_mask", "step", "step_out")
 OP_TITLES = {"conv_fwd": "conv fwd", "conv_bwd": "conv bwd", "pool_fwd": "pool fwd",
-             "pool_bwd": "pool bwd", "relu_mask": "ReLU + mask", "step": "layer step"}
+             "pool_bwd": "pool bwd", "relu_mask": "ReLU + mask", "step": "layer step",
+             "step_out": "step, out="}
+ALLOCATORS = ("warm", "cold")
+COLD_OPS = ("step", "step_out")  # what a cold worker times by default
+GLIBC_MMAP_THRESHOLD = 128 * 1024  # glibc's M_MMAP_THRESHOLD at process start
 KERNEL = 3
 POOL = 2
 SIDE = 32
@@ -87,9 +100,33 @@ def machine_info() -> dict:
 # Timing (in a worker process)
 
 
+def minor_faults() -> int:
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def make_allocator_cold() -> bool:
+    """Fix glibc's mmap threshold at its start value (no dynamic raise): every allocation of 128 KiB
+    or more is then a fresh mmap, page-faulted on first touch.  False where this is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_mmap_threshold = -3
+    return bool(mallopt(m_mmap_threshold, GLIBC_MMAP_THRESHOLD))
+
+
 def time_op(fn, repeats: int, min_time: float, warmup: float) -> dict:
     """Median seconds per call of fn() over `repeats` repeats of `inner` calls each (inner chosen
-    so that one repeat takes at least min_time), after `warmup` seconds (at least 3 calls)."""
+    so that one repeat takes at least min_time), after `warmup` seconds (at least 3 calls); and
+    the minor page faults per call over the timed calls."""
     start, calls = time.perf_counter(), 0
     while calls < 3 or time.perf_counter() - start < warmup:
         fn()
@@ -99,6 +136,7 @@ def time_op(fn, repeats: int, min_time: float, warmup: float) -> dict:
     samples = []
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    faults = minor_faults()
     try:
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -106,10 +144,11 @@ def time_op(fn, repeats: int, min_time: float, warmup: float) -> dict:
                 fn()
             samples.append((time.perf_counter() - t0) / inner)
     finally:
+        faults = minor_faults() - faults
         if gc_was_enabled:
             gc.enable()
     return {"median_s": statistics.median(samples), "min_s": min(samples), "repeats": repeats,
-            "inner": inner}
+            "inner": inner, "minor_faults_per_call": faults / (repeats * inner)}
 
 
 def make_inputs(batch: int, filters: int, seed: int = 0):
@@ -154,6 +193,24 @@ def kernel_ops(lib: str, x, w, b, dpooled, dy) -> dict:
         dz = k.maxpool2d_backward(dm, z, POOL)
         return k.conv2d_backward(dz, x, w)
 
+    n, f = dpooled.shape[:2]
+    side = SIDE - KERNEL + 1
+    bufs = {name: np.empty(shape, dtype=x.dtype) for name, shape in
+            (("z", (n, f, side, side)), ("dz", (n, f, side, side)), ("m", dpooled.shape),
+             ("a", dpooled.shape), ("dm", dpooled.shape), ("dx", x.shape), ("dw", w.shape),
+             ("db", b.shape))}
+    mask = np.empty(dpooled.shape, dtype=bool)
+
+    def step_out():
+        # The same step writing into buffers kept from call to call, as the scratch CNN's
+        # training step does: nothing multi-MB is allocated per call.
+        z = k.conv2d_forward(x, w, b, out=bufs["z"])
+        m = k.maxpool2d_forward(z, POOL, out=bufs["m"])
+        np.maximum(m, 0, out=bufs["a"])
+        dm = np.multiply(dpooled, np.greater(m, 0, out=mask), out=bufs["dm"])
+        dz = k.maxpool2d_backward(dm, z, POOL, out=bufs["dz"])
+        return k.conv2d_backward(dz, x, w, out=(bufs["dx"], bufs["dw"], bufs["db"]))
+
     return {
         "conv_fwd": lambda: k.conv2d_forward(x, w, b),
         "conv_bwd": lambda: k.conv2d_backward(dy, x, w),
@@ -161,6 +218,7 @@ def kernel_ops(lib: str, x, w, b, dpooled, dy) -> dict:
         "pool_bwd": lambda: k.maxpool2d_backward(dpooled, a, POOL),
         "relu_mask": relu_mask,
         "step": step,
+        "step_out": step_out,
     }
 
 
@@ -209,22 +267,29 @@ def torch_ops(x, w, b, dpooled, dy) -> dict:
         return xg.grad, wg.grad, bg.grad
 
     return {"conv_fwd": conv_fwd, "conv_bwd": conv_bwd, "pool_fwd": pool_fwd,
-            "pool_bwd": pool_bwd, "relu_mask": relu_mask, "step": step}
+            "pool_bwd": pool_bwd, "relu_mask": relu_mask, "step": step, "step_out": step}
 
 
 def step_check(lib: str, ops: dict, x, w, b, dpooled) -> float:
-    """Largest relative difference of the layer step's (dx, dw, db) from the NumPy reference."""
+    """Largest relative difference of the layer step's (dx, dw, db), with and without out=
+    buffers, from the NumPy reference."""
     import numpy as np
 
     ref = kernel_ops("numpy", x, w, b, dpooled, dpooled)["step"]()
-    got = [np.asarray(g.detach().numpy() if hasattr(g, "detach") else g) for g in ops["step"]()]
-    return max(float(np.max(np.abs(g - r)) / (np.max(np.abs(r)) + 1e-30)) for g, r in zip(got, ref))
+    worst = 0.0
+    for op in ("step", "step_out"):
+        got = [np.asarray(g.detach().numpy() if hasattr(g, "detach") else g) for g in ops[op]()]
+        worst = max(worst, *(float(np.max(np.abs(g - r)) / (np.max(np.abs(r)) + 1e-30))
+                             for g, r in zip(got, ref)))
+    return worst
 
 
 def worker(args) -> int:
     """Time one library at the thread count this process was started with; JSON to stdout."""
     threads = int(os.environ.get("OMP_NUM_THREADS", "0")) or all_cores()
-    info = {"lib": args.worker, "threads": threads}
+    info = {"lib": args.worker, "threads": threads, "allocator": args.allocator[0]}
+    if args.allocator[0] == "cold" and not make_allocator_cold():
+        raise SystemExit("--allocator cold needs glibc (mallopt)")
     if args.worker == "cython":
         from aigen.kernels import cython_backend
 
@@ -248,6 +313,7 @@ def worker(args) -> int:
             for op in args.ops:
                 timing = time_op(ops[op], args.repeats, args.min_time, args.warmup)
                 results.append({"lib": args.worker, "threads": threads, "batch": batch,
+                                "allocator": args.allocator[0],
                                 "filters": filters, "op": op, "step_max_rel_diff": check, **timing})
     json.dump({"info": info, "results": results}, sys.stdout)
     return 0
@@ -257,18 +323,20 @@ def worker(args) -> int:
 # The driver
 
 
-def run_worker(lib: str, threads: int, args) -> dict:
+def run_worker(lib: str, threads: int, args, allocator: str = "warm") -> dict:
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
+    ops = args.ops if allocator == "warm" or args.ops_given else [op for op in args.ops if op in COLD_OPS]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", lib,
            "--repeats", str(args.repeats), "--min-time", str(args.min_time),
            "--warmup", str(args.warmup), "--batches", *map(str, args.batches),
-           "--filters", *map(str, args.filters), "--ops", *args.ops]
+           "--filters", *map(str, args.filters), "--ops", *ops, "--allocator", allocator]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.stderr.write(done.stderr)
-        raise SystemExit(f"the {lib} worker at {threads} thread(s) failed (exit {done.returncode})")
+        raise SystemExit(f"the {lib} worker at {threads} thread(s), {allocator} allocator, failed "
+                         f"(exit {done.returncode})")
     return json.loads(done.stdout)
 
 
@@ -286,9 +354,9 @@ def fmt_ratio(num: float | None, den: float | None) -> str:
     return f"{num / den:.1f}x" if num / den >= 10 else f"{num / den:.2f}x"
 
 
-def table(results: list[dict], threads: int, libs) -> str:
+def table(results: list[dict], threads: int, libs, allocator: str = "warm") -> str:
     med = {(r["lib"], r["batch"], r["filters"], r["op"]): r["median_s"]
-           for r in results if r["threads"] == threads}
+           for r in results if r["threads"] == threads and r.get("allocator", "warm") == allocator}
     cases = sorted({(r["batch"], r["filters"]) for r in results}, key=lambda c: (-c[0], c[1]))
     ops = [op for op in OPS if any(key[3] == op for key in med)]
     head = ["case", "op", *libs]
@@ -315,21 +383,36 @@ def table(results: list[dict], threads: int, libs) -> str:
     return "\n".join(lines)
 
 
+def fault_lines(results: list[dict]) -> list[str]:
+    """Minor page faults per layer step at 1 thread, by allocator state (counts: load-independent)."""
+    lines = []
+    for r in sorted(results, key=lambda r: (r.get("allocator", "warm"), -r["batch"], r["filters"],
+                                            r["op"], r["lib"])):
+        if r["threads"] == 1 and r["op"] in COLD_OPS and r["batch"] > 1:
+            lines.append(f"  {r.get('allocator', 'warm'):4}  N={r['batch']} F={r['filters']}  "
+                         f"{OP_TITLES[r['op']]:11} {r['lib']:6} {r['minor_faults_per_call']:8.1f}")
+    return lines
+
+
 def target_lines(results: list[dict]) -> tuple[list[str], bool]:
-    med = {(r["lib"], r["batch"], r["filters"]): r["median_s"]
-           for r in results if r["threads"] == 1 and r["op"] == "step"}
+    """The Cython step (allocating, and with out= buffers) against the NumPy reference's and torch's
+    step in the same allocator state, at 1 thread."""
+    med = {(r.get("allocator", "warm"), r["lib"], r["batch"], r["filters"], r["op"]): r["median_s"]
+           for r in results if r["threads"] == 1}
     lines, all_met = [], True
-    for batch, filters in sorted({(b, f) for (_, b, f) in med}, key=lambda c: (-c[0], c[1])):
-        cy = med.get(("cython", batch, filters))
+    for allocator, batch, filters, op in sorted({(a, b, f, o) for (a, lib, b, f, o) in med
+                                                 if lib == "cython" and o in COLD_OPS},
+                                                key=lambda c: (c[0], -c[1], c[2], c[3])):
+        cy = med[(allocator, "cython", batch, filters, op)]
         for lib, target in (("numpy", STEP_TARGET_VS_NUMPY), ("torch", STEP_TARGET_VS_TORCH)):
-            other = med.get((lib, batch, filters))
-            if cy is None or other is None:
+            other = med.get((allocator, lib, batch, filters, "step"))
+            if other is None:
                 continue
             ratio = other / cy
             met = ratio >= target
             all_met &= met
-            lines.append(f"  N={batch} F={filters}: cython {ratio:.2f}x {lib} "
-                         f"(target >= {target:g}x) {'met' if met else 'MISSED'}")
+            lines.append(f"  {allocator:4} N={batch} F={filters} {OP_TITLES[op]:11}: cython {ratio:.2f}x "
+                         f"{lib} step (target >= {target:g}x) {'met' if met else 'MISSED'}")
     return lines, all_met
 
 
@@ -345,10 +428,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--libs", nargs="+", choices=LIBS, default=list(LIBS))
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 1])
     parser.add_argument("--filters", nargs="+", type=int, default=[8, 16])
-    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=None,
+                        help="ops to time (default: all warm; the layer steps cold)")
+    parser.add_argument("--allocator", nargs="+", choices=ALLOCATORS, default=list(ALLOCATORS),
+                        help="allocator states to time (default: warm cold)")
     parser.add_argument("--json", metavar="PATH", help="also write all figures as JSON ('-' = print it)")
     parser.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.ops_given = args.ops is not None
+    if args.ops is None:
+        args.ops = list(OPS)
     if args.repeats is None:
         args.repeats = 7 if args.quick else 25
     if args.min_time is None:
@@ -368,30 +457,39 @@ def main(argv: list[str] | None = None) -> int:
     print("layer step = conv fwd + ReLU + pool fwd + pool bwd + ReLU mask + conv bwd")
 
     results, infos = [], []
-    for threads in thread_counts:
-        for lib in args.libs:
-            print(f"  timing {lib} at {threads} thread(s) ...", file=sys.stderr, flush=True)
-            out = run_worker(lib, threads, args)
-            infos.append(out["info"])
-            results.extend(out["results"])
+    for allocator in args.allocator:
+        for threads in thread_counts:
+            for lib in args.libs:
+                print(f"  timing {lib} at {threads} thread(s), {allocator} allocator ...",
+                      file=sys.stderr, flush=True)
+                out = run_worker(lib, threads, args, allocator)
+                infos.append(out["info"])
+                results.extend(out["results"])
     for info in infos:
         if info["lib"] == "cython":
             print(f"cython kernels: OpenMP {info['openmp']['openmp']}, SIMD {info['simd']['active']}")
             break
     worst = max((r["step_max_rel_diff"] for r in results), default=0.0)
     print(f"layer-step gradients agree with the NumPy reference to {worst:.1e} (max relative difference)")
-    for threads in thread_counts:
-        print(f"\n{threads} thread{'s' if threads > 1 else ''} (median time per call)")
-        print(table(results, threads, args.libs))
+    for allocator in args.allocator:
+        for threads in thread_counts:
+            print(f"\n{threads} thread{'s' if threads > 1 else ''}, {allocator} allocator "
+                  "(median time per call)")
+            print(table(results, threads, args.libs, allocator))
+    faults = fault_lines(results)
+    if faults:
+        print("\nminor page faults per call, 1 thread:")
+        print("\n".join(faults))
     lines, all_met = target_lines(results)
     if lines:
-        print("\ntargets at 1 thread, layer step:")
+        print("\ntargets at 1 thread, layer step (against the other library's step, same allocator state):")
         print("\n".join(lines))
 
     document = {"machine": machine, "workers": infos,
                 "settings": {"repeats": args.repeats, "min_time_s": args.min_time,
                              "warmup_s": args.warmup, "dtype": "float32", "side": SIDE,
-                             "kernel": KERNEL, "pool": POOL, "threads": thread_counts},
+                             "kernel": KERNEL, "pool": POOL, "threads": thread_counts,
+                             "allocators": args.allocator},
                 "targets_met": all_met if lines else None, "results": results}
     if args.json == "-":
         print(json.dumps(document, indent=1))

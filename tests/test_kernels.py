@@ -351,10 +351,16 @@ def central_differences(f, arrays, index, eps):
     return grad
 
 
+def nan_buffers(*like):
+    """out= buffers shaped like the given arrays, full of NaN: an element a kernel forgets to write shows."""
+    return tuple(np.full_like(a, np.nan, order="C") for a in like)
+
+
+@pytest.mark.parametrize("use_out", [False, True], ids=["fresh", "out"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("xs,ws", [((2, 2, 6, 7), (3, 2, 3, 2)), ((1, 1, 8, 8), (2, 1, 3, 3)),
                                    ((2, 3, 4, 5), (2, 3, 1, 1))])
-def test_conv_backward_matches_finite_differences(backend, xs, ws):
+def test_conv_backward_matches_finite_differences(backend, xs, ws, use_out):
     k = get_backend(backend)
     rng = np.random.default_rng(len(xs) + sum(ws))
     x, w, b = rand(rng, xs), rand(rng, ws), rand(rng, ws[:1])
@@ -363,16 +369,20 @@ def test_conv_backward_matches_finite_differences(backend, xs, ws):
     def loss(x, w, b):  # a random linear functional of the output: L = sum(y * g)
         return float(np.sum(k.conv2d_forward(x, w, b) * g))
 
-    dx, dw, db = k.conv2d_backward(g, x, w)
+    out = nan_buffers(x, w, b) if use_out else None
+    dx, dw, db = k.conv2d_backward(g, x, w, out=out)
+    if use_out:
+        assert all(got is buf for got, buf in zip((dx, dw, db), out))
     for name, got, index in (("dx", dx, 0), ("dw", dw, 1), ("db", db, 2)):
         want = central_differences(loss, [x, w, b], index, eps=1e-5)
         assert np.max(np.abs(want)) > 0.1, name
         np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.parametrize("use_out", [False, True], ids=["fresh", "out"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape,size", [((2, 2, 6, 8), 2), ((1, 3, 7, 9), 2), ((2, 1, 10, 11), 3)])
-def test_pool_backward_matches_finite_differences(backend, shape, size):
+def test_pool_backward_matches_finite_differences(backend, shape, size, use_out):
     k = get_backend(backend)
     rng = np.random.default_rng(size + shape[3])
     # Distinct values at least 1e-3 apart: no ties, and a 1e-6 step never changes a window's max.
@@ -382,7 +392,9 @@ def test_pool_backward_matches_finite_differences(backend, shape, size):
     def loss(x):
         return float(np.sum(k.maxpool2d_forward(x, size) * g))
 
-    got = k.maxpool2d_backward(g, x, size)
+    out = nan_buffers(x)[0] if use_out else None
+    got = k.maxpool2d_backward(g, x, size, out=out)
+    assert got is out or not use_out
     want = central_differences(loss, [x], 0, eps=1e-6)
     np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-7)
     assert np.count_nonzero(got) == g.size  # one entry per window; the dropped rows/columns get 0
@@ -441,10 +453,37 @@ POOL_BACKWARD_ERRORS = [
     ((f32(3, 4, 4), X, 2), r"dy must be 4-D"),
     ((f32(2, 3, 4, 4), X, 0), r"size must be a positive integer"),
 ]
+Y = f32(2, 4, 6, 6)
+_SHARED = f32(2 * 3 * 8 * 8 + 8)  # one block that two buffers below overlap in
+_READ_ONLY = f32(2, 4, 6, 6)
+_READ_ONLY.flags.writeable = False
+OUT_ERRORS = [  # caller-provided output buffers
+    ("conv2d_forward", (X, W, B, f32(2, 4, 6, 5)), r"out has shape \(2, 4, 6, 5\) but the result has shape \(2, 4, 6, 6\)"),
+    ("conv2d_forward", (X, W, B, Y.astype(np.float64)), r"out has dtype float64 but the inputs have dtype float32"),
+    ("conv2d_forward", (X, W, B, f32(2, 4, 6, 12)[..., ::2]), r"out must be C-contiguous and aligned"),
+    ("conv2d_forward", (X, W, B, _READ_ONLY), r"out is read-only"),
+    ("conv2d_forward", (X, W, B, Y.tolist()), r"out must be a numpy array of shape \(2, 4, 6, 6\), got list"),
+    ("conv2d_forward", (_SHARED[:X.size].reshape(X.shape), W, B, _SHARED[-Y.size:].reshape(Y.shape)),
+     r"out overlaps x: an output buffer must not share memory with the arguments"),
+    ("conv2d_forward", (X, W, B, Y.astype(">f4")), r"out has dtype >f4 but the inputs have dtype float32"),
+    ("conv2d_backward", (DY, X, W, (f32(*X.shape), f32(*W.shape))), r"out must be a tuple of 3 arrays, got tuple of length 2"),
+    ("conv2d_backward", (DY, X, W, f32(*X.shape)), r"out must be a tuple of 3 arrays, got ndarray"),
+    ("conv2d_backward", (DY, X, W, (f32(*X.shape), f32(4, 3, 3, 2), f32(4))), r"out\[1\] \(dw\) has shape \(4, 3, 3, 2\) but the result has shape \(4, 3, 3, 3\)"),
+    ("conv2d_backward", (DY, X, W, (f32(*X.shape), f32(*W.shape), f32(4).astype(np.float64))), r"out\[2\] \(db\) has dtype float64"),
+    ("conv2d_backward", (DY, X, W, (X, f32(*W.shape), f32(4))), r"out\[0\] \(dx\) overlaps x"),
+    ("conv2d_backward", (DY, X, W, (f32(*X.shape), f32(*W.shape), W.reshape(-1)[:4])), r"out\[2\] \(db\) overlaps w"),
+    ("conv2d_backward", (DY, X, W, (_SHARED[:X.size].reshape(X.shape), f32(*W.shape), _SHARED[X.size - 2:X.size + 2])),
+     r"out\[2\] \(db\) overlaps out\[0\] \(dx\)"),
+    ("maxpool2d_forward", (X, 2, f32(2, 3, 4, 5)), r"out has shape \(2, 3, 4, 5\) but the result has shape \(2, 3, 4, 4\)"),
+    ("maxpool2d_forward", (X, 2, X[:, :, :4, :4]), r"out must be C-contiguous"),
+    ("maxpool2d_backward", (f32(2, 3, 4, 4), X, 2, f32(2, 3, 8, 8).astype(np.float64)), r"out has dtype float64"),
+    ("maxpool2d_backward", (f32(2, 3, 4, 4), X, 2, X), r"out overlaps x"),
+]
 ERRORS = ([("conv2d_forward", a, m) for a, m in CONV_FORWARD_ERRORS]
           + [("conv2d_backward", a, m) for a, m in CONV_BACKWARD_ERRORS]
           + [("maxpool2d_forward", a, m) for a, m in POOL_FORWARD_ERRORS]
-          + [("maxpool2d_backward", a, m) for a, m in POOL_BACKWARD_ERRORS])
+          + [("maxpool2d_backward", a, m) for a, m in POOL_BACKWARD_ERRORS]
+          + OUT_ERRORS)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -647,3 +686,52 @@ def test_stale_build_is_reported_at_import_in_a_fresh_process(tmp_path):
     pyx.write_text(pyx.read_text() + "\n# edited after the build\n")
     out = run()
     assert out.startswith("REFUSED") and "stale" in out and "make build" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# Caller-provided outputs (out=): the same values as fresh outputs, every element written
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws,size", [((3, 2, 9, 8), (4, 2, 3, 3), 2), ((64, 1, 32, 32), (8, 1, 3, 3), 2),
+                                        ((2, 3, 10, 11), (2, 3, 2, 4), 3), ((1, 1, 5, 5), (1, 1, 1, 1), 1)])
+def test_out_buffers_give_the_fresh_results_and_are_returned(backend, dtype, xs, ws, size):
+    k = get_backend(backend)
+    rng = np.random.default_rng(sum(xs))
+    x, w, b = rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, ws[:1], dtype)
+    y = k.conv2d_forward(x, w, b)
+    (y_buf,) = nan_buffers(y)
+    assert k.conv2d_forward(x, w, b, out=y_buf) is y_buf
+    np.testing.assert_array_equal(y_buf, y)
+    assert_close(y_buf, REF.conv2d_forward(x, w, b), REF.conv2d_forward(abs(x), abs(w), abs(b)))
+    dy = rand(rng, y.shape, dtype)
+    fresh = k.conv2d_backward(dy, x, w)
+    bufs = nan_buffers(*fresh)
+    got = k.conv2d_backward(dy, x, w, out=list(bufs))  # a list is accepted too
+    assert isinstance(got, tuple) and all(g is buf for g, buf in zip(got, bufs))
+    for g, f in zip(got, fresh):
+        np.testing.assert_array_equal(g, f)
+    p = k.maxpool2d_forward(y, size)
+    (p_buf,) = nan_buffers(p)
+    assert k.maxpool2d_forward(y, size, out=p_buf) is p_buf
+    np.testing.assert_array_equal(p_buf, REF.maxpool2d_forward(y, size))
+    (d_buf,) = nan_buffers(y)
+    assert k.maxpool2d_backward(p, y, size, out=d_buf) is d_buf
+    np.testing.assert_array_equal(d_buf, REF.maxpool2d_backward(p, y, size))
+    # Reused buffers (as a training loop reuses them) are simply overwritten.
+    k.conv2d_forward(x, -w, b, out=y_buf)
+    np.testing.assert_array_equal(y_buf, k.conv2d_forward(x, -w, b))
+
+
+@needs_cython
+def test_the_cython_out_check_accepts_what_the_python_rules_accept():
+    """Views that are valid buffers (a contiguous slab of a bigger block next to an input in the same
+    block) pass; the extents test is np.may_share_memory's."""
+    block = np.zeros(2 * 3 * 8 * 8 + 4 * 6 * 6 * 2, dtype=np.float32)
+    x = block[:2 * 3 * 8 * 8].reshape(2, 3, 8, 8)
+    out = block[2 * 3 * 8 * 8:2 * 3 * 8 * 8 + 2 * 4 * 6 * 6].reshape(2, 4, 6, 6)
+    assert not np.may_share_memory(x, out)
+    assert CY.conv2d_forward(x, W, B, out=out) is out
+    strided_x = np.zeros((2, 3, 8, 16), np.float32)[..., ::2]  # a strided input, copied inside
+    assert CY.conv2d_forward(strided_x, W, B, out=Y.copy()).shape == Y.shape

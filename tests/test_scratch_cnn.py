@@ -225,3 +225,72 @@ def test_confident_probabilities_do_not_saturate():
     model.fc_b[:] = 25.0
     p = model.predict_proba(np.zeros((2, 1, 32, 32), dtype=np.float32))
     assert p.dtype == np.float64 and np.all(p < 1.0) and np.all(p > 1 - 1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_steps_reuse_a_workspace_and_match_the_allocating_path(backend, monkeypatch):
+    """sgd_step writes into per-batch-size buffers (the kernels' out=) and gives the same weights,
+    bit for bit, as steps taken through loss_and_grads, which allocates fresh arrays."""
+    from aigen.models import scratch
+
+    small = ScratchCNN(filters=8, backend=backend)
+    small.sgd_step(_images(1), [1], lr=0.1)
+    assert small._workspaces == {}  # one sample: cheaper to allocate
+    small.sgd_step(_images(64), np.ones(64), lr=0.1)
+    assert list(small._workspaces) == [64]  # a batch: its conv output alone is 1.8 MB
+    monkeypatch.setattr(scratch, "WORKSPACE_MIN_BYTES", 0)
+    a = ScratchCNN(filters=3, seed=5, backend=backend)
+    b = ScratchCNN(filters=3, seed=5, backend=backend)
+    rng = np.random.default_rng(1)
+    batches = [(_images(n, seed=s), rng.integers(0, 2, n)) for s, n in enumerate([6, 6, 4, 6, 1])]
+    for x, y in batches:
+        a.sgd_step(x, y, lr=0.1)
+        _, grads = b.loss_and_grads(x, y)
+        for name, grad in grads.items():
+            param = getattr(b, name)
+            param -= np.float32(0.1) * grad
+    for name in PARAM_NAMES:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert b._workspaces == {}  # the public gradient path hands out arrays the caller may keep
+    assert sorted(a._workspaces) == [1, 4, 6]
+    six = a._workspaces[6]
+    held = {name: arr for name, arr in six.items()}
+    assert {"z1", "dz1", "m1", "dx", "dw", "db"} <= set(held)
+    a.sgd_step(*batches[0], lr=0.1)
+    assert all(a._workspaces[6][name] is arr for name, arr in held.items())  # reused, not reallocated
+    for n in range(7, 7 + 4):  # only the most recent batch sizes are kept
+        a.forward(_images(n))
+    assert len(a._workspaces) == 4 and 6 not in a._workspaces
+
+
+@pytest.mark.parametrize("seed,filters", [(0, 8), (7, 16), (123, 3)])
+def test_torch_initialisation_reproduces_torch_layers_under_the_same_seed(seed, filters):
+    import torch
+    from torch import nn
+
+    model = ScratchCNN(filters=filters, seed=seed, backend="numpy")  # init="torch" by default
+    assert model.init == "torch"
+    torch.manual_seed(seed)
+    conv, fc = nn.Conv2d(1, filters, 3), nn.Linear(filters * 225, 1)
+    for ours, theirs in ((model.conv_w, conv.weight), (model.conv_b, conv.bias),
+                         (model.fc_w, fc.weight[0]), (model.fc_b, fc.bias)):
+        np.testing.assert_array_equal(ours, theirs.detach().numpy())
+    # Drawn from its own generator: the global torch RNG is left alone.
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    ScratchCNN(filters=2, seed=seed, backend="numpy")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_legacy_initialisation_is_numpys_and_survives_a_round_trip(tmp_path):
+    legacy = ScratchCNN(filters=4, seed=3, backend="numpy", init="legacy")
+    rng = np.random.default_rng(3)
+    np.testing.assert_array_equal(legacy.conv_w, rng.uniform(-1 / 3, 1 / 3, (4, 1, 3, 3)).astype(np.float32))
+    assert not np.array_equal(legacy.conv_w, ScratchCNN(filters=4, seed=3, backend="numpy").conv_w)
+    legacy.save(tmp_path / "m.npz")
+    back = ScratchCNN.load(tmp_path / "m.npz")
+    assert back.init == "legacy"
+    np.testing.assert_array_equal(back.fc_w, legacy.fc_w)
+    with pytest.raises(ValueError, match="init must be one of"):
+        ScratchCNN(init="kaiming")

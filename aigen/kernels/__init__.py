@@ -8,6 +8,10 @@
     maxpool2d_forward(x, size=2) -> y             # y: (N, C, H//size, W//size)
     maxpool2d_backward(dy, x, size=2) -> dx
 
+Each also takes ``out=``: caller-provided output buffers (a 3-tuple for conv2d_backward), written
+in place and returned; they must match the result's shape and dtype, be C-contiguous and writeable,
+and share no memory with the arguments.
+
 Convolution is the valid, stride-1 cross-correlation (as in PyTorch); pooling uses non-overlapping
 windows and drops partial ones; the pooling gradient goes to the first maximum of each window in
 row-major order.  float32 and float64 are supported (outputs keep the input dtype); any strides are

@@ -110,3 +110,32 @@ def check_maxpool2d_backward(dy, x, size) -> int:
             f"dy has shape {dy.shape} but maxpool2d_forward(x {x.shape}, size={size}) gives {expected}"
         )
     return size
+
+
+def check_out(name: str, out, shape: tuple, like: np.ndarray, inputs=()) -> np.ndarray:
+    """Validate a caller-provided output buffer: an ndarray of exactly `shape` and like's dtype,
+    C-contiguous, aligned and writeable, sharing no memory with any of `inputs` (the kernels read
+    their inputs while they write the output).  Returns out."""
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array of shape {tuple(shape)}, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {out.shape} but the result has shape {tuple(shape)}")
+    if out.dtype != like.dtype:
+        raise ValueError(f"{name} has dtype {out.dtype} but the inputs have dtype {like.dtype}")
+    if not (out.flags.c_contiguous and out.flags.aligned):
+        raise ValueError(f"{name} must be C-contiguous and aligned")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    for other_name, other in inputs:
+        if isinstance(other, np.ndarray) and np.may_share_memory(out, other):
+            raise ValueError(f"{name} overlaps {other_name}: an output buffer must not share memory "
+                             "with the arguments")
+    return out
+
+
+def check_out_tuple(out, count: int) -> tuple:
+    """out as a tuple of `count` buffers (the backward pass of a convolution writes three)."""
+    if not isinstance(out, (tuple, list)) or len(out) != count:
+        raise ValueError(f"out must be a tuple of {count} arrays, got {type(out).__name__}"
+                         + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
+    return tuple(out)

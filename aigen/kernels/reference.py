@@ -12,23 +12,45 @@ from aigen.kernels._checks import (
     check_conv2d_forward,
     check_maxpool2d_backward,
     check_maxpool2d_forward,
+    check_out,
+    check_out_tuple,
+    conv2d_output_shape,
+    maxpool2d_output_shape,
 )
 
 NAME = "numpy"
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """y[n, f, h, v] = b[f] + sum_{c, i, j} x[n, c, h + i, v + j] * w[f, c, i, j]."""
+def _written(result: np.ndarray, out):
+    """result, or out with result's values copied in (out already validated)."""
+    if out is None:
+        return result
+    np.copyto(out, result)
+    return out
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out=None) -> np.ndarray:
+    """y[n, f, h, v] = b[f] + sum_{c, i, j} x[n, c, h + i, v + j] * w[f, c, i, j].
+
+    out: an optional buffer for y (see _checks.check_out); y is then out itself.
+    """
     check_conv2d_forward(x, w, b)
+    if out is not None:
+        check_out("out", out, conv2d_output_shape(x.shape, w.shape), x, (("x", x), ("w", w), ("b", b)))
     kh, kw = w.shape[2:]
     windows = sliding_window_view(x, (kh, kw), axis=(2, 3))  # (N, C, OH, OW, KH, KW), a view
     y = np.einsum("nchvij,fcij->nfhv", windows, w, optimize=True)
-    return np.ascontiguousarray(y + b[None, :, None, None])
+    return _written(np.ascontiguousarray(y + b[None, :, None, None]), out)
 
 
-def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray):
-    """(dx, dw, db): gradients of conv2d_forward's output y with respect to x, w and b, given dy."""
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, out=None):
+    """(dx, dw, db): gradients of conv2d_forward's output y with respect to x, w and b, given dy.
+
+    out: an optional tuple of three buffers (dx, dw, db), returned filled.
+    """
     check_conv2d_backward(dy, x, w)
+    if out is not None:
+        out = _backward_out(out, dy, x, w)
     kh, kw = w.shape[2:]
     oh, ow = dy.shape[2:]
     windows = sliding_window_view(x, (kh, kw), axis=(2, 3))
@@ -39,7 +61,20 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray):
     for i in range(kh):
         for j in range(kw):
             dx[:, :, i : i + oh, j : j + ow] += np.einsum("nfhv,fc->nchv", dy, w[:, :, i, j])
-    return dx, np.ascontiguousarray(dw), np.ascontiguousarray(db)
+    if out is None:
+        return dx, np.ascontiguousarray(dw), np.ascontiguousarray(db)
+    return tuple(_written(value, buf) for value, buf in zip((dx, dw, db), out))
+
+
+def _backward_out(out, dy, x, w) -> tuple:
+    """The validated (dx, dw, db) buffers: right shapes, and no overlap with an argument or each other."""
+    out = check_out_tuple(out, 3)
+    args = (("dy", dy), ("x", x), ("w", w))
+    shapes = (x.shape, w.shape, (w.shape[0],))
+    names = ("out[0] (dx)", "out[1] (dw)", "out[2] (db)")
+    for i, (name, buf, shape) in enumerate(zip(names, out, shapes)):
+        check_out(name, buf, shape, x, args + tuple(zip(names[:i], out[:i])))
+    return out
 
 
 def _windows(x: np.ndarray, size: int) -> np.ndarray:
@@ -50,15 +85,19 @@ def _windows(x: np.ndarray, size: int) -> np.ndarray:
     return blocks.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, size * size)
 
 
-def maxpool2d_forward(x: np.ndarray, size: int = 2) -> np.ndarray:
+def maxpool2d_forward(x: np.ndarray, size: int = 2, out=None) -> np.ndarray:
     """Max over non-overlapping size x size windows; trailing rows/columns that do not fill one are dropped."""
     size = check_maxpool2d_forward(x, size)
-    return np.ascontiguousarray(_windows(x, size).max(axis=-1))
+    if out is not None:
+        check_out("out", out, maxpool2d_output_shape(x.shape, size), x, (("x", x),))
+    return _written(np.ascontiguousarray(_windows(x, size).max(axis=-1)), out)
 
 
-def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, size: int = 2) -> np.ndarray:
+def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, size: int = 2, out=None) -> np.ndarray:
     """Gradient of maxpool2d_forward: each dy goes to the first maximum of its window (row-major)."""
     size = check_maxpool2d_backward(dy, x, size)
+    if out is not None:
+        check_out("out", out, x.shape, x, (("dy", dy), ("x", x)))
     n, c, oh, ow = dy.shape
     first_max = _windows(x, size).argmax(axis=-1)  # argmax returns the first of tied maxima
     routed = (np.arange(size * size) == first_max[..., None]) * dy[..., None]
@@ -66,4 +105,4 @@ def maxpool2d_backward(dy: np.ndarray, x: np.ndarray, size: int = 2) -> np.ndarr
     dx[:, :, : oh * size, : ow * size] = (
         routed.reshape(n, c, oh, ow, size, size).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh * size, ow * size)
     )
-    return dx
+    return _written(dx, out)

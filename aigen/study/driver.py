@@ -86,6 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hyper.add_argument("--scratch-batch-size", type=positive_int, default=1, metavar="N")
     hyper.add_argument("--scratch-backend", choices=("cython", "numpy"), default="cython",
                        help="conv/pool kernels of the scratch CNN (default: the Cython ones)")
+    hyper.add_argument("--scratch-init", choices=("torch", "legacy"), default="torch",
+                       help="scratch CNN initialisation: torch (default: the values torch's "
+                            "Conv2d/Linear get under the same seed) or legacy (NumPy's generator)")
     hyper.add_argument("--scratch-lrs", type=positive_float, nargs="*", default=[0.01, 0.1],
                        metavar="LR",
                        help="learning-rate study: the scratch CNN trained at each of these "
@@ -209,7 +212,8 @@ class Study:
         self.hp = {
             "scratch": {"epochs": epochs(args.scratch_epochs), "lr": args.scratch_lr,
                         "filters": args.scratch_filters, "batch_size": args.scratch_batch_size,
-                        "backend": args.scratch_backend, "checkpoint": args.checkpoint},
+                        "backend": args.scratch_backend, "checkpoint": args.checkpoint,
+                        "init": args.scratch_init},
             "frozen": {"epochs": epochs(args.frozen_epochs), "lr": args.frozen_lr,
                        "batch_size": args.backbone_batch_size, "checkpoint": args.checkpoint},
             "finetuned": {"epochs": epochs(args.finetune_epochs), "lr": args.finetune_lr,
@@ -391,7 +395,7 @@ class Study:
         return train_scratch(self.X_scratch[tr], self.y_used[tr], self.X_scratch[va],
                              self.y_used[va], filters=hp["filters"], lr=lr, epochs=hp["epochs"],
                              batch_size=hp["batch_size"], seed=seed, backend=hp["backend"],
-                             progress=self.progress, checkpoint=hp["checkpoint"])
+                             progress=self.progress, checkpoint=hp["checkpoint"], init=hp["init"])
 
     def _train_scratch(self, seed: int) -> None:
         model, history = self._fit_scratch(seed, self.hp["scratch"]["lr"])
