@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -14,19 +15,93 @@ from typing import Any, Iterable, Iterator, Sequence
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+def atomic_path(path: str | os.PathLike, full_disk_advice: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    The file gets the user's usual permissions (0666 less the umask). A full disk while writing
+    is a UserError naming the folder (see disk_full_error), with `full_disk_advice` if given.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    with full_disk_is_user_error(path.parent, full_disk_advice):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        with full_disk_is_user_error(path.parent, full_disk_advice):
+            tmp_path.chmod(0o666 & ~current_umask())  # mkstemp makes it private; results are not
+            yield tmp_path
+            os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# torch.save reports a failed write (a full disk) as a RuntimeError from its zip writer, and numpy
+# a short write as an OSError without errno ("N requested and M written"); these are the phrases.
+_SHORT_WRITES = ("inline_container", "PytorchStreamWriter", "file write failed", "written")
+
+
+def disk_full_error(exc: BaseException, folder: str | os.PathLike,
+                    advice: str | None = None):
+    """A one-line UserError naming `folder` if `exc` says a write there failed for want of space
+    (OSError ENOSPC or EDQUOT; a short write from numpy or torch.save on a disk with under 1 MiB
+    free); else None."""
+    from aigen.errors import UserError
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = "no space left on its disk" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    elif (isinstance(exc, RuntimeError) or (isinstance(exc, OSError) and exc.errno is None)) \
+            and any(s in str(exc) for s in _SHORT_WRITES) and _free_bytes(folder) < 1 << 20:
+        reason = "no space left on its disk"
+    else:
+        return None
+    return UserError(f"cannot write into {folder}: {reason}; "
+                     + (advice or "free some space there or choose a folder on another disk"))
+
+
+@contextlib.contextmanager
+def full_disk_is_user_error(folder: str | os.PathLike, advice: str | None = None) -> Iterator[None]:
+    """Within the block, a write that fails for want of space is disk_full_error's UserError."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        error = disk_full_error(exc, folder, advice)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _free_bytes(folder: str | os.PathLike) -> float:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return float("inf")
+
+
+def escape_undecodable(text: str) -> str:
+    """`text` with the bytes of a file name that is not valid UTF-8 written as `\\xNN`.
+
+    Python hands such names over as lone surrogates (os.fsdecode's surrogateescape), which no
+    UTF-8 file can hold; every text file aigen writes goes through this, so it stays valid UTF-8
+    (e.g. the file b"caf\\xe9.jpg" is written `caf\\xe9.jpg`).
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name produced
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def new_results_folder(prefix: str = "") -> Path:
@@ -124,7 +199,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    write_bytes(path, text.encode("utf-8"))
+    write_bytes(path, escape_undecodable(text).encode("utf-8"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

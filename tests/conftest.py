@@ -15,7 +15,10 @@ def aigen_cache_dir(tmp_path_factory, monkeypatch):
 
 def _write_study_images(root, n_per_class=20, seed=0):
     """Two class folders ai/ and real/ of small PNG/JPEG images (sizes vary), plus two broken
-    files (ai/broken.jpg: not an image; real/truncated.jpg: a cut JPEG). Returns `root`."""
+    files (ai/broken.jpg: not an image; real/truncated.jpg: a cut JPEG). The last AI image has a
+    name that is not valid UTF-8 (b"caf\\xe9_NN.jpg", as archives made on Windows have). Returns
+    `root`."""
+    import os
     from pathlib import Path
 
     import numpy as np
@@ -36,7 +39,10 @@ def _write_study_images(root, n_per_class=20, seed=0):
                 pixels = rng.normal(128, 60, (h, w, 3))
             img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
             fmt = "PNG" if (i % 2 == 0) == (cls == "ai") else "JPEG"
-            img.save(folder / f"{cls}_{i:02d}.{'png' if fmt == 'PNG' else 'jpg'}", format=fmt)
+            name = f"{cls}_{i:02d}.{'png' if fmt == 'PNG' else 'jpg'}"
+            if cls == "ai" and i == n_per_class - 1:
+                name = os.fsdecode(f"caf\xe9_{i:02d}.jpg".encode("latin-1"))
+            img.save(folder / name, format=fmt)
     (root / "ai" / "broken.jpg").write_bytes(b"not an image at all")
     whole = (root / "real" / "real_00.jpg").read_bytes()
     (root / "real" / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
@@ -75,3 +81,30 @@ def quick_study(tmp_path_factory):
             code = cli.main(argv)
     return {"data": data, "out": out, "code": code, "stdout": stdout.getvalue(),
             "stderr": stderr.getvalue(), "argv": argv, "cache": base / "cache"}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A function size_kib -> the Path of an empty tmpfs of that size (a full disk on demand);
+    the test is skipped where mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    import subprocess
+
+    mounted = []
+
+    def make(size_kib: int):
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        try:
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs",
+                                   str(path)], capture_output=True, text=True)
+            why = proc.stderr.strip()[:120] if proc.returncode else None
+        except OSError as exc:  # no mount command
+            why = str(exc)
+        if why is not None:
+            pytest.skip(f"cannot mount a small tmpfs here: {why}")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

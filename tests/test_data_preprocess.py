@@ -217,3 +217,31 @@ def test_a_cache_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / ".cache").exists()
     assert len(load_dataset(tmp_path, workers=1, progress=False, specs=()).images) == 2  # reads only
     assert not (tmp_path / ".cache").exists()
+
+
+def test_a_cache_entry_that_is_a_folder_is_named(tmp_path):
+    from aigen.errors import UserError
+
+    root = build(tmp_path / "data")
+    ds = load_dataset(root, workers=1, progress=False)
+    entry = PreprocessCache().path(ds.images[0].sha256, SCRATCH)
+    entry.unlink()
+    (entry / "x").mkdir(parents=True)
+    with pytest.raises(UserError, match=f"cache entry {entry} is a folder, not a file: remove it"):
+        load_dataset(root, workers=1, progress=False)
+
+
+def test_a_full_cache_disk_says_so(tmp_path, monkeypatch, small_disk):
+    """The cache on a full 32 KiB tmpfs: the message says the disk is full and where, and how to
+    put the cache elsewhere, instead of calling the folder unwritable."""
+    from aigen.errors import UserError
+
+    root = build(tmp_path / "data", n=20)
+    disk = small_disk(32)
+    monkeypatch.setenv("AIGEN_CACHE_DIR", str(disk / "cache"))
+    with pytest.raises(UserError) as info:
+        load_dataset(root, workers=1, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"cannot write into {disk / 'cache'}/") and "\n" not in message
+    assert "no space left on its disk" in message and "AIGEN_CACHE_DIR to a folder on another" \
+        in message and "writable" not in message

@@ -175,3 +175,27 @@ def test_a_reused_split_must_keep_the_rules(tmp_path):
     with pytest.raises(UserError, match="has no val images"):
         read_split(_edited(tmp_path, ds, split, no_val), ds)
     assert read_split(_edited(tmp_path, ds, split, lambda rows: None), ds).assignment == split.assignment
+
+
+def test_a_file_name_that_is_not_utf8_round_trips(tmp_path):
+    """b"caf\xe9.png" reaches Python as "caf\udce9.png": written as caf\xe9.png (valid UTF-8),
+    and read back as the same image."""
+    import os
+
+    ds = distinct(10, 10)
+    odd = os.fsdecode(b"1/caf\xe9.png")
+    ds.images[0] = ImageInfo(**{**vars(ds.images[0]), "rel_path": odd})
+    ds.images.sort(key=lambda im: im.rel_path)
+    split = make_split(ds, seed=1)
+    write_split(tmp_path / "split.csv", ds, split)
+    text = (tmp_path / "split.csv").read_bytes().decode("utf-8")  # strict: valid UTF-8
+    assert "\n1/caf\\xe9.png," in text
+    assert read_split(tmp_path / "split.csv", ds).assignment == split.assignment
+    assert len(ds.manifest_sha256()) == 64
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00binary", b"a\x00b,c\n"])
+def test_a_binary_split_file_is_a_user_error(tmp_path, content):
+    (tmp_path / "split.csv").write_bytes(content)
+    with pytest.raises(UserError, match="is not a split file"):
+        read_split(tmp_path / "split.csv", distinct(4, 4))

@@ -73,3 +73,77 @@ def test_write_json_replaces_whole_and_leaves_no_temporary(tmp_path):
         io.write_json(path, {"bad": object()})
     assert json.loads(path.read_text()) == {"b": [1, 2]}  # the old content survives a failure
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+# ---- permissions and full disks
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_users_usual_permissions(tmp_path, umask):
+    import os
+
+    old = os.umask(umask)
+    try:
+        io.write_json(tmp_path / "r.json", {"a": 1})
+        with io.atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    for name in ("r.json", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_disk_full_error_recognises_full_disks_only(tmp_path, monkeypatch):
+    import errno
+
+    short_writes = (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64"),
+                    RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"),
+                    OSError("100000 requested and 8176 written"))  # numpy's, no errno
+    for exc in short_writes:  # tmp_path has room: a short write there is something else
+        assert io.disk_full_error(exc, tmp_path) is None
+    monkeypatch.setattr(io, "_free_bytes", lambda folder: 4096)  # a patched full disk
+    for exc in (OSError(errno.ENOSPC, "No space left on device"),
+                OSError(errno.EDQUOT, "Disk quota exceeded"), *short_writes):
+        error = io.disk_full_error(exc, tmp_path / "out")
+        assert isinstance(error, UserError)
+        assert str(error).startswith(f"cannot write into {tmp_path / 'out'}: ")
+        assert "\n" not in str(error)
+    assert "AIGEN_CACHE_DIR" in str(io.disk_full_error(OSError(errno.ENOSPC, "x"), tmp_path,
+                                                       "or set AIGEN_CACHE_DIR"))
+    for exc in (OSError(errno.EACCES, "Permission denied"), RuntimeError("a bug"), ValueError()):
+        assert io.disk_full_error(exc, tmp_path) is None
+
+
+def test_a_full_disk_while_writing_is_a_user_error_and_leaves_nothing(tmp_path):
+    """A patched write (runs everywhere): ENOSPC in the middle of writing a file."""
+    import errno
+
+    with pytest.raises(UserError, match=f"cannot write into {tmp_path}: no space left"):
+        with io.atomic_path(tmp_path / "r.json") as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_tmpfs_numpy_torch_and_figures(small_disk):
+    """A real full disk: a 64 KiB tmpfs. numpy and PIL (matplotlib's PNG writer) raise OSError
+    ENOSPC, torch.save a RuntimeError; each becomes a one-line UserError naming the folder."""
+    import numpy as np
+    import torch
+
+    from aigen.study import figures
+
+    disk = small_disk(64)
+    writers = {
+        "a.npy": lambda tmp: np.save(open(tmp, "wb"), np.zeros(100_000)),
+        "b.pt": lambda tmp: torch.save(torch.zeros(100_000), tmp),
+    }
+    for name, write in writers.items():
+        with pytest.raises(UserError, match=f"cannot write into {disk}: "):
+            with io.atomic_path(disk / name) as tmp:
+                write(tmp)
+    fig = figures._figure(30, 30)
+    fig.subplots().imshow(np.random.default_rng(0).random((400, 400)))
+    with pytest.raises(UserError, match=f"cannot write into {disk}: no space left"):
+        figures._save(fig, disk / "c.png")
+    assert list(disk.iterdir()) == []

@@ -149,11 +149,15 @@ def test_metrics_agree_with_the_predictions_file(run):
 
 
 def test_split_covers_exactly_the_loaded_images(run):
+    from aigen.io import escape_undecodable
+
     data = run["data"]
-    good = sorted(p.relative_to(data).as_posix() for p in data.rglob("*_[0-9][0-9].*"))
+    good = sorted(escape_undecodable(p.relative_to(data).as_posix())
+                  for p in data.rglob("*_[0-9][0-9].*"))
     rows = run["split"]
     assert list(rows[0]) == ["path", "sha256", "label", "split"]
     assert sorted(r["path"] for r in rows) == good
+    assert "ai/caf\\xe9_19.jpg" in good  # the file name that is not UTF-8, its byte as \xNN
     for r in rows[:5]:
         assert r["sha256"] == hashlib.sha256((data / r["path"]).read_bytes()).hexdigest()
     for label in ("0", "1"):
@@ -387,6 +391,19 @@ def test_unwritable_out(tmp_path, make_study_images):
     (tmp_path / "file").write_text("a file, not a folder")
     code, _, err = run_cli(scratch_argv(data, tmp_path / "file" / "out"))
     assert_one_line_error(code, err, "cannot write the folder")
+
+
+@pytest.mark.parametrize("size_kib", [64, 256])
+def test_a_full_disk_under_out_is_a_one_line_error(tmp_path, make_study_images, small_disk,
+                                                   audit_once, size_kib):
+    """--out on a full tmpfs: a small disk fills while the exploration figures are written, a
+    larger one later (checkpoints, results); either way one line naming the folder, and the disk
+    is left as it was."""
+    data = make_study_images(tmp_path / "data", n_per_class=6)
+    disk = small_disk(size_kib)
+    code, _, err = run_cli(scratch_argv(data, disk / "out"))
+    assert_one_line_error(code, err, f"cannot write into {disk}/.out.", "no space left on its disk")
+    assert list(disk.iterdir()) == []
 
 
 def test_out_holding_results_is_refused(tmp_path, make_study_images):

@@ -61,8 +61,8 @@ class Dataset:
     def manifest_sha256(self) -> str:
         """Fingerprint of the dataset: sha256 over (rel_path, sha256, label) of every image."""
         h = hashlib.sha256()
-        for im in self.images:
-            h.update(f"{im.rel_path}\t{im.sha256}\t{im.label}\n".encode())
+        for im in self.images:  # a name that is not UTF-8 counts with its own bytes
+            h.update(f"{im.rel_path}\t{im.sha256}\t{im.label}\n".encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def conflicting_sha256s(self) -> set[str]:

@@ -120,14 +120,21 @@ def load_model_input(path: str | os.PathLike, spec: Spec,
     return load_model_inputs(path, [spec], max_pixels)[spec]
 
 
+CACHE_FULL_ADVICE = ("free some space there or set AIGEN_CACHE_DIR to a folder on another disk "
+                     "(the cache can be deleted safely)")
+
+
 def cache_root(create: bool = True) -> Path:
     """Where preprocessed images are kept: <cache_dir>/preprocess/v<CACHE_VERSION> (the cache
     folder is created unless `create` is false: a run that only reads the cache writes nothing)."""
     from aigen.errors import UserError
     from aigen.paths import cache_dir, cache_location
 
+    from aigen.io import full_disk_is_user_error
+
     try:
-        return (cache_dir() if create else cache_location()) / "preprocess" / f"v{CACHE_VERSION}"
+        with full_disk_is_user_error(cache_location(), CACHE_FULL_ADVICE):
+            return (cache_dir() if create else cache_location()) / "preprocess" / f"v{CACHE_VERSION}"
     except OSError as exc:
         raise UserError(f"cannot create the cache folder: {exc} "
                         "(set AIGEN_CACHE_DIR to a writable folder)") from None
@@ -174,10 +181,14 @@ class PreprocessCache:
         from aigen.errors import UserError
         from aigen.io import atomic_path
 
+        path = self.path(sha256, spec)
         try:
-            with atomic_path(self.path(sha256, spec)) as tmp:
+            with atomic_path(path, full_disk_advice=CACHE_FULL_ADVICE) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, np.ascontiguousarray(u8, dtype=np.uint8), allow_pickle=False)
+        except IsADirectoryError:
+            raise UserError(f"the preprocessing cache entry {path} is a folder, not a file: "
+                            "remove it (everything in the cache can be deleted safely)") from None
         except OSError as exc:
             raise UserError(f"cannot write the preprocessing cache in {self.root}: {exc.strerror or exc} "
                             "(set AIGEN_CACHE_DIR to a writable folder)") from None

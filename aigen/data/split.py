@@ -105,6 +105,8 @@ def write_split(path: str | os.PathLike, dataset: Dataset, split: Split) -> None
 
 def read_split(path: str | os.PathLike, dataset: Dataset) -> Split:
     """Reload a split.csv for `dataset`; any difference between the two is a UserError."""
+    from aigen.io import escape_undecodable
+
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -113,11 +115,15 @@ def read_split(path: str | os.PathLike, dataset: Dataset) -> Split:
             rows = list(reader)
     except OSError as exc:
         raise UserError(f"cannot read split file {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:  # a binary or otherwise foreign file
+        raise UserError(f"{path} is not a split file (not a UTF-8 CSV text file: {exc})") from None
     if header != SPLIT_HEADER:
         raise UserError(f"{path} is not a split file: expected the header {','.join(SPLIT_HEADER)}")
-    by_path = {im.rel_path: i for i, im in enumerate(dataset.images)}
-    skipped = {Path(s.path).relative_to(dataset.root).as_posix() if Path(s.path).is_relative_to(dataset.root)
-               else str(s.path): s.reason for s in dataset.skipped}
+    # Paths as write_split wrote them (a name that is not UTF-8 has its bytes as \xNN there).
+    by_path = {escape_undecodable(im.rel_path): i for i, im in enumerate(dataset.images)}
+    skipped = {escape_undecodable(Path(s.path).relative_to(dataset.root).as_posix()
+                                  if Path(s.path).is_relative_to(dataset.root) else str(s.path)):
+               s.reason for s in dataset.skipped}
     assignment: list[str | None] = [None] * len(dataset.images)
     for line, row in enumerate(rows, start=2):
         if len(row) != 4:

@@ -435,9 +435,10 @@ def generate(out_dir: str | os.PathLike, n_images: int = DEFAULT_N_IMAGES, seed:
                             "choose a new or empty folder")
     workers = _default_workers() if workers is None else max(1, int(workers))
 
-    from aigen.io import atomic_folder
+    from aigen.io import atomic_folder, full_disk_is_user_error
 
-    with atomic_folder(out, tag="synth-part", replace=True) as tmp:
+    with atomic_folder(out, tag="synth-part", replace=True) as tmp, \
+            full_disk_is_user_error(out.parent):
         for parts in (AI_DIR, REAL_DIR):
             tmp.joinpath(*parts).mkdir(parents=True)
         jobs = [(tmp, seed, i, float(difficulty), n_images) for i in range(n_images)]

@@ -37,7 +37,8 @@ def model_kind(path: str | os.PathLike) -> str:
 
 def load_model(path: str | os.PathLike, *, weights=None, device=None, backend: str | None = None,
                backbone=None):
-    """A saved ScratchCNN or BackboneClassifier, whichever `path` holds.
+    """A saved ScratchCNN or BackboneClassifier, whichever `path` holds, with the `metadata` dict
+    it was saved with as its `metadata` attribute.
 
     `backend` applies to the scratch CNN (default: the one it was trained with); `weights`,
     `device` and an already loaded `backbone` apply to backbone classifiers (see
@@ -46,7 +47,9 @@ def load_model(path: str | os.PathLike, *, weights=None, device=None, backend: s
     if model_kind(path) == "scratch":
         from aigen.models.scratch import ScratchCNN
 
-        return ScratchCNN.load(path, backend=backend)
+        model, header = ScratchCNN.load_with_header(path, backend=backend)
+        model.metadata = dict(header.get("metadata") or {})
+        return model
     from aigen.models.backbones import load_classifier
 
     return load_classifier(path, weights=weights, device=device, backbone=backbone)

@@ -569,4 +569,6 @@ def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None =
     else:
         stage = backbone.stage
     stage.eval()
-    return BackboneClassifier(backbone, checkpoint["regime"], stage, head.eval(), device=device)
+    clf = BackboneClassifier(backbone, checkpoint["regime"], stage, head.eval(), device=device)
+    clf.metadata = dict(checkpoint.get("metadata") or {})  # what `save` was given
+    return clf

@@ -398,9 +398,11 @@ class Study:
                              progress=self.progress, checkpoint=hp["checkpoint"], init=hp["init"])
 
     def _train_scratch(self, seed: int) -> None:
+        from aigen.study.checkpoints import identity
+
         model, history = self._fit_scratch(seed, self.hp["scratch"]["lr"])
         model.save(self.work / "checkpoints" / f"{SCRATCH_NAME}_seed{seed}.npz",
-                   metadata={"model": SCRATCH_NAME, "seed": seed, **self.hp["scratch"]})
+                   metadata={**identity(SCRATCH_NAME, "scratch", None, seed), **self.hp["scratch"]})
         self.models[SCRATCH_NAME].update(
             weights_source="random initialisation, trained from scratch", pretrained=False,
             n_params=model.n_params, trainable_params=model.n_params,
@@ -409,6 +411,7 @@ class Study:
 
     def _train_backbone(self, name: str, regime: str, seed: int) -> None:
         from aigen.repro import seed_everything
+        from aigen.study.checkpoints import identity
         from aigen.training import train_finetuned, train_frozen
 
         backbone = self.backbones[name]
@@ -423,7 +426,7 @@ class Study:
                              checkpoint=hp["checkpoint"])
         model_name = f"{name}_{regime}"
         clf.save(self.work / "checkpoints" / f"{model_name}_seed{seed}.pt",
-                 metadata={"model": model_name, "seed": seed, **hp})
+                 metadata={**identity(model_name, regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
             weights_source=backbone.weights_source, pretrained=backbone.pretrained,
@@ -536,6 +539,7 @@ class Study:
     # -- results ------------------------------------------------------------------------------
 
     def _model_results(self, name: str) -> dict[str, Any]:
+        from aigen.study.checkpoints import file_sha256
         from aigen.study.metrics import aggregate_metrics, classification_metrics, summarize
 
         info = self.models[name]
@@ -566,6 +570,9 @@ class Study:
         result["checkpoints"] = {str(seed): f"checkpoints/{name}_seed{seed}."
                                  + ("npz" if info["regime"] == "scratch" else "pt")
                                  for seed in self.seeds}
+        # Checked before a checkpoint is loaded again (aigen.study.checkpoints).
+        result["checkpoint_sha256"] = {seed: file_sha256(self.work / rel)
+                                       for seed, rel in result["checkpoints"].items()}
         return result
 
     def _data_results(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`aigen predict --run RESULTS_DIR PATH...`: score images with the saved models of a study run.
 
-Output (CSV on stdout): `path,prob_ai,label` for one model; with several models a `model` column
-is added after `path` (one row per image and model). `label` is "ai" when prob_ai >= 0.5, else
-"real". Files that cannot be used are reported on stderr with the reason and left out.
+Output (CSV on stdout), whatever the number of models: `path,model,seed,prob_ai,label`, one row
+per image and model. `label` is "ai" when prob_ai >= 0.5, else "real". Files that cannot be used
+are reported on stderr with the reason and left out; a given path that does not exist is an error.
+Each checkpoint is verified before use (aigen.study.checkpoints).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--weights the run recorded)")
     parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda",
                         help="torch device for backbones (default: cpu)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar on stderr")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image files or folders (searched recursively)")
 
@@ -53,20 +56,48 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {run_dir / name}: {exc}") from None
     results, config = loaded
+    problem = _layout_problem(results, config)
+    if problem:
+        raise UserError(f"--run {run_dir}: results.json/config.json do not have the layout "
+                        f"`aigen study` writes ({problem})")
+    return results, config
+
+
+def _layout_problem(results: Any, config: Any) -> str | None:
+    """What is wrong with the parts of a (perhaps hand-edited) run that predict reads, or None."""
     models = results.get("models") if isinstance(results, dict) else None
-    if not isinstance(config, dict) or not isinstance(models, dict) or not all(
+    if not isinstance(models, dict) or not all(
             isinstance(m, dict) and isinstance(m.get("checkpoints"), dict)
             and isinstance(m.get("regime"), str) for m in models.values()):
-        raise UserError(f"--run {run_dir}: results.json/config.json do not have the layout "
-                        "`aigen study` writes (models with their regime and checkpoints)")
-    return results, config
+        return "models with their regime and checkpoints"
+    if not all(isinstance(m.get("backbone"), (str, type(None))) for m in models.values()):
+        return "a model's backbone is not a name"
+    seeds = results.get("seeds", [0])
+    if not isinstance(seeds, list) or not all(type(k) is int for k in seeds):
+        return "seeds is not a list of whole numbers"
+    for key in ("skipped_models", "data"):
+        if not isinstance(results.get(key, {}), dict):
+            return f"{key} is not a mapping"
+    arguments = config.get("arguments", {}) if isinstance(config, dict) else None
+    if not isinstance(arguments, dict):
+        return "config.json has no arguments mapping"
+    if not isinstance(arguments.get("weights"), (str, type(None))):
+        return "the recorded --weights is not a path"
+    max_pixels = arguments.get("max_pixels")
+    if max_pixels is not None and (type(max_pixels) is not int or max_pixels < 0):
+        return "the recorded max_pixels is not a whole number"
+    return None
 
 
 def iter_files(paths: list[str]) -> Iterator[Path]:
     """Each given file, and every regular file below each given folder (sorted, recursive).
 
-    Whether a file is an image is left to the decoder: extensions are not trusted.
+    Whether a file is an image is left to the decoder: extensions are not trusted. A given path
+    that does not exist is a UserError (checked for all of them before any is listed).
     """
+    missing = [text for text in paths if not os.path.lexists(text)]
+    if missing:
+        raise UserError(f"no such file or folder: {', '.join(missing)}")
     for text in paths:
         path = Path(text)
         if path.is_dir():
@@ -80,8 +111,9 @@ def iter_files(paths: list[str]) -> Iterator[Path]:
 
 def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | None,
                 seed: int | None, weights: str | None, device) -> dict[str, Any]:
-    """{model name: loaded model} for the chosen models and seed of a run."""
-    from aigen.models import load_model
+    """{model name: loaded model} for the chosen models and seed of a run, each checkpoint
+    verified first (aigen.study.checkpoints.load_run_model)."""
+    from aigen.study.checkpoints import load_run_model
 
     available = list(results.get("models", {}))
     if not available:
@@ -94,7 +126,7 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
             raise UserError(f"no model {name!r} in {run_dir}{why}; available: "
                             f"{', '.join(available)}")
     seeds = results.get("seeds") or [0]
-    seed = seeds[0] if seed is None else seed
+    seed = chosen_seed(results, seed)
     if seed not in seeds:
         raise UserError(f"the run {run_dir} has no seed {seed}; its seeds: "
                         f"{', '.join(map(str, seeds))}")
@@ -103,11 +135,10 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
     backbones: dict[str, Any] = {}  # one backbone per name, shared by its frozen/finetuned models
     models = {}
     for name in chosen:
-        relative = results["models"][name]["checkpoints"][str(seed)]
-        path = run_dir / relative
         backbone_name = results["models"][name].get("backbone")
-        model = load_model(path, weights=weights if backbone_name == "resnet18" else None,
-                           device=device, backbone=backbones.get(backbone_name))
+        model = load_run_model(run_dir, results, name, seed,
+                               weights=weights if backbone_name == "resnet18" else None,
+                               device=device, backbone=backbones.get(backbone_name))
         if backbone_name:
             backbones[backbone_name] = model.backbone
         models[name] = model
@@ -135,27 +166,38 @@ def score(models: dict[str, Any], results: dict, batch: dict[str, Any]) -> dict[
     return probs
 
 
+def chosen_seed(results: dict, seed: int | None) -> int:
+    """The seed whose checkpoints are used: `seed`, else the run's first."""
+    return (results.get("seeds") or [0])[0] if seed is None else seed
+
+
 def run(args: argparse.Namespace) -> int:
-    """Print `path[,model],prob_ai,label` rows for every readable image; skips go to stderr."""
+    """Print `path,model,seed,prob_ai,label` rows for every readable image; skips go to stderr."""
     import numpy as np
+    from tqdm import tqdm
 
     from aigen.data.loading import ImageSkip
     from aigen.data.preprocess import BACKBONE, SCRATCH, load_model_inputs
     from aigen.device import resolve_device
+    from aigen.io import escape_undecodable
 
     run_dir = Path(args.run)
     results, config = read_run(run_dir)
+    files = list(iter_files(args.paths))  # a missing path fails now, before any model is loaded
     device = resolve_device(args.device)
     models = load_models(run_dir, results, config, args.model, args.seed, args.weights, device)
+    seed = chosen_seed(results, args.seed)
+    if results.get("data", {}).get("kind") == "synthetic":
+        print(f"aigen predict: warning: the run {run_dir} was trained on the embedded synthetic "
+              "proxy data, not on real AI-generated images: its scores say nothing about real "
+              "images", file=sys.stderr)
     max_pixels = config.get("arguments", {}).get("max_pixels") or None
     specs = {"scratch" if m["regime"] == "scratch" else "backbone" for n, m in
              results["models"].items() if n in models}
     specs = {key: spec for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE))
              if key in specs}
-    several = len(models) > 1
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["path", "model", "prob_ai", "label"] if several
-                    else ["path", "prob_ai", "label"])
+    writer.writerow(["path", "model", "seed", "prob_ai", "label"])  # one layout for any --model
     n_skipped = 0
 
     def flush(paths: list[Path], inputs: dict[str, list]) -> None:
@@ -166,18 +208,19 @@ def run(args: argparse.Namespace) -> int:
             for name in models:
                 prob = float(probs[name][row])
                 label = "ai" if prob >= 0.5 else "real"
-                writer.writerow([path, name, repr(prob), label] if several
-                                else [path, repr(prob), label])
+                writer.writerow([escape_undecodable(str(path)), name, seed, repr(prob), label])
         sys.stdout.flush()
 
     paths: list[Path] = []
     inputs: dict[str, list] = {key: [] for key in specs}
-    for path in iter_files(args.paths):
+    bar = tqdm(files, desc="scoring", unit="file", file=sys.stderr,
+               disable=not getattr(args, "progress", True), leave=False)
+    for path in bar:
         try:
             by_spec = load_model_inputs(path, specs.values(), max_pixels)
             decoded = {key: by_spec[spec] for key, spec in specs.items()}
         except ImageSkip as exc:
-            print(f"aigen predict: skipped {path}: {exc.reason}", file=sys.stderr)
+            bar.write(f"aigen predict: skipped {path}: {exc.reason}", file=sys.stderr)
             n_skipped += 1
             continue
         paths.append(path)
@@ -187,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
             flush(paths, inputs)
             paths, inputs = [], {key: [] for key in specs}
     flush(paths, inputs)
+    bar.close()
     if n_skipped:
         print(f"aigen predict: {n_skipped} file(s) skipped", file=sys.stderr)
     return 0
