@@ -10,7 +10,7 @@ import importlib
 import sys
 
 from aigen import __version__
-from aigen.errors import UserError
+from aigen.errors import Terminated, UserError, terminate_like_interrupt
 
 COMMANDS = {
     "study": ("aigen.study.driver", "run the whole study and write a results folder"),
@@ -36,11 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # which options were given
     try:
-        return int(args._run(args) or 0)
+        with terminate_like_interrupt():
+            return int(args._run(args) or 0)
     except UserError as exc:
         print(f"aigen {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"aigen {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"aigen {args.command}: interrupted", file=sys.stderr)
         return 130

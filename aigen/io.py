@@ -148,8 +148,10 @@ def atomic_folder(path: str | os.PathLike, tag: str = "partial",
                   replace: bool = False) -> Iterator[Path]:
     """Yield a hidden folder beside `path` to fill; on success it becomes `path` in one rename.
 
-    On any exception (Ctrl-C included) the hidden folder is removed and `path` is left as it was,
-    so an interrupted run never leaves a half-written folder that looks complete. `path` may be
+    On any exception (Ctrl-C and SIGTERM included) the hidden folder is removed and `path` is left
+    as it was, so an interrupted run never leaves a half-written folder that looks complete. A
+    hidden folder that a killed process left (its pid, in the name, is dead) is removed by the
+    next call for the same `path`. `path` may be
     missing or an empty folder; with `replace=True` an existing folder is swapped out and deleted
     only once the new one is in place. Failing to create or rename is a UserError.
     """
@@ -158,7 +160,10 @@ def atomic_folder(path: str | os.PathLike, tag: str = "partial",
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-", dir=path.parent))
+        remove_dead_leftovers(path, tag)
+        # The owner's pid is in the name, so a later run can tell a leftover of a killed process.
+        work = Path(tempfile.mkdtemp(prefix=f".{path.name}.{tag}-{os.getpid()}-",
+                                     dir=path.parent))
         umask = os.umask(0)
         os.umask(umask)
         work.chmod(0o777 & ~umask)  # mkdtemp makes it private; an output folder is not
@@ -170,6 +175,46 @@ def atomic_folder(path: str | os.PathLike, tag: str = "partial",
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one we may not signal counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_leftovers(path: str | os.PathLike, tag: str) -> list[Path]:
+    """Remove the hidden folders `.<name>.<tag>-<pid>-*` and `.<name>.old-<pid>` beside `path`
+    that a killed process (SIGKILL, power loss) left; the pid in the name must be dead, so a
+    folder another running process is filling is never touched. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    patterns = ((f".{path.name}.{tag}-", True), (f".{path.name}.old-", False))
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        for prefix, has_suffix in patterns:
+            if not entry.name.startswith(prefix):
+                continue
+            rest = entry.name[len(prefix):]
+            pid_text = rest.split("-", 1)[0] if has_suffix else rest
+            if not pid_text.isdigit() or pid_alive(int(pid_text)) or not entry.is_dir():
+                continue
+            if not has_suffix and not path.exists():
+                continue  # killed between the two renames: the old folder is all there is
+
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _rename_folder(work: Path, path: Path, replace: bool) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from aigen.errors import UserError
-from aigen.io import atomic_folder, check_new_folder, new_results_folder, refuse_inside
+from aigen.io import check_new_folder, new_results_folder, refuse_inside
 
 BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "data that was re-encoded after collection (see `aigen explore --help`)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bars on stderr")
+    from aigen.study import runfolder
+
+    runfolder.add_arguments(run)
     hyper = parser.add_argument_group("training")
     hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N")
     hyper.add_argument("--scratch-lr", type=positive_float, default=0.01, metavar="LR")
@@ -107,15 +110,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the study; returns 0. User-fixable problems raise UserError before any training."""
+    from aigen.study import runfolder
+
+    args = runfolder.resolve_arguments(args, add_arguments)  # --resume, --config
     args.backbones = list(dict.fromkeys(args.backbones))  # a name given twice trains once
-    if args.weights is not None:  # recorded as an absolute path, for `aigen predict` from elsewhere
-        args.weights = str(Path(args.weights).expanduser().absolute())
-    out = _resolve_out(args.out)
+    # Paths recorded absolute, for `aigen predict`, --resume and --config from another folder.
+    for key in ("weights", "split_file", "metadata_csv"):
+        if getattr(args, key, None) is not None:
+            setattr(args, key, str(Path(getattr(args, key)).expanduser().absolute()))
+    if getattr(args, "tensorboard", False):
+        runfolder.tensorboard_writer()  # missing package: say so now, not after the first model
+    resume = getattr(args, "resume", None) is not None
+    out = Path(args.resume) if resume else _resolve_out(args.out)
+    args.out = str(out)
     data_root = _check_data_option(args)
     _check_weights_options(args)
     if data_root is not None:
+        args.data = str(data_root)
         refuse_inside(out, data_root)
-    with atomic_folder(out) as work:
+    with runfolder.claim(out, runfolder.saved_arguments(args), resume=resume) as work:
         study = Study(args, out=out, work=work)
         study.run()
     study.print_summary()
@@ -242,10 +255,13 @@ class Study:
         from aigen.device import resolve_device
 
         self.device = resolve_device(self.args.device)
-        (self.work / "figures").mkdir()
-        (self.work / "checkpoints").mkdir()
+        (self.work / "figures").mkdir(exist_ok=True)  # exist_ok: a resumed run
+        (self.work / "checkpoints").mkdir(exist_ok=True)
         with self.timer.stage("load_data"):
             self._load_data()
+        from aigen.study import runfolder
+
+        runfolder.check_same_data(self.work, self.dataset.manifest_sha256())
         with self.timer.stage("exploration"):
             self._explore()
         with self.timer.stage("split"):
@@ -329,7 +345,8 @@ class Study:
             self.models[SCRATCH_NAME] = {"regime": "scratch", "backbone": None}
             for seed in self.seeds:
                 with self.timer.stage(f"train:{SCRATCH_NAME}"):
-                    self._train_scratch(seed)
+                    if not self._restore(SCRATCH_NAME, seed):
+                        self._train_scratch(seed)
         self.backbones: dict[str, Any] = {}
         self.prefix: dict[str, Any] = {}
         self.pooled: dict[str, Any] = {}
@@ -344,7 +361,8 @@ class Study:
                 self.models[model_name] = {"regime": regime, "backbone": name}
                 for seed in self.seeds:
                     with self.timer.stage(f"train:{model_name}"):
-                        self._train_backbone(name, regime, seed)
+                        if not self._restore(model_name, seed):
+                            self._train_backbone(name, regime, seed)
 
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
         from aigen.models.backbones import BackboneUnavailable, load_backbone
@@ -379,11 +397,54 @@ class Study:
             parts.append(backbone.prefix_activations(X, self.device))
         return torch.cat(parts)
 
-    def _record(self, name: str, seed: int, model, history: list[dict], prob: np.ndarray) -> None:
+    def _record(self, name: str, seed: int, model, history: list[dict], prob: np.ndarray,
+                restored: bool = False) -> None:
+        from aigen.study import runfolder
+
+        if not restored:  # persisted at once, so an interrupted run can skip it (--resume)
+            runfolder.save_run(self.work, name, seed, history, prob, self.models[name])
+            runfolder.log_history(self.work, self.args, name, seed, history)
         self.runs[(name, seed)] = {"model": model, "history": history, "prob": prob}
         for h in history:
             self.history_rows.append([name, seed, h["epoch"], h["train_loss"], h["train_acc"],
                                       h["val_loss"], h["val_acc"]])
+
+    def _restore(self, name: str, seed: int) -> bool:
+        """Whether an earlier attempt of this run (--resume) finished (name, seed); if so its
+        model is read back from checkpoints/ and its history and predictions from resume/."""
+        from aigen.study import runfolder
+
+        state = runfolder.load_run(self.work, name, seed)
+        if state is None:
+            return False
+        history, prob, info = state
+        if info.get("regime") == "scratch":
+            from aigen.models.scratch import ScratchCNN
+
+            model = ScratchCNN.load(self.work / "checkpoints" / f"{name}_seed{seed}.npz")
+        else:
+            from aigen.models.backbones import load_classifier
+
+            model = load_classifier(self.work / "checkpoints" / f"{name}_seed{seed}.pt",
+                                    backbone=self.backbones[info["backbone"]], device=self.device)
+        self.models[name].update(info)
+        self._log(f"{name} seed {seed}: finished by the earlier attempt, not trained again")
+        self._record(name, seed, model, history, prob, restored=True)
+        return True
+
+    def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
+        """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
+        from aigen.study import runfolder
+
+        name = f"{SCRATCH_NAME}_lr{lr_key(lr)}"
+        state = runfolder.load_run(self.work, name, seed)
+        if state is not None:
+            return state[0], state[1]
+        model, history = self._fit_scratch(seed, lr)
+        prob = model.predict_proba(self.X_scratch)
+        runfolder.save_run(self.work, name, seed, history, prob)
+        runfolder.log_history(self.work, self.args, name, seed, history)
+        return history, prob
 
     def _fit_scratch(self, seed: int, lr: float):
         from aigen.repro import seed_everything
@@ -451,8 +512,7 @@ class Study:
                     done = self.runs[(SCRATCH_NAME, seed)]  # the main run already trained this lr
                     model, history, prob = done["model"], done["history"], done["prob"]
                 else:
-                    model, history = self._fit_scratch(seed, lr)
-                    prob = model.predict_proba(self.X_scratch)
+                    history, prob = self._lr_run(seed, lr)
                 for h in history:
                     self.history_rows.append([f"{SCRATCH_NAME}_lr{lr_key(lr)}", seed, h["epoch"],
                                               h["train_loss"], h["train_acc"], h["val_loss"],
