@@ -116,12 +116,12 @@ def run(args: argparse.Namespace) -> int:
     training = run_training_sha256(run_dir, results)
     preprocessing = run_preprocessing(config)
     regimes = {n: results["models"][n]["regime"] for n in names}
-    dataset = load_eval_dataset(data_root, class_map, preprocessing, regimes, args.workers,
-                                args.progress)
     device = resolve_device(args.device)
-    backbones: dict[str, Any] = {}
+    backbones: dict[str, Any] = {}  # loaded first: a damaged checkpoint fails before decoding
     models = {seed: load_models(run_dir, results, config, names, seed, args.weights, device,
                                 backbones) for seed in seeds}
+    dataset = load_eval_dataset(data_root, class_map, preprocessing, regimes, args.workers,
+                                args.progress)
     with atomic_folder(out) as work:
         evaluation, predictions, duplicates = evaluate_dataset(
             dataset, make_scorer(models, regimes), regimes, seeds, val, training,
