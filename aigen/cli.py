@@ -17,6 +17,8 @@ COMMANDS = {
     "explore": ("aigen.data.explore", "summarise a dataset and run the metadata shortcut audit"),
     "synth": ("aigen.data.synth", "generate the embedded synthetic two-class dataset"),
     "predict": ("aigen.study.predict", "score images with the models of a finished run"),
+    "evaluate": ("aigen.study.evaluate", "evaluate a finished run's models on another labelled "
+                                         "folder"),
     "fetch-data": ("aigen.data.fetch", "download the Kaggle dataset (needs kaggle credentials)"),
 }
 

@@ -104,11 +104,12 @@ def escape_undecodable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def new_results_folder(prefix: str = "") -> Path:
-    """results/<prefix><YYYYmmdd-HHMMSS> under the current folder, with -2, -3, ... if taken."""
+def new_results_folder(prefix: str = "", suffix: str = "") -> Path:
+    """results/<prefix><YYYYmmdd-HHMMSS><suffix> under the current folder, with -2, -3, ... if
+    taken."""
     import datetime
 
-    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = prefix + datetime.datetime.now().strftime("%Y%m%d-%H%M%S") + suffix
     base = Path.cwd() / "results" / stamp
     path, k = base, 1
     while path.exists():

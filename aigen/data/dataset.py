@@ -141,7 +141,8 @@ def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> list[ImageIn
 
 def load_dataset(root: str | os.PathLike, class_map: Mapping[str, int | str] | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None,
-                 progress: bool = True, specs: Sequence[Spec] = DEFAULT_SPECS) -> Dataset:
+                 progress: bool = True, specs: Sequence[Spec] = DEFAULT_SPECS,
+                 both: bool = True) -> Dataset:
     """Discover the two classes under `root`, check every file and fill the preprocessing cache.
 
     Each file is read once: sha256, header probe (format/mode/size, pixel limit), then, if any of
@@ -150,8 +151,9 @@ def load_dataset(root: str | os.PathLike, class_map: Mapping[str, int | str] | N
     so the images/skipped verdict never depends on `specs`. Files run
     in parallel on `workers` processes (default: available_cores(); 1 = in this process).
     Unusable files become `Skipped` entries; nothing is ever written into the data folder.
+    both=False accepts a folder with one class only (for evaluation sets).
     """
-    found = discover(root, class_map)
+    found = discover(root, class_map, both)
     if workers is None:
         workers = available_cores()
     if workers < 1:
@@ -176,7 +178,7 @@ def load_dataset(root: str | os.PathLike, class_map: Mapping[str, int | str] | N
     dataset = Dataset(root=found.root, images=images, skipped=skipped, class_names=found.class_names,
                       max_pixels=max_pixels, class_folders=dict(found.folders),
                       n_files=len(found.files) + len(found.skipped))
-    _check_usable(dataset)
+    _check_usable(dataset, both)
     return dataset
 
 
@@ -196,11 +198,12 @@ def _conflict_skips(images: list[ImageInfo]) -> list[Skipped]:
     return skips
 
 
-def _check_usable(dataset: Dataset) -> None:
+def _check_usable(dataset: Dataset, both: bool = True) -> None:
     conflicts = dataset.conflicting_sha256s()
+    present = set(dataset.class_folders.values()) or {LABEL_AI, LABEL_REAL}
     for label in (LABEL_AI, LABEL_REAL):
         n = sum(1 for im in dataset.images if im.label == label and im.sha256 not in conflicts)
-        if n == 0:
+        if n == 0 and (both or label in present):
             why = format_skip_summary(dataset) if dataset.skipped else "the folder has no files"
             raise UserError(f"no usable {LABEL_NAMES[label]} images in {dataset.root} "
                             f"(folder {dataset.class_names[label]}); {why}")

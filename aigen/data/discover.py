@@ -148,17 +148,18 @@ _HINT = ("expected one folder of AI-generated images and one of real images, e.g
          "RealArt/ or fake/ and real/; name them explicitly with --classes ai=FOLDER real=FOLDER")
 
 
-def find_class_folders(root: str | os.PathLike, class_map: Mapping[str, int | str] | None = None
-                       ) -> dict[str, int]:
+def find_class_folders(root: str | os.PathLike, class_map: Mapping[str, int | str] | None = None,
+                       both: bool = True) -> dict[str, int]:
     """{class folder relative to root (POSIX): label}, recognised by name or given by `class_map`.
 
     `class_map` maps folder paths (relative to root, may be nested; or absolute inside root) to a
     label (1/0 or "ai"/"real"). Without it, each immediate subfolder must be recognised by name, with
     exactly one folder per class; anything else is a UserError that lists what was found.
+    With both=False one class alone is accepted (an evaluation set may hold only AI images).
     """
     root = check_root(root)
     if class_map:
-        return _explicit_folders(root, class_map)
+        return _explicit_folders(root, class_map, both)
     names = _subfolders(root)
     found = {name: label_for_folder(name) for name in names}
     unknown = [n for n, lab in found.items() if lab is None]
@@ -174,12 +175,13 @@ def find_class_folders(root: str | os.PathLike, class_map: Mapping[str, int | st
             raise UserError(f"ambiguous data folder: several folders look {LABEL_NAMES[label]} "
                             f"({', '.join(folders)}); {what}; {_HINT}")
     for label, folders in per_label.items():
-        if not folders:
+        if not folders and both:
             raise UserError(f"only one class found (no {LABEL_NAMES[label]} folder); {what}; {_HINT}")
-    return {per_label[LABEL_AI][0]: LABEL_AI, per_label[LABEL_REAL][0]: LABEL_REAL}
+    return {folders[0]: label for label, folders in per_label.items() if folders}
 
 
-def _explicit_folders(root: Path, class_map: Mapping[str, int | str]) -> dict[str, int]:
+def _explicit_folders(root: Path, class_map: Mapping[str, int | str], both: bool = True
+                      ) -> dict[str, int]:
     folders: dict[str, int] = {}
     for folder, label in class_map.items():
         path = Path(folder).expanduser()
@@ -197,7 +199,7 @@ def _explicit_folders(root: Path, class_map: Mapping[str, int | str]) -> dict[st
         known = isinstance(label, int) and label in LABEL_NAMES
         folders[path.as_posix()] = label if known else parse_label(label)
     for label in (LABEL_AI, LABEL_REAL):
-        if label not in folders.values():
+        if label not in folders.values() and both:
             raise UserError(f"the class mapping has no {LABEL_NAMES[label]} folder; "
                             "give one folder per class, e.g. --classes ai=FOLDER real=FOLDER")
     names = sorted(folders)
@@ -244,10 +246,12 @@ def _walk_files(folder: Path) -> tuple[list[Path], list[Skipped]]:
     return files, skipped
 
 
-def discover(root: str | os.PathLike, class_map: Mapping[str, int | str] | None = None) -> Discovery:
-    """Class folders and every regular file below them (recursively), sorted by relative path."""
+def discover(root: str | os.PathLike, class_map: Mapping[str, int | str] | None = None,
+             both: bool = True) -> Discovery:
+    """Class folders and every regular file below them (recursively), sorted by relative path.
+    both=False accepts a root with one class only (see find_class_folders)."""
     root = check_root(root)
-    folders = find_class_folders(root, class_map)
+    folders = find_class_folders(root, class_map, both)
     files: list[Candidate] = []
     skipped: list[Skipped] = []
     for folder, label in folders.items():
@@ -257,3 +261,19 @@ def discover(root: str | os.PathLike, class_map: Mapping[str, int | str] | None 
     files.sort(key=lambda c: c.rel_path)
     skipped.sort(key=lambda s: str(s.path))
     return Discovery(root=root, folders=folders, files=files, skipped=skipped)
+
+
+def source_of(rel_path: str, folders: Mapping[str, int]) -> str:
+    """The source of an image: the folder right below its class folder (e.g. "stable_diffusion" for
+    ai/stable_diffusion/x.jpg), or the class folder's own name for a file directly inside it.
+
+    `folders` is {class folder relative to root: label}, as Discovery.folders.
+    """
+    for folder in sorted(folders, key=len, reverse=True):
+        prefix = "" if folder == "." else folder + "/"
+        if rel_path.startswith(prefix):
+            parts = rel_path[len(prefix):].split("/")
+            if len(parts) > 1:
+                return parts[0]
+            return Path(folder).name if folder != "." else "."
+    return ""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import os
 import socket
 import threading
@@ -497,7 +498,7 @@ class BackboneClassifier:
         `load_classifier` needs to rebuild the rest: backbone name, init, weights identity."""
         import torch
 
-        from aigen.io import atomic_path
+        from aigen.io import write_bytes
 
         checkpoint = {
             "format": CHECKPOINT_FORMAT,
@@ -515,8 +516,11 @@ class BackboneClassifier:
                       if self.regime == "finetuned" else None),
             "metadata": dict(metadata or {}),
         }
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        # Serialised in memory first: torch names the archive's records after the file it writes,
+        # so saving to a temporary name would make identical checkpoints differ byte for byte.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes(path, buffer.getvalue())
 
 
 def new_head(n_features: int, seed: int):

@@ -78,6 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "data that was re-encoded after collection (see `aigen explore --help`)")
     run.add_argument("--no-progress", dest="progress", action="store_false",
                      help="no progress bars on stderr")
+    run.add_argument("--eval-data", nargs="+", metavar="NAME=ROOT", default=None,
+                     help="labelled folders to evaluate every trained model on after training "
+                          "(transfer to other data; see docs/evaluation.md); NAME= is optional")
     from aigen.study import runfolder
 
     runfolder.add_arguments(run)
@@ -128,6 +131,11 @@ def run(args: argparse.Namespace) -> int:
     if data_root is not None:
         args.data = str(data_root)
         refuse_inside(out, data_root)
+    if getattr(args, "eval_data", None):  # recorded absolute, like the other paths
+        from aigen.study.evaluate import parse_eval_data
+
+        args.eval_data = [f"{name}={root}" for name, root in parse_eval_data(args.eval_data).items()]
+    _check_eval_data(args, out)
     with runfolder.claim(out, runfolder.saved_arguments(args), resume=resume) as work:
         study = Study(args, out=out, work=work)
         study.run()
@@ -150,6 +158,17 @@ def _check_data_option(args: argparse.Namespace) -> Path | None:
     if getattr(args, "data", None) is None:
         return None
     return check_root(args.data).resolve()
+
+
+def _check_eval_data(args: argparse.Namespace, out: Path) -> None:
+    """The --eval-data folders, checked now (exist, class folders found; --out not inside them),
+    so a typo fails before training rather than after it."""
+    from aigen.data.discover import find_class_folders
+    from aigen.study.evaluate import parse_eval_data
+
+    for root in parse_eval_data(getattr(args, "eval_data", None) or []).values():
+        refuse_inside(out, root)
+        find_class_folders(root, both=False)
 
 
 def _check_weights_options(args: argparse.Namespace) -> None:
@@ -274,6 +293,8 @@ class Study:
             self._lr_study()
         with self.timer.stage("robustness"):
             self._robustness()
+        with self.timer.stage("external"):
+            self._external()
         self._write_results()
 
     def _load_data(self) -> None:
@@ -596,6 +617,47 @@ class Study:
         self.robustness = {"perturbations": dict(PERTURBATIONS), "n_images": len(union),
                            "models": models}
 
+    # -- evaluation on other labelled data (--eval-data) ---------------------------------------
+
+    def _external(self) -> None:
+        """Every trained model (every seed) scored on each --eval-data set, exactly as `aigen
+        evaluate` scores a finished run; a set that fails is reported, not fatal."""
+        from aigen.study.evaluate import (evaluate_dataset, load_eval_dataset, make_scorer,
+                                          parse_eval_data, run_preprocessing, write_evaluation)
+
+        self.external: dict[str, Any] = {}
+        self.external_skipped: dict[str, str] = {}
+        self.external_figures: dict[str, Any] = {}
+        sets = parse_eval_data(self.args.eval_data or [])
+        if not sets or not self.models:
+            return
+        regimes = {name: info["regime"] for name, info in self.models.items()}
+        models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
+                  for seed in self.seeds}
+        val = {}
+        for name in self.models:
+            for seed in self.seeds:
+                rows = self._rows(seed, "val")
+                val[(name, seed)] = (self.y_used[rows], self.runs[(name, seed)]["prob"][rows])
+        training = {im.sha256 for im in self.dataset.images}
+        # The same function `aigen evaluate` applies to a run's config.json.
+        preprocessing = run_preprocessing({"arguments": vars(self.args)})
+        for set_name, root in sets.items():
+            try:
+                dataset = load_eval_dataset(root, None, preprocessing, regimes,
+                                            self.args.workers, self.progress)
+                evaluation, rows, duplicates = evaluate_dataset(
+                    dataset, make_scorer(models, regimes), regimes, self.seeds, val, training,
+                    progress=self.progress)
+            except UserError as exc:
+                self.external_skipped[set_name] = str(exc)
+                self._log(f"evaluation set {set_name} skipped: {exc}")
+                continue
+            self.external_figures[set_name] = write_evaluation(
+                self.work, f"external/{set_name}", set_name, dataset, evaluation, rows, duplicates)
+            self.external[set_name] = {"name": set_name, **evaluation,
+                                       "preprocessing": preprocessing}
+
     # -- results ------------------------------------------------------------------------------
 
     def _model_results(self, name: str) -> dict[str, Any]:
@@ -678,6 +740,9 @@ class Study:
                 "ci_method": CI_METHOD_TEXT,
                 "threshold": 0.5,
             }
+            if self.args.eval_data:
+                self.results["external"] = self.external
+                self.results["external_skipped"] = self.external_skipped
             io.write_json(self.work / "results.json", self.results)
             self._write_predictions()
             io.write_csv(self.work / "history.csv",
@@ -736,6 +801,7 @@ class Study:
                     curves[name].append((self.y_used[rows], self.runs[(name, seed)]["prob"][rows]))
             fig.roc_curves(curves, fdir / "roc_curves.png")
             out["roc"] = rel(fdir / "roc_curves.png")
+        out["external"] = self.external_figures
         if self.robustness.get("models"):
             fig.robustness_bars(self.robustness["models"], fdir / "robustness.png")
             out["robustness"] = rel(fdir / "robustness.png")

@@ -178,3 +178,59 @@ def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     _save(fig, path)
+
+
+def precision_recall_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+                            path: str | os.PathLike,
+                            title: str = "Precision-recall curves") -> None:
+    """Precision-recall (ai = positive class) per model (one colour) and seed (one line); the
+    legend gives the mean average precision over seeds; the dotted line is the share of ai images
+    (what a random ranking reaches)."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig = _figure(5.2, 4.8)
+    ax = fig.subplots()
+    base = None
+    for (name, per_seed), color in zip(curves.items(), _colors(len(curves))):
+        usable = [(y, p) for y, p in per_seed if len(np.unique(y)) == 2]
+        if not usable:
+            continue
+        base = float(np.mean(usable[0][0] == 1))
+        ap = np.mean([average_precision_score(y, p) for y, p in usable])
+        seeds = f", {len(usable)} seeds" if len(usable) > 1 else ""
+        for k, (y, p) in enumerate(usable):
+            precision, recall, _ = precision_recall_curve(y, p)
+            ax.step(recall, precision, where="post", color=color, alpha=0.9 if k == 0 else 0.4,
+                    label=f"{name} (AP {ap:.3f}{seeds})" if k == 0 else None)
+    if base is not None:
+        ax.axhline(base, color="grey", ls=":", lw=1, label=f"random ({base:.2f})")
+    ax.set(xlabel="recall (ai found)", ylabel="precision (ai calls that are ai)", xlim=(0, 1),
+           ylim=(0, 1.01), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower left")
+    _save(fig, path)
+
+
+def reliability_diagram(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
+                        path: str | os.PathLike, title: str = "Reliability diagram") -> None:
+    """Share of ai images against mean prob_ai per equal-width bin (all seeds pooled), one line per
+    model; the diagonal is perfect calibration; the legend gives the mean ECE over seeds."""
+    from aigen.study.metrics import expected_calibration_error, reliability_bins
+
+    fig = _figure(5.2, 4.8)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfectly calibrated")
+    for (name, per_seed), color in zip(curves.items(), _colors(len(curves))):
+        if not per_seed:
+            continue
+        y = np.concatenate([y for y, _ in per_seed])
+        p = np.concatenate([p for _, p in per_seed])
+        bins = [b for b in reliability_bins(y, p) if b["n"]]
+        ece = np.mean([expected_calibration_error(y_, p_) for y_, p_ in per_seed])
+        ax.plot([b["mean_prob_ai"] for b in bins], [b["fraction_ai"] for b in bins], "o-",
+                color=color, label=f"{name} (ECE {ece:.3f})")
+    ax.set(xlabel="mean predicted prob_ai (bin)", ylabel="share of ai images (bin)",
+           xlim=(0, 1), ylim=(-0.01, 1.01), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    _save(fig, path)

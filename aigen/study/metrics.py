@@ -172,3 +172,180 @@ def format_ci(summary: dict[str, Any] | None, digits: int = 3) -> str:
         return "–"
     lo, hi = summary["ci95"]
     return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+# ---- threshold-aware metrics, calibration and image-bootstrap intervals (evaluation) ----------
+
+ECE_BINS = 10  # equal-width bins of prob_ai for the expected calibration error and its diagram
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return bool(np.any(y == 1) and np.any(y == 0))
+
+
+def threshold_metrics(y_true, prob_ai, threshold: float = THRESHOLD) -> dict[str, float | None]:
+    """Accuracy, balanced accuracy and the accuracy on real / on AI images at `threshold`.
+
+    A per-class accuracy is None when the labels hold no image of that class, and the balanced
+    accuracy (their mean) is None unless both classes are present.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    correct = predict_labels(prob_ai, threshold) == y
+    n_ai = int(y.sum())
+    n_real = y.size - n_ai
+    right_ai = int(correct[y == 1].sum())
+    acc = {0: (int(correct.sum()) - right_ai) / n_real if n_real else None,
+           1: right_ai / n_ai if n_ai else None}
+    return {
+        "accuracy": float(correct.mean()) if y.size else None,
+        "balanced_accuracy": (acc[0] + acc[1]) / 2 if _both_classes(y) else None,
+        "accuracy_real": acc[0],
+        "accuracy_ai": acc[1],
+    }
+
+
+def ranking_metrics(y_true, prob_ai) -> dict[str, float | None]:
+    """ROC-AUC and average precision (ai = positive class); None unless both classes are present."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = np.asarray(y_true, dtype=np.int64)
+    if not _both_classes(y):
+        return {"roc_auc": None, "average_precision": None}
+    p = np.asarray(prob_ai, dtype=np.float64)
+    return {"roc_auc": float(roc_auc_score(y, p)),
+            "average_precision": float(average_precision_score(y, p))}
+
+
+def reliability_bins(y_true, prob_ai, bins: int = ECE_BINS) -> list[dict[str, float | int]]:
+    """Per equal-width bin of prob_ai (the last bin includes 1.0): n, mean prob_ai, share of ai."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(prob_ai, dtype=np.float64)
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        mask = which == b
+        n = int(mask.sum())
+        out.append({"lower": b / bins, "upper": (b + 1) / bins, "n": n,
+                    "mean_prob_ai": float(p[mask].mean()) if n else None,
+                    "fraction_ai": float(y[mask].mean()) if n else None})
+    return out
+
+
+def expected_calibration_error(y_true, prob_ai, bins: int = ECE_BINS) -> float | None:
+    """ECE of prob_ai: sum over equal-width bins of (bin share of images) x |share of ai images in
+    the bin - mean prob_ai in the bin|. 0 is perfectly calibrated; None for no images."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(prob_ai, dtype=np.float64)
+    if y.size == 0:
+        return None
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)  # the bins of reliability_bins
+    gap = np.bincount(which, weights=y, minlength=bins) - np.bincount(which, weights=p,
+                                                                        minlength=bins)
+    return float(np.abs(gap).sum() / y.size)  # sum_b n_b/n |mean_y_b - mean_p_b|
+
+
+def choose_threshold(y_true, prob_ai) -> float | None:
+    """The threshold on prob_ai (predict ai when prob_ai >= t) that maximises balanced accuracy on
+    these labels, e.g. the validation split; ties go to the candidate closest to 0.5. None unless
+    both classes are present."""
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y_true, dtype=np.int64)
+    if not _both_classes(y):
+        return None
+    fpr, tpr, thresholds = roc_curve(y, np.asarray(prob_ai, dtype=np.float64),
+                                     drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # the first candidate (inf) predicts nothing as ai
+    score = (tpr + 1 - fpr)[finite] / 2
+    candidates = thresholds[finite]
+    best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - THRESHOLD))]])
+
+
+def _curve_counts(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cumulative (true positives, false positives) at each distinct score, highest first."""
+    order = np.argsort(-p, kind="mergesort")
+    p, y = p[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(p)), p.size - 1]  # the last image at each distinct score
+    tp = np.cumsum(y)[last]
+    return tp, (last + 1) - tp
+
+
+def fast_ranking_metrics(y_true, prob_ai) -> dict[str, float | None]:
+    """ROC-AUC (trapezoids over the ROC points) and average precision (sum over distinct
+    thresholds of recall gain x precision) from one sort: the values sklearn's roc_auc_score and
+    average_precision_score give, without their input checks, for the many bootstrap calls."""
+    y = np.asarray(y_true, dtype=np.float64)
+    if not _both_classes(y):
+        return {"roc_auc": None, "average_precision": None}
+    tp, fp = _curve_counts(y, np.asarray(prob_ai, dtype=np.float64))
+    tpr, fpr = np.r_[0.0, tp / tp[-1]], np.r_[0.0, fp / fp[-1]]
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    return {"roc_auc": auc, "average_precision": float(np.sum(np.diff(tpr) * tp / (tp + fp)))}
+
+
+def detector_metrics(y_true, prob_ai, val_threshold: float | None = None,
+                     fast: bool = False) -> dict[str, float | None]:
+    """Every per-image metric of an evaluation for one seed: threshold_metrics at 0.5, ROC-AUC,
+    average precision, ECE, and accuracy / balanced accuracy at `val_threshold`. `fast` uses the
+    rank-based AUC/AP (same values) for the bootstrap."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(prob_ai, dtype=np.float64)
+    out: dict[str, float | None] = dict(threshold_metrics(y, p))
+    if fast:
+        out.update(fast_ranking_metrics(y, p))
+    else:
+        out.update(ranking_metrics(y, p))
+    out["ece"] = expected_calibration_error(y, p)
+    at_val = threshold_metrics(y, p, val_threshold) if val_threshold is not None else {}
+    out["val_threshold_accuracy"] = at_val.get("accuracy")
+    out["val_threshold_balanced_accuracy"] = at_val.get("balanced_accuracy")
+    return out
+
+
+def bootstrap_cis(y_true, probs: Sequence[np.ndarray], metrics, n_resamples: int =
+                  BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, list[float] | None]:
+    """{key: 95% percentile interval} of the mean over seeds of each value of metrics(y, prob, k),
+    when the images are resampled with replacement (numpy default_rng(seed); the same resample for
+    every seed k, since the seeds scored the same images).
+
+    `probs` holds one prob_ai array per seed, aligned with y_true; `metrics` returns a dict of
+    floats (or None when undefined). Resamples on which a value is undefined for some seed (e.g. a
+    single class drawn) are left out for that key; its interval is None when fewer than half of
+    the resamples define it.
+    """
+    y = np.asarray(y_true)
+    if y.size == 0 or not len(probs):
+        return {}
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {}
+    keys: list[str] = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, y.size, y.size)
+        per_seed = [metrics(y[idx], p[idx], k) for k, p in enumerate(probs)]
+        keys = list(per_seed[0])
+        for key in keys:
+            v = [m[key] for m in per_seed]
+            if all(x is not None for x in v):
+                values.setdefault(key, []).append(float(np.mean(v)))
+    return {key: ([float(q) for q in np.percentile(values[key], [2.5, 97.5])]
+                  if len(values.get(key, ())) >= n_resamples / 2 else None) for key in keys}
+
+
+def summarize_bootstrap(values: Sequence[float | None], ci: list[float] | None,
+                        n: int | None = None) -> dict[str, Any]:
+    """A summary over seeds (as `summarize`) whose ci95 comes from `bootstrap_cis`.
+
+    For a proportion over `n` images, a bootstrap interval of zero width (every image right, or
+    every one wrong: no resample can differ) is replaced by the Wilson interval of the mean
+    proportion over the n images, which is honest about how few images that may be.
+    """
+    summary = summarize(values, bounds=None)
+    summary["ci95"] = ci if summary["mean"] is not None else None
+    summary["ci_method"] = "bootstrap" if summary["ci95"] is not None else None
+    if n and summary["ci95"] is not None and summary["ci95"][0] == summary["ci95"][1]:
+        summary["ci95"] = wilson_interval(round(summary["mean"] * n), n)
+        summary["ci_method"] = "wilson"
+    return summary

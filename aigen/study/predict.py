@@ -110,9 +110,13 @@ def iter_files(paths: list[str]) -> Iterator[Path]:
 
 
 def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | None,
-                seed: int | None, weights: str | None, device) -> dict[str, Any]:
+                seed: int | None, weights: str | None, device,
+                backbones: dict[str, Any] | None = None) -> dict[str, Any]:
     """{model name: loaded model} for the chosen models and seed of a run, each checkpoint
-    verified first (aigen.study.checkpoints.load_run_model)."""
+    verified first (aigen.study.checkpoints.load_run_model).
+
+    `backbones` ({backbone name: loaded backbone}) is filled and reused, so the models of several
+    seeds can share one backbone."""
     from aigen.study.checkpoints import load_run_model
 
     available = list(results.get("models", {}))
@@ -132,7 +136,8 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
                         f"{', '.join(map(str, seeds))}")
     run_args = config.get("arguments", {})
     weights = weights or run_args.get("weights")
-    backbones: dict[str, Any] = {}  # one backbone per name, shared by its frozen/finetuned models
+    # One backbone per name, shared by its frozen/finetuned models (and seeds, when passed in).
+    backbones = {} if backbones is None else backbones
     models = {}
     for name in chosen:
         backbone_name = results["models"][name].get("backbone")
@@ -148,12 +153,14 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
 BATCH = 32  # images scored together (bounds the memory of the 224x224 inputs)
 
 
-def score(models: dict[str, Any], results: dict, batch: dict[str, Any]) -> dict[str, Any]:
+def score(models: dict[str, Any], results: dict, batch: dict[str, Any],
+          prefix: dict[str, Any] | None = None) -> dict[str, Any]:
     """{model name: prob_ai array} for a batch of model inputs {spec name: float32 array}.
 
-    Backbone prefix activations are computed once per backbone and shared by its models.
+    Backbone prefix activations are computed once per backbone and shared by its models (and by
+    further calls on the same batch that pass the same `prefix` dict).
     """
-    prefix: dict[str, Any] = {}
+    prefix = {} if prefix is None else prefix
     probs = {}
     for name, model in models.items():
         if results["models"][name]["regime"] == "scratch":

@@ -290,4 +290,125 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
     out += _comparison_section(results, figures)
     out += _lr_section(results, figures)
     out += _robustness_section(results, figures)
+    out += transfer_section(results, figures)
     return "\n".join(out).rstrip() + "\n"
+
+
+# ---- evaluation on other labelled data (aigen evaluate, aigen study --eval-data) ---------------
+
+def _cell(summary: Mapping[str, Any] | None) -> str:
+    """'0.812 ± 0.021 [0.780, 0.850]' (mean ± std over seeds, then the 95% CI) or '–'."""
+    text = format_summary(summary)
+    ci = format_ci(summary)
+    return text if ci == "–" else f"{text} {ci}"
+
+
+def evaluation_section(evaluation: Mapping[str, Any], figures: Mapping[str, str],
+                       level: str = "##") -> list[str]:
+    """Tables of one evaluation set: data, overall and threshold metrics, per source, figures."""
+    data = evaluation["data"]
+    n_ai, n_real = data["n_per_class"]["ai"], data["n_per_class"]["real"]
+    n = n_ai + n_real
+    dup = evaluation["overlap"]["exact_duplicates_of_training"]
+    out = [f"{level} Evaluation set `{evaluation.get('name', '')}`", ""]
+    out.append(
+        f"`{data['root']}` ({data['kind']}): {data['n_files']} files, {data['n_images']} usable "
+        f"images, {data['n_skipped']} skipped (listed in skipped.csv); {dup} exact copies of "
+        f"images of the run's data set left out (duplicates.csv); **{n} evaluated**: {n_ai} ai, "
+        f"{n_real} real.")
+    out.append("")
+    out.append(_table(["source", "class", "images"],
+                      [[f"`{s}`", {1: "ai", 0: "real"}.get(v["label"], "both"), v["n"]]
+                       for s, v in data["sources"].items()]))
+    out.append("")
+    out.append(evaluation["ci_method"] + " Baselines: always answering the larger class reaches "
+               f"accuracy {max(n_ai, n_real) / n:.3f} and balanced accuracy 0.500; a random "
+               f"ranking has ROC-AUC 0.500 and average precision {n_ai / n:.3f} (the share of ai "
+               "images). ECE: expected calibration error of prob_ai over 10 equal-width bins "
+               "(0 = calibrated).")
+    out.append("")
+    rows = [[f"`{name}`", _cell(m["accuracy"]), _cell(m["balanced_accuracy"]),
+             format_summary(m["accuracy_real"]), format_summary(m["accuracy_ai"]),
+             _cell(m["roc_auc"]), format_summary(m["average_precision"]), format_summary(m["ece"])]
+            for name, m in evaluation["models"].items()]
+    out.append(_table(["model", "accuracy (0.5)", "balanced accuracy", "accuracy real",
+                       "accuracy ai", "ROC-AUC", "average precision", "ECE"], rows))
+    out.append("")
+    out.append("At the threshold chosen on the run's validation split (maximising balanced "
+               "accuracy there, per seed):")
+    out.append("")
+    out.append(_table(["model", "threshold", "accuracy", "balanced accuracy"],
+                      [[f"`{name}`", format_summary(m["at_val_threshold"]["threshold"]),
+                        _cell(m["at_val_threshold"]["accuracy"]),
+                        _cell(m["at_val_threshold"]["balanced_accuracy"])]
+                       for name, m in evaluation["models"].items()]))
+    out.append("")
+    sources = list(data["sources"])
+    if sources and evaluation["models"]:
+        out.append("Per source (accuracy at 0.5; ROC-AUC too for a source holding both classes):")
+        out.append("")
+        rows = []
+        for name, m in evaluation["models"].items():
+            cells = []
+            for s in sources:
+                entry = m["by_source"].get(s, {})
+                text = format_summary(entry.get("accuracy"))
+                if "roc_auc" in entry:
+                    text += f", AUC {format_summary(entry['roc_auc'])}"
+                cells.append(text)
+            rows.append([f"`{name}`", *cells])
+        out.append(_table(["model", *[f"`{s}` (n={data['sources'][s]['n']})" for s in sources]],
+                          rows))
+        out.append("")
+    for key, alt in (("roc", "ROC curves"), ("precision_recall", "precision-recall curves"),
+                     ("reliability", "reliability diagram")):
+        if figures.get(key):
+            out.append(_figure(figures[key], alt))
+    out.append("")
+    return out
+
+
+def build_evaluation_report(evaluation: Mapping[str, Any], figures: Mapping[str, str]) -> str:
+    """report.md of `aigen evaluate`."""
+    out = ["# aigen evaluation report", ""]
+    out.append(f"Models of the run `{evaluation['run']}` (seeds "
+               f"{', '.join(map(str, evaluation['seeds']))}), each scored on every image with the "
+               "run's own preprocessing. Everything is in this folder: `evaluation.json` (all "
+               "numbers), `predictions.csv`, `skipped.csv`, `duplicates.csv`, `figures/`.")
+    out.append("")
+    out += evaluation_section(evaluation, figures)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def transfer_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
+    """The transfer tables (models x in-distribution test and each external set) and one section
+    per external set; nothing when the run had no --eval-data."""
+    external = results.get("external") or {}
+    if not external:
+        return []
+    out = ["## Transfer to other data", ""]
+    out.append(
+        "Every model (every seed) scored on data it never saw, from other sources (`--eval-data`). "
+        "In-distribution: the test split (95% CI as in the comparison above); external sets: "
+        "mean ± std over seeds, then a 95% bootstrap CI over the evaluated images. A model that "
+        "learnt what tells AI images from real ones, rather than the quirks of one data set, "
+        "keeps its in-distribution figures here; chance is accuracy ~0.5 (the larger class's "
+        "share) and ROC-AUC 0.5.")
+    out.append("")
+    names = list(external)
+    for title, test_key, key in (("Accuracy (threshold 0.5)", "test_accuracy", "accuracy"),
+                                 ("ROC-AUC", "test_roc_auc", "roc_auc")):
+        rows = []
+        for model, m in results["models"].items():
+            rows.append([f"`{model}`", _cell(m.get(test_key)),
+                         *[_cell(external[s]["models"].get(model, {}).get(key)) for s in names]])
+        header = ["model", "in-distribution test",
+                  *[f"`{s}` (n={external[s]['data']['n_evaluated']})" for s in names]]
+        out.append(f"{title}:")
+        out.append("")
+        out.append(_table(header, rows))
+        out.append("")
+    for name, evaluation in external.items():
+        out += evaluation_section(evaluation, (figures.get("external") or {}).get(name, {}),
+                                  level="###")
+    return out
