@@ -480,8 +480,8 @@ def test_perturbations():
 
 def test_perturbed_inputs_follow_the_dataset_path(tmp_path, make_study_images):
     """Unperturbed, the robustness path reproduces the dataset's cached model inputs exactly."""
-    from aigen.data.dataset import load_dataset
-    from aigen.data.preprocess import BACKBONE, SCRATCH, dataset_arrays, to_model_input
+    from aigen.data.dataset import dataset_arrays, load_dataset
+    from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
 
     data = make_study_images(tmp_path / "data", n_per_class=3)
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
