@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aigen.data.dataset import available_cores, load_dataset
-    from aigen.data.preprocess import BACKBONE, SCRATCH, dataset_arrays
+    from aigen.data.dataset import dataset_arrays
+    from aigen.data.preprocess import BACKBONE, SCRATCH
 
     times: dict[str, list[float]] = {"cold": [], "warm": [], "arrays": []}
     for _ in range(args.repeats):

@@ -1,4 +1,5 @@
-"""Preprocessing specs, the on-disk cache (hits, invalidation, corruption) and dataset arrays."""
+"""Preprocessing specs, the packed store and the hash index (hits, invalidation, corruption),
+dataset arrays."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import pytest
 from PIL import Image
 
 from aigen.data import preprocess as pp
-from aigen.data.dataset import load_dataset
+from aigen.data import dataset as dataset_module
+from aigen.data.dataset import dataset_arrays, dataset_inputs, load_dataset
 from aigen.data.loading import open_image
 from aigen.data.preprocess import (BACKBONE, DECODE_MIN_SIDE, SCRATCH, IMAGENET_MEAN, IMAGENET_STD,
-                                   PreprocessCache, dataset_arrays, load_model_input, preprocess,
-                                   to_model_input)
+                                   load_model_input, preprocess, to_model_input)
+from aigen.data.store import RowFile, open_store, store_path
 
 
 def noise_image(seed: int, size=(40, 30)) -> Image.Image:
@@ -37,7 +39,7 @@ def build(root: Path, n: int = 3) -> Path:
 
 @pytest.fixture
 def decode_calls(monkeypatch):
-    """Counts the decodes done for the cache (workers=1 runs in this process)."""
+    """Counts the decodes done for the store (workers=1 runs in this process)."""
     calls: list[int] = []
     real = pp.decode_bytes
 
@@ -113,64 +115,162 @@ def test_big_jpeg_decoded_at_reduced_scale(tmp_path):
     ds = load_dataset(root, workers=1, progress=False)
     i = [im.rel_path for im in ds.images].index("real/big.jpg")
     assert (ds.images[i].width, ds.images[i].height) == (2000, 1600)
-    cached = PreprocessCache().get(ds.images[i].sha256, BACKBONE)
+    cached = dataset_inputs(ds, BACKBONE).read([i])[0]
     assert np.array_equal(cached, u8)
     assert not np.array_equal(cached, preprocess(open_image(path), BACKBONE))
 
 
-def test_second_load_decodes_nothing(tmp_path, decode_calls, aigen_cache_dir):
+@pytest.fixture
+def read_calls(monkeypatch):
+    """Paths the loader reads and hashes (workers=1 runs in this process)."""
+    calls: list[str] = []
+    real = dataset_module.read_bytes
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(dataset_module, "read_bytes", counting)
+    return calls
+
+
+def _store_files(cache: Path) -> list[str]:
+    return sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*.u8"))
+
+
+def test_second_load_reads_nothing(tmp_path, decode_calls, read_calls, aigen_cache_dir):
     root = build(tmp_path / "data")
     ds = load_dataset(root, workers=1, progress=False)
-    assert len(decode_calls) == 6
-    files = sorted(p.relative_to(aigen_cache_dir).as_posix() for p in aigen_cache_dir.rglob("*.npy"))
-    assert len(files) == 12 and all(f.startswith(f"preprocess/v{pp.CACHE_VERSION}/") for f in files)
+    assert len(decode_calls) == 6 and len(read_calls) == 6  # one decode per file for both specs
+    manifest = ds.manifest_sha256()
+    assert _store_files(aigen_cache_dir) == sorted(
+        f"preprocess/v{pp.CACHE_VERSION}/store/{spec.key}/{manifest}.u8" for spec in (SCRATCH, BACKBONE))
     assert not [p for p in aigen_cache_dir.rglob("*") if p.name.endswith(".part")]
+    assert not any((aigen_cache_dir / f"preprocess/v{pp.CACHE_VERSION}/scratch").iterdir())
     decode_calls.clear()
+    read_calls.clear()
     again = load_dataset(root, workers=1, progress=False)
-    assert decode_calls == [] and again.images == ds.images
+    assert decode_calls == [] and read_calls == [] and again.images == ds.images
     dataset_arrays(again, SCRATCH)
     dataset_arrays(again, BACKBONE)
-    assert decode_calls == []
+    assert decode_calls == [] and read_calls == []
 
 
-def test_only_missing_specs_are_filled(tmp_path, decode_calls):
-    root = build(tmp_path / "data")
-    ds = load_dataset(root, workers=1, progress=False, specs=(SCRATCH,))
-    cache = PreprocessCache()
-    assert all(cache.has(im.sha256, SCRATCH) and not cache.has(im.sha256, BACKBONE) for im in ds.images)
-    decode_calls.clear()
-    load_dataset(root, workers=1, progress=False)
-    assert len(decode_calls) == 6
-    assert all(cache.has(im.sha256, BACKBONE) for im in ds.images)
-
-
-def test_changed_file_is_read_again(tmp_path, decode_calls):
+def test_store_round_trip_and_reopen(tmp_path):
     root = build(tmp_path / "data")
     ds = load_dataset(root, workers=1, progress=False)
-    noise_image(555).save(root / "fake" / "fake0.png", "PNG")
+    for spec in (SCRATCH, BACKBONE):
+        store = dataset_inputs(ds, spec)
+        assert isinstance(store, RowFile) and len(store) == len(ds.images)
+        expected = np.stack([preprocess(open_image(im.path, min_side=DECODE_MIN_SIDE), spec)
+                             for im in ds.images])
+        assert np.array_equal(store.read(range(len(ds.images))), expected)
+        assert np.array_equal(store.read([4, 0, 4, 2]), expected[[4, 0, 4, 2]])  # any order, repeats
+        with pytest.raises(IndexError):
+            store.read([len(ds.images)])
+        import pickle
+
+        again = pickle.loads(pickle.dumps(store))  # what a DataLoader worker gets: a path
+        assert np.array_equal(again.read([1, 2]), expected[[1, 2]])
+
+
+def test_reopen_is_one_stat_whatever_the_size(tmp_path, monkeypatch):
+    """Opening a store reads none of its rows: the cost does not grow with the number of images."""
+    root = build(tmp_path / "data")
+    ds = load_dataset(root, workers=1, progress=False)
+    base = pp.cache_root()
+    path = store_path(base, BACKBONE, ds.manifest_sha256())
+    opened = []
+    real_open = __import__("os").open
+    monkeypatch.setattr("os.open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    store = open_store(base, BACKBONE, ds.manifest_sha256(), len(ds.images))
+    assert store is not None and opened == []  # nothing opened or read until rows are asked for
+    store.read([0])
+    assert opened == [path]
+
+
+def test_only_missing_specs_are_filled(tmp_path, decode_calls, read_calls, aigen_cache_dir):
+    root = build(tmp_path / "data")
+    ds = load_dataset(root, workers=1, progress=False, specs=(SCRATCH,))
+    assert [Path(p).name for p in _store_files(aigen_cache_dir)] == [f"{ds.manifest_sha256()}.u8"]
     decode_calls.clear()
+    read_calls.clear()
+    load_dataset(root, workers=1, progress=False)
+    assert len(decode_calls) == 6 and read_calls == []  # hashes known; decoded for the new spec only
+    assert len(_store_files(aigen_cache_dir)) == 2
+
+
+def test_changed_file_is_read_again(tmp_path, decode_calls, read_calls):
+    root = build(tmp_path / "data")
+    ds = load_dataset(root, workers=1, progress=False)
+    noise_image(555, (41, 30)).save(root / "fake" / "fake0.png", "PNG")  # new size and mtime
+    read_calls.clear()
     again = load_dataset(root, workers=1, progress=False)
-    assert len(decode_calls) == 1
+    assert read_calls == ["fake0.png"]  # only the changed file is hashed again
     assert again.images[0].sha256 != ds.images[0].sha256
     assert np.array_equal(dataset_arrays(again, BACKBONE, [0])[0],
                           load_model_input(root / "fake" / "fake0.png", BACKBONE)[0])
 
 
-def test_corrupted_cache_entries_are_recomputed(tmp_path, decode_calls):
+def test_same_size_and_mtime_change_needs_rehash(tmp_path, read_calls):
+    """The index trusts (size, mtime); --rehash catches a content change that kept both."""
+    import os
+
+    root = build(tmp_path / "data")
+    ds = load_dataset(root, workers=1, progress=False)
+    path = root / "real" / "real1.png"
+    st = path.stat()
+    other = (root / "real" / "real2.png").read_bytes()
+    data = bytearray(path.read_bytes())
+    assert len(other) == len(data)  # same-size PNGs: swap the content, keep size and mtime
+    path.write_bytes(other)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    stale = load_dataset(root, workers=1, progress=False)
+    assert stale.images == ds.images  # trusted: not read
+    read_calls.clear()
+    fresh = load_dataset(root, workers=1, progress=False, rehash=True)
+    assert len(read_calls) == 6
+    i = [im.rel_path for im in fresh.images].index("real/real1.png")
+    assert fresh.images[i].sha256 != ds.images[i].sha256
+    assert np.array_equal(dataset_arrays(fresh, BACKBONE, [i])[0], load_model_input(path, BACKBONE)[0])
+    read_calls.clear()
+    assert load_dataset(root, workers=1, progress=False).images == fresh.images  # index updated
+    assert read_calls == []
+
+
+def test_damaged_store_is_rebuilt(tmp_path, decode_calls):
     root = build(tmp_path / "data")
     ds = load_dataset(root, workers=1, progress=False)
     good = dataset_arrays(ds, BACKBONE)
-    cache = PreprocessCache()
-    truncated = cache.path(ds.images[0].sha256, BACKBONE)
-    truncated.write_bytes(truncated.read_bytes()[:1000])
-    same_size = cache.path(ds.images[1].sha256, BACKBONE)
-    same_size.write_bytes(b"\x00" * same_size.stat().st_size)  # garbage that passes the size check
+    path = store_path(pp.cache_root(), BACKBONE, ds.manifest_sha256())
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: seen from its size
     decode_calls.clear()
     load_dataset(root, workers=1, progress=False)
-    assert len(decode_calls) == 1  # the truncated entry, seen from its size
-    assert np.array_equal(dataset_arrays(ds, BACKBONE), good)  # the other, when read
-    assert len(decode_calls) == 2
-    assert cache.get(ds.images[1].sha256, BACKBONE) is not None
+    assert len(decode_calls) == 6 and np.array_equal(dataset_arrays(ds, BACKBONE), good)
+    path.write_bytes(b"\x00" * path.stat().st_size)  # garbage of the right size: --rehash rebuilds
+    load_dataset(root, workers=1, progress=False, rehash=True)
+    assert np.array_equal(dataset_arrays(ds, BACKBONE), good)
+
+
+def test_store_entry_that_is_a_folder_is_a_user_error(tmp_path):
+    from aigen.errors import UserError
+
+    root = build(tmp_path / "data")
+    ds = load_dataset(root, workers=1, progress=False, specs=(SCRATCH,))
+    path = store_path(pp.cache_root(), BACKBONE, ds.manifest_sha256())
+    path.mkdir(parents=True)
+    with pytest.raises(UserError, match="not a file; remove it"):
+        load_dataset(root, workers=1, progress=False)
+
+
+def test_file_changed_before_packing_is_a_user_error(tmp_path):
+    from aigen.errors import UserError
+
+    root = build(tmp_path / "data")
+    ds = load_dataset(root, workers=1, progress=False, specs=(SCRATCH,))
+    noise_image(999).save(root / "fake" / "fake2.png", "PNG")
+    with pytest.raises(UserError, match="fake2.png: its content changed.*reload the dataset"):
+        dataset_arrays(ds, BACKBONE)
 
 
 def test_cache_key_covers_the_preprocessing_parameters():
@@ -195,17 +295,16 @@ def test_no_specs_writes_nothing_but_still_finds_broken_files(tmp_path, decode_c
     (root / "real" / "cut.png").write_bytes(whole[: len(whole) // 2])
     ds = load_dataset(root, workers=1, progress=False, specs=())
     assert [s.path.name for s in ds.skipped] == ["cut.png"] and len(ds.images) == 6
-    assert len(decode_calls) == 7 and not list(aigen_cache_dir.rglob("*.npy"))
-    load_dataset(root, workers=1, progress=False)  # fills the cache
+    assert len(decode_calls) == 7 and not list(aigen_cache_dir.rglob("*"))
+    load_dataset(root, workers=1, progress=False)  # fills the index and the stores
     decode_calls.clear()
     again = load_dataset(root, workers=1, progress=False, specs=())
     assert again.images == ds.images and again.skipped == ds.skipped
-    assert len(decode_calls) == 1  # only the broken file, which never has a cache entry
+    assert decode_calls == []  # the index (read only) knows every file, the broken one too
 
 
 def test_a_cache_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
     """E.g. --data $HOME with the cache in ~/.cache: aigen would write into the data folder."""
-    from aigen.data.dataset import load_dataset
     from aigen.errors import UserError
 
     for cls in ("ai", "real"):
@@ -217,18 +316,6 @@ def test_a_cache_inside_the_data_folder_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / ".cache").exists()
     assert len(load_dataset(tmp_path, workers=1, progress=False, specs=()).images) == 2  # reads only
     assert not (tmp_path / ".cache").exists()
-
-
-def test_a_cache_entry_that_is_a_folder_is_named(tmp_path):
-    from aigen.errors import UserError
-
-    root = build(tmp_path / "data")
-    ds = load_dataset(root, workers=1, progress=False)
-    entry = PreprocessCache().path(ds.images[0].sha256, SCRATCH)
-    entry.unlink()
-    (entry / "x").mkdir(parents=True)
-    with pytest.raises(UserError, match=f"cache entry {entry} is a folder, not a file: remove it"):
-        load_dataset(root, workers=1, progress=False)
 
 
 def test_a_full_cache_disk_says_so(tmp_path, monkeypatch, small_disk):

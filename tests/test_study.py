@@ -397,13 +397,16 @@ def test_unwritable_out(tmp_path, make_study_images):
 def test_a_full_disk_under_out_is_a_one_line_error(tmp_path, make_study_images, small_disk,
                                                    audit_once, size_kib):
     """--out on a full tmpfs: a small disk fills while the exploration figures are written, a
-    larger one later (checkpoints, results); either way one line naming the folder, and the disk
-    is left as it was."""
+    larger one later (checkpoints, results); either way one line naming the folder. Nothing is
+    left on the disk but, when a model had finished, the partial folder to resume from."""
     data = make_study_images(tmp_path / "data", n_per_class=6)
     disk = small_disk(size_kib)
     code, _, err = run_cli(scratch_argv(data, disk / "out"))
     assert_one_line_error(code, err, f"cannot write into {disk}/.out.", "no space left on its disk")
-    assert list(disk.iterdir()) == []
+    left = list(disk.iterdir())
+    assert left in ([], [disk / ".out.partial"])
+    if left:
+        assert f"aigen study --resume {disk / 'out'}" in err
 
 
 def test_out_holding_results_is_refused(tmp_path, make_study_images):
@@ -497,8 +500,8 @@ def test_perturbations():
 
 def test_perturbed_inputs_follow_the_dataset_path(tmp_path, make_study_images):
     """Unperturbed, the robustness path reproduces the dataset's cached model inputs exactly."""
-    from aigen.data.dataset import load_dataset
-    from aigen.data.preprocess import BACKBONE, SCRATCH, dataset_arrays, to_model_input
+    from aigen.data.dataset import dataset_arrays, load_dataset
+    from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
 
     data = make_study_images(tmp_path / "data", n_per_class=3)
     before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}

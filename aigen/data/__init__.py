@@ -18,7 +18,7 @@ _EXPORTS = {
     "add_data_arguments": "dataset", "dataset_from_args": "dataset",
     "Split": "split", "make_split": "split", "write_split": "split", "read_split": "split",
     "Spec": "preprocess", "SCRATCH": "preprocess", "BACKBONE": "preprocess",
-    "to_model_input": "preprocess", "dataset_arrays": "preprocess", "load_model_input": "preprocess",
+    "to_model_input": "preprocess", "dataset_arrays": "dataset", "load_model_input": "preprocess",
     "DECODE_MIN_SIDE": "preprocess",
 }
 

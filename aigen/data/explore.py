@@ -382,7 +382,7 @@ def _feature_matrix(records: list[dict]) -> tuple[np.ndarray, list[str], list[st
 
 def _t_interval(values: Sequence[float]) -> list[float]:
     """95% t-interval of the mean over folds (at least 2), clipped to [0, 1]."""
-    from aigen.study.metrics import t_interval
+    from aigen.stats import t_interval
 
     lo, hi = t_interval(values)
     return [max(0.0, lo), min(1.0, hi)]

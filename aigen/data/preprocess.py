@@ -1,27 +1,24 @@
-"""Model inputs: the two preprocessing specs, the on-disk cache of resized images, float arrays.
+"""Model inputs: the two preprocessing specs, the uint8 image of a file for a spec, float arrays.
 
 One code path for every image: `preprocess(open_image(...), spec)` gives the uint8 image that is
-cached for dataset files, and `to_model_input` turns uint8 images into the float32 NCHW model input.
+packed into the store (aigen.data.store) for dataset files, and `to_model_input` turns uint8
+images into the float32 NCHW model input.
 """
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 from aigen.data.loading import DEFAULT_MAX_PIXELS, ImageSkip, decode_bytes, open_image
 
-if TYPE_CHECKING:
-    from aigen.data.dataset import Dataset
-
-# Bumped whenever decoding or resizing changes, so old cache entries are never reused.
-CACHE_VERSION = 1
+# Bumped whenever decoding, resizing or the cache layout changes, so old entries are never reused.
+CACHE_VERSION = 2
 # Dataset images are decoded (JPEG draft) so both sides stay >= this many pixels: the largest
 # model input. Every spec derives from this one decode, whichever specs are requested together.
 DECODE_MIN_SIDE = 224
@@ -140,96 +137,13 @@ def cache_root(create: bool = True) -> Path:
                         "(set AIGEN_CACHE_DIR to a writable folder)") from None
 
 
-class PreprocessCache:
-    """One .npy per (content sha256, spec) under root/<spec.key>/<sha[:2]>/<sha>.npy.
-
-    Writes go to a temporary file in the same folder and are renamed into place, so concurrent
-    writers and interrupted runs never leave a half-written entry under the final name."""
-
-    def __init__(self, root: str | os.PathLike | None = None):
-        self.root = Path(root) if root is not None else cache_root()
-        self._sizes: dict[Spec, int] = {}
-
-    def path(self, sha256: str, spec: Spec) -> Path:
-        return self.root / spec.key / sha256[:2] / f"{sha256}.npy"
-
-    def _expected_size(self, spec: Spec) -> int:
-        if spec not in self._sizes:
-            buf = io.BytesIO()
-            np.save(buf, np.zeros(spec.u8_shape, np.uint8))
-            self._sizes[spec] = buf.tell()
-        return self._sizes[spec]
-
-    def has(self, sha256: str, spec: Spec) -> bool:
-        """Cheap check (a stat): the entry exists with the right byte size."""
-        try:
-            return self.path(sha256, spec).stat().st_size == self._expected_size(spec)
-        except OSError:
-            return False
-
-    def get(self, sha256: str, spec: Spec) -> np.ndarray | None:
-        """The cached uint8 image, or None when missing or corrupt."""
-        try:
-            arr = np.load(self.path(sha256, spec), allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None
-        if arr.dtype != np.uint8 or arr.shape != spec.u8_shape:
-            return None
-        return arr
-
-    def put(self, sha256: str, spec: Spec, u8: np.ndarray) -> None:
-        from aigen.errors import UserError
-        from aigen.io import atomic_path
-
-        path = self.path(sha256, spec)
-        try:
-            with atomic_path(path, full_disk_advice=CACHE_FULL_ADVICE) as tmp:
-                with open(tmp, "wb") as f:
-                    np.save(f, np.ascontiguousarray(u8, dtype=np.uint8), allow_pickle=False)
-        except IsADirectoryError:
-            raise UserError(f"the preprocessing cache entry {path} is a folder, not a file: "
-                            "remove it (everything in the cache can be deleted safely)") from None
-        except OSError as exc:
-            raise UserError(f"cannot write the preprocessing cache in {self.root}: {exc.strerror or exc} "
-                            "(set AIGEN_CACHE_DIR to a writable folder)") from None
-
-
-def decode_into_cache(data: bytes, sha256: str, specs: Iterable[Spec], cache: PreprocessCache,
-                      max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[Spec, np.ndarray]:
-    """Decode `data` once and store the uint8 image for every spec; raises ImageSkip."""
+def decode_specs(data: bytes, specs: Iterable[Spec],
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
+    """{spec.key: uint8 image} for the bytes of a dataset file, decoded once; raises ImageSkip."""
     img = decode_bytes(data, max_pixels=max_pixels, min_side=DECODE_MIN_SIDE)
-    out = {}
-    for spec in specs:
-        out[spec] = preprocess(img, spec)
-        cache.put(sha256, spec, out[spec])
-    return out
+    return {spec.key: preprocess(img, spec) for spec in specs}
 
 
 def check_decodes(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
-    """Decode `data` as decode_into_cache would, write nothing; raises ImageSkip."""
+    """Decode `data` as decode_specs would, keep nothing; raises ImageSkip."""
     decode_bytes(data, max_pixels=max_pixels, min_side=DECODE_MIN_SIDE)
-
-
-def dataset_arrays(dataset: "Dataset", spec: Spec, indices: Sequence[int] | np.ndarray | None = None,
-                   cache: PreprocessCache | None = None) -> np.ndarray:
-    """float32 (N, C, H, W) model input for dataset images (all, or `indices` in that order).
-
-    Read from the cache that load_dataset filled; a missing or corrupt entry is recomputed from the
-    file (a file whose content changed since loading is a UserError)."""
-    from aigen.data.loading import read_unchanged
-    from aigen.errors import UserError
-
-    cache = cache or PreprocessCache()
-    idx = np.arange(len(dataset.images)) if indices is None else np.asarray(indices, dtype=np.int64)
-    u8 = np.empty((len(idx),) + spec.u8_shape, dtype=np.uint8)
-    for row, i in enumerate(idx):
-        info = dataset.images[int(i)]
-        arr = cache.get(info.sha256, spec)
-        if arr is None:
-            try:
-                data = read_unchanged(info.path, info.sha256)
-                arr = decode_into_cache(data, info.sha256, [spec], cache, dataset.max_pixels)[spec]
-            except ImageSkip as exc:
-                raise UserError(f"{info.path}: {exc.reason}; reload the dataset") from None
-        u8[row] = arr
-    return to_model_input(u8, spec)

@@ -300,8 +300,8 @@ def _module_fingerprint(*modules) -> str:
 def _as_tensor(X):
     import torch
 
-    if isinstance(X, torch.Tensor):
-        return X
+    if isinstance(X, torch.Tensor) or getattr(X, "is_feature_rows", False):
+        return X  # a FeatureRows (aigen.data.stream) gives a tensor per batch
     return torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
 
 

@@ -41,7 +41,8 @@ CI_METHOD_TEXT = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `aigen study` (see docs/study.md)."""
-    from aigen.argtypes import positive_float, positive_int
+    from aigen.argtypes import byte_size, positive_float, positive_int
+    from aigen.data.stream import DEFAULT_MEMORY_BUDGET
     from aigen.argtypes import seed as seed_type
     from aigen.data.dataset import add_data_arguments
 
@@ -84,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.study import runfolder
 
     runfolder.add_arguments(run)
+    run.add_argument("--memory-budget", type=byte_size, default=DEFAULT_MEMORY_BUDGET,
+                     metavar="SIZE",
+                     help="RAM for the backbones' prefix activations, reused by every seed and "
+                          "regime (e.g. 512M, 4G; default 1G); above it they are read from their "
+                          "file in the cache folder batch by batch (docs/scale.md)")
     hyper = parser.add_argument_group("training")
     hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N")
     hyper.add_argument("--scratch-lr", type=positive_float, default=0.01, metavar="LR")
@@ -357,7 +363,8 @@ class Study:
     # -- training -----------------------------------------------------------------------------
 
     def _train_all(self) -> None:
-        from aigen.data.preprocess import SCRATCH, dataset_arrays
+        from aigen.data.dataset import dataset_arrays
+        from aigen.data.preprocess import SCRATCH
 
         self.y_used = self.labels[self.used]
         if "scratch" in self.args.models:
@@ -405,18 +412,15 @@ class Study:
         return True
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
-        """Prefix activations of dataset images, read from the preprocessing cache in chunks."""
-        import torch
-        from tqdm import tqdm
+        """Prefix activations of dataset images, streamed from the store in batches, or reused
+        from an earlier run on the same data and backbone (aigen.data.stream.prefix_features)."""
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.preprocess import BACKBONE
+        from aigen.data.stream import DEFAULT_MEMORY_BUDGET, prefix_features
 
-        from aigen.data.preprocess import BACKBONE, dataset_arrays
-
-        parts = []
-        for start in tqdm(range(0, len(indices), PREFIX_CHUNK), desc=desc, unit="chunk",
-                          disable=not self.progress, leave=False):
-            X = dataset_arrays(self.dataset, BACKBONE, indices[start:start + PREFIX_CHUNK])
-            parts.append(backbone.prefix_activations(X, self.device))
-        return torch.cat(parts)
+        return prefix_features(backbone, dataset_inputs(self.dataset, BACKBONE), BACKBONE, indices,
+                               manifest=self.dataset.manifest_sha256(), device=self.device,
+                               budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET), progress=self.progress)
 
     def _record(self, name: str, seed: int, model, history: list[dict], prob: np.ndarray,
                 restored: bool = False) -> None:
@@ -502,7 +506,9 @@ class Study:
         tr, va = self._rows(seed, "train"), self._rows(seed, "val")
         train = train_frozen if regime == "frozen" else train_finetuned
         seed_everything(seed)
-        clf, history = train(backbone, A[tr], self.y_used[tr], A[va], self.y_used[va],
+        # Prefix activations stay where they are (RAM or file): views of the rows, read per batch.
+        take = (lambda rows: A.subset(rows)) if hasattr(A, "subset") else (lambda rows: A[rows])
+        clf, history = train(backbone, take(tr), self.y_used[tr], take(va), self.y_used[va],
                              epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
                              seed=seed, device=self.device, progress=self.progress,
                              checkpoint=hp["checkpoint"])
@@ -557,9 +563,9 @@ class Study:
     # -- robustness ---------------------------------------------------------------------------
 
     def _robustness(self) -> None:
-        import torch
+        from tqdm import tqdm
 
-        from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
+        from aigen.data.preprocess import BACKBONE, SCRATCH
         from aigen.study.robustness import PERTURBATIONS, perturbed_inputs, summarize_robustness
 
         self.robustness: dict[str, Any] = {}
@@ -573,35 +579,30 @@ class Study:
         if self.backbones:
             specs["backbone"] = BACKBONE
         images = [self.dataset.images[i] for i in union]
-        u8 = perturbed_inputs(images, specs, max_pixels=self.dataset.max_pixels,
-                              perturbations=tuple(PERTURBATIONS), progress=self.progress)
         test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
                     for seed in self.seeds}
         y_union = self.labels[union]
+        # The test images are perturbed a chunk at a time (never all at once); chunks are a
+        # multiple of PREFIX_CHUNK, so every batch is the one a whole-array pass would make.
+        parts: dict[str, dict[str, dict[int, list[np.ndarray]]]] = {
+            p: collections.defaultdict(lambda: collections.defaultdict(list)) for p in PERTURBATIONS}
+        chunk = 2 * PREFIX_CHUNK
+        bar = tqdm(total=len(images), desc="robustness", unit="img", disable=not self.progress,
+                   leave=False)
+        for start in range(0, len(images), chunk):
+            u8 = perturbed_inputs(images[start:start + chunk], specs,
+                                  max_pixels=self.dataset.max_pixels,
+                                  perturbations=tuple(PERTURBATIONS), progress=False)
+            for pert in PERTURBATIONS:
+                for model_name, per_seed in self._robustness_probs(u8[pert], specs).items():
+                    for seed, p in per_seed.items():
+                        parts[pert][model_name][seed].append(p)
+            bar.update(len(images[start:start + chunk]))
+        bar.close()
         accuracy: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
         for pert in PERTURBATIONS:
-            probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
-            if "scratch" in specs:
-                X = to_model_input(u8[pert]["scratch"], SCRATCH)
-                for seed in self.seeds:
-                    probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"] \
-                        .predict_proba(X)
-            if "backbone" in specs:
-                X = to_model_input(u8[pert]["backbone"], BACKBONE)
-                for name, backbone in self.backbones.items():
-                    # Once per backbone and perturbation, shared by both regimes and all seeds.
-                    A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
-                                   for s in range(0, len(X), PREFIX_CHUNK)])
-                    pooled = None
-                    for model_name, info in self.models.items():
-                        if info["backbone"] != name:
-                            continue
-                        if info["regime"] == "frozen" and pooled is None:
-                            pooled = backbone.pooled_features(A, self.device)
-                        inputs = pooled if info["regime"] == "frozen" else A
-                        for seed in self.seeds:
-                            clf = self.runs[(model_name, seed)]["model"]
-                            probs[model_name][seed] = clf.predict_proba_from_prefix(inputs)
+            probs = {m: {s: np.concatenate(ps) for s, ps in per_seed.items()}
+                     for m, per_seed in parts[pert].items()}
             for model_name, per_seed in probs.items():
                 accuracy[model_name][pert] = [
                     float(((p[test_pos[s]] >= 0.5) == (y_union[test_pos[s]] == 1)).mean())
@@ -657,6 +658,34 @@ class Study:
                 self.work, f"external/{set_name}", set_name, dataset, evaluation, rows, duplicates)
             self.external[set_name] = {"name": set_name, **evaluation,
                                        "preprocessing": preprocessing}
+    def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
+        """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
+        import torch
+
+        from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
+
+        probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
+        if "scratch" in specs:
+            X = to_model_input(u8["scratch"], SCRATCH)
+            for seed in self.seeds:
+                probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"].predict_proba(X)
+        if "backbone" in specs:
+            X = to_model_input(u8["backbone"], BACKBONE)
+            for name, backbone in self.backbones.items():
+                # Once per backbone and perturbation, shared by both regimes and all seeds.
+                A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
+                               for s in range(0, len(X), PREFIX_CHUNK)])
+                pooled = None
+                for model_name, info in self.models.items():
+                    if info["backbone"] != name:
+                        continue
+                    if info["regime"] == "frozen" and pooled is None:
+                        pooled = backbone.pooled_features(A, self.device)
+                    inputs = pooled if info["regime"] == "frozen" else A
+                    for seed in self.seeds:
+                        clf = self.runs[(model_name, seed)]["model"]
+                        probs[model_name][seed] = clf.predict_proba_from_prefix(inputs)
+        return probs
 
     # -- results ------------------------------------------------------------------------------
 

@@ -284,7 +284,7 @@ def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds:
 
     from aigen.data.dataset import conflicting_sha256s
     from aigen.data.discover import source_of
-    from aigen.data.preprocess import dataset_arrays
+    from aigen.data.dataset import dataset_arrays
 
     conflicts = conflicting_sha256s(dataset.images)
     duplicates = [i for i, im in enumerate(dataset.images)

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from aigen.stats import t_interval  # noqa: F401  (used below; also imported from here)
+
 THRESHOLD = 0.5
 CLASS_NAMES = {0: "real", 1: "ai"}  # keys of the per-class metrics; matches LABEL_REAL / LABEL_AI
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -38,19 +40,6 @@ def wilson_interval(correct: int, total: int, z: float = Z95) -> list[float] | N
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return [max(0.0, centre - half), min(1.0, centre + half)]
-
-
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> list[float] | None:
-    """Student-t interval for the mean of `values` (None with fewer than two values)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    if x.size < 2:
-        return None
-    mean = float(x.mean())
-    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=x.size - 1)) * sem
-    return [mean - half, mean + half]
 
 
 def summarize(

@@ -1,0 +1,243 @@
+"""Streaming: torch Datasets over the store or over image files, batch loaders, and feature arrays
+that stay in RAM only within a memory budget (docs/scale.md).
+
+Nothing here holds every image at once: a batch is read (store rows by offset, or files decoded)
+when the loader asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from aigen.data.preprocess import CACHE_VERSION, DECODE_MIN_SIDE, Spec, preprocess, to_model_input
+from aigen.data.store import RowFile, RowWriter
+
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of reusable features kept in RAM (1 GiB)
+
+
+def _torch_dataset():
+    import torch.utils.data
+
+    return torch.utils.data.Dataset
+
+
+class StoreImages(_torch_dataset()):
+    """Model inputs of dataset rows `rows`, read from a store (store.RowFile of uint8 images).
+
+    `ds[i]` is one float32 tensor (C, H, W); `ds[[i, j, ...]]` a batch (N, C, H, W) read in one go
+    (what `batches` asks for). Pickles as a path, for DataLoader workers."""
+
+    def __init__(self, store: RowFile, spec: Spec, rows: Sequence[int] | np.ndarray | None = None):
+        self.store = store
+        self.spec = spec
+        self.rows = np.arange(len(store)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        import torch
+
+        single = np.ndim(index) == 0
+        u8 = self.store.read(self.rows[np.atleast_1d(np.asarray(index, dtype=np.int64))])
+        x = torch.from_numpy(to_model_input(u8, self.spec))
+        return x[0] if single else x
+
+
+class ImageFiles(_torch_dataset()):
+    """Model inputs decoded from image files, as dataset files are (same decode, same JPEG draft
+    scale), with an optional `transform` (PIL RGB image -> PIL image) applied before the
+    preprocessing: perturbations, augmentations. `items` are (path, sha256) pairs; a file whose
+    content no longer has that sha256 raises UserError (sha256 None: not checked)."""
+
+    def __init__(self, items: Sequence[tuple[Any, str | None]], spec: Spec,
+                 transform: Callable | None = None, max_pixels: int | None = None):
+        self.items = list(items)
+        self.spec = spec
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, i: int):
+        from aigen.data.loading import ImageSkip, decode_bytes, read_bytes, read_unchanged
+        from aigen.errors import UserError
+
+        path, sha256 = self.items[i]
+        try:
+            data = read_unchanged(path, sha256) if sha256 else read_bytes(path)
+            img = decode_bytes(data, max_pixels=self.max_pixels, min_side=DECODE_MIN_SIDE)
+        except ImageSkip as exc:
+            raise UserError(f"{path}: {exc.reason}; leave the data folder alone while aigen "
+                            "reads it") from None
+        return self.transform(img) if self.transform is not None else img
+
+    def __getitem__(self, index):
+        import torch
+
+        single = np.ndim(index) == 0
+        u8 = np.stack([preprocess(self.image(int(i)), self.spec) for i in np.atleast_1d(index)])
+        x = torch.from_numpy(to_model_input(u8, self.spec))
+        return x[0] if single else x
+
+
+def batches(dataset, batch_size: int, *, device=None, workers: int = 0):
+    """A DataLoader giving `dataset` in order, `batch_size` items per batch (the last may be
+    shorter), each batch fetched in one call; pinned memory when the target is CUDA."""
+    import torch.utils.data as tud
+
+    sampler = tud.BatchSampler(tud.SequentialSampler(range(len(dataset))), batch_size, False)
+    cuda = device is not None and getattr(device, "type", str(device)) == "cuda"
+    return tud.DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                          pin_memory=cuda, persistent_workers=False)
+
+
+class FeatureRows:
+    """Rows of a feature array, kept in RAM (a numpy array) or read from a file (a RowFile) on
+    demand; `rows` selects and orders them. Indexing with a slice, or with integer indices (numpy
+    or torch), gives a float32 torch tensor of just those rows; `subset(rows)` is another view.
+    The training and evaluation loops only ever index a batch at a time."""
+
+    is_feature_rows = True
+
+    def __init__(self, source, rows: Sequence[int] | np.ndarray | None = None):
+        self.source = source
+        self.rows = np.arange(len(source)) if rows is None else np.asarray(rows, dtype=np.int64)
+        row_shape = source.row_shape if isinstance(source, RowFile) else source.shape[1:]
+        self.shape = (len(self.rows),) + tuple(row_shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def in_memory(self) -> bool:
+        return not isinstance(self.source, RowFile)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def subset(self, rows) -> "FeatureRows":
+        return FeatureRows(self.source, self.rows[np.asarray(rows, dtype=np.int64)])
+
+    def numpy(self, key) -> np.ndarray:
+        if hasattr(key, "numpy"):  # a torch tensor of indices
+            key = key.numpy()
+        picked = self.rows[key]
+        if isinstance(self.source, RowFile):
+            return self.source.read(np.atleast_1d(picked))
+        return np.ascontiguousarray(self.source[picked], dtype=np.float32)
+
+    def __getitem__(self, key):
+        import torch
+
+        return torch.from_numpy(self.numpy(key))
+
+
+def feature_key(*parts: Any) -> str:
+    """Cache key of a feature array: sha256 over its description (data manifest, rows, network
+    and its weights, input spec, device type, torch version...)."""
+    h = hashlib.sha256(f"features-v{CACHE_VERSION}".encode())
+    for part in parts:
+        h.update(b"\0")
+        h.update(part.tobytes() if isinstance(part, np.ndarray) else str(part).encode())
+    return h.hexdigest()
+
+
+def open_features(folder: Path, key: str) -> RowFile | None:
+    """The stored feature array `key` in `folder`, or None when absent or incomplete."""
+    try:
+        meta = json.loads((folder / f"{key}.json").read_text())
+        rows = RowFile(folder / f"{key}.f32", meta["row_shape"], np.float32, int(meta["n_rows"]))
+        if (folder / f"{key}.f32").stat().st_size != rows.n_rows * rows.row_bytes:
+            return None
+        return rows
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def computed_features(folder: Path, key: str, n_rows: int, compute, *, budget: int,
+                      desc: str = "features", progress: bool = False) -> FeatureRows:
+    """A feature array of `n_rows` rows, reused from `folder` when it holds `key`, else computed
+    by `compute()` (an iterator of float32 batches, in row order) and stored there, one batch at
+    a time. Kept in RAM when it fits in `budget` bytes; otherwise read from the file per batch."""
+    from aigen.errors import UserError
+    from aigen.io import write_json
+
+    stored = open_features(folder, key)
+    if stored is None:
+        from tqdm import tqdm
+
+        writer = None
+        try:
+            with tqdm(total=n_rows, desc=desc, unit="img", disable=not progress,
+                      leave=False) as bar:
+                for batch in compute():
+                    batch = np.ascontiguousarray(np.asarray(batch, dtype=np.float32))
+                    if writer is None:
+                        writer = RowWriter(folder / f"{key}.f32")
+                        row_shape = batch.shape[1:]
+                    writer.file.write(batch.tobytes())
+                    writer.n_rows += len(batch)
+                    bar.update(len(batch))
+            if writer is None or writer.n_rows != n_rows:
+                raise ValueError(f"expected {n_rows} feature rows, got {writer and writer.n_rows}")
+            writer.commit()
+            writer = None
+            write_json(folder / f"{key}.json", {"row_shape": list(row_shape), "n_rows": n_rows})
+        except OSError as exc:
+            raise UserError(f"cannot write features in {folder}: {exc.strerror or exc} (free some "
+                            "space, or set AIGEN_CACHE_DIR to a folder with room)") from None
+        finally:
+            if writer is not None:
+                writer.discard()
+        stored = open_features(folder, key)
+    if n_rows * stored.row_bytes <= budget:
+        return FeatureRows(stored.read(np.arange(n_rows)))  # one read; the file stays for reuse
+    return FeatureRows(stored)
+
+
+def features_folder() -> Path:
+    """Where reusable feature arrays are kept: <cache_dir>/features/v<CACHE_VERSION>."""
+    from aigen.data.preprocess import cache_root
+
+    folder = cache_root().parent.parent / "features" / f"v{CACHE_VERSION}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from aigen.errors import UserError
+
+        raise UserError(f"cannot create the cache folder {folder}: {exc.strerror or exc} "
+                        "(set AIGEN_CACHE_DIR to a writable folder)") from None
+    return folder
+
+
+def prefix_features(backbone, store: RowFile, spec: Spec, rows: np.ndarray, *, manifest: str,
+                    device, budget: int = DEFAULT_MEMORY_BUDGET, batch_size: int = 64,
+                    workers: int = 0, progress: bool = False) -> FeatureRows:
+    """The backbone's prefix activations of dataset rows `rows` (in that order), computed from
+    the store in batches, or reused from an earlier run with the same data, rows, backbone
+    weights, input spec and device type (docs/scale.md)."""
+    import torch
+
+    key = feature_key("prefix", manifest, np.asarray(rows, dtype=np.int64), backbone.name,
+                      backbone.fingerprint, spec.key, getattr(device, "type", str(device)),
+                      torch.__version__)
+
+    def compute():
+        for x in batches(StoreImages(store, spec, rows), batch_size, device=device,
+                         workers=workers):
+            yield backbone.prefix_activations(x, device, batch_size).contiguous().numpy()
+
+    return computed_features(features_folder(), key, len(rows), compute, budget=budget,
+                             desc=f"{backbone.name} prefix", progress=progress)
+
+
+__all__ = ["StoreImages", "ImageFiles", "batches", "FeatureRows", "computed_features",
+           "prefix_features", "DEFAULT_MEMORY_BUDGET"]
