@@ -23,8 +23,15 @@ COMMANDS = {
 }
 
 
+DESCRIPTION = ("aigen: a reproducible study of how well convolutional networks tell AI-generated "
+               "images from real photographs without leaning on trivial cues (resolution, file "
+               "format, compression, metadata). `aigen study` trains and evaluates the models and "
+               "writes a results folder; the other commands explore data, score new images and "
+               "evaluate finished runs on other data.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aigen", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="aigen", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"aigen {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():

@@ -105,6 +105,10 @@ def test_terminal_shows_the_table_and_the_report(run):
     for model in MODELS:
         assert model in stdout
     assert "metadata only" in stdout
+    # the majority-class rate beside the audit's classifier, as in report.md
+    results = json.loads((run["out"] / "results.json").read_text())
+    majority = results["shortcut_audit"]["majority_baseline"]
+    assert re.search(rf"majority class \(baseline\)\s+–\s+–\s+{majority:.3f}", stdout)
     assert f"report: {run['out'] / 'report.md'}" in stdout
     assert "skipped resnet18_frozen" in stdout
 
@@ -576,3 +580,21 @@ def test_figures_from_plain_data(tmp_path):
     for name in ("curves", "cm", "roc", "rob", "lr"):
         with Image.open(tmp_path / f"{name}.png") as im:
             assert im.format == "PNG" and im.width > 300
+
+
+def test_every_option_has_help_that_shows_its_default():
+    """`aigen COMMAND --help`: no option without help text, and every option with a value says
+    its default; the top-level description says what aigen does."""
+    import argparse
+
+    parser = cli.build_parser()
+    assert "AI-generated images from real photographs" in parser.description
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.option_strings)
+            flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            if action.default not in (None, argparse.SUPPRESS) and not flag:
+                assert "default" in action.help, (name, action.option_strings)

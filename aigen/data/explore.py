@@ -528,7 +528,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output folder (default: results/explore-<timestamp>)")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of the audit's folds and forest")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the audit's folds and forest (default: 0)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     parser.add_argument("--metadata-csv", metavar="PATH", default=None,
                         help="CSV with columns path,(orig_)width,(orig_)height,(orig_)bytes,"

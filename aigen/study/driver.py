@@ -68,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="local resnet18 ImageNet weights file (resnet18-f37072fd.pth)")
     run.add_argument("--init", choices=("pretrained", "random"), default="pretrained",
                      help="backbone initialisation; random exercises the code path without "
-                          "pretrained weights and is reported as NOT pretrained")
+                          "pretrained weights and is reported as NOT pretrained (default: "
+                          "pretrained)")
     run.add_argument("--quick", action="store_true",
                      help="smoke run: first seed only, one epoch per model (all images are still "
                           "loaded and split)")
@@ -91,11 +92,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "regime (e.g. 512M, 4G; default 1G); above it they are read from their "
                           "file in the cache folder batch by batch (docs/scale.md)")
     hyper = parser.add_argument_group("training")
-    hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N")
-    hyper.add_argument("--scratch-lr", type=positive_float, default=0.01, metavar="LR")
+    hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N",
+                       help="epochs of the scratch CNN (default: 20)")
+    hyper.add_argument("--scratch-lr", type=positive_float, default=0.01, metavar="LR",
+                       help="SGD learning rate of the scratch CNN (default: 0.01)")
     hyper.add_argument("--scratch-filters", type=positive_int, default=8, metavar="F",
-                       help="convolution filters of the scratch CNN (8 or 16 in the study)")
-    hyper.add_argument("--scratch-batch-size", type=positive_int, default=1, metavar="N")
+                       help="convolution filters of the scratch CNN (8 or 16 in the study; default: 8)")
+    hyper.add_argument("--scratch-batch-size", type=positive_int, default=1, metavar="N",
+                       help="mini-batch size of the scratch CNN (default: 1, one image per step)")
     hyper.add_argument("--scratch-backend", choices=("cython", "numpy"), default="cython",
                        help="conv/pool kernels of the scratch CNN (default: the Cython ones)")
     hyper.add_argument("--scratch-init", choices=("torch", "legacy"), default="torch",
@@ -105,10 +109,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="LR",
                        help="learning-rate study: the scratch CNN trained at each of these "
                             "(default: 0.01 0.1; give the option no value to skip it)")
-    hyper.add_argument("--frozen-epochs", type=positive_int, default=3, metavar="N")
-    hyper.add_argument("--frozen-lr", type=positive_float, default=1e-3, metavar="LR")
-    hyper.add_argument("--finetune-epochs", type=positive_int, default=8, metavar="N")
-    hyper.add_argument("--finetune-lr", type=positive_float, default=1e-4, metavar="LR")
+    hyper.add_argument("--frozen-epochs", type=positive_int, default=3, metavar="N",
+                       help="epochs of the frozen backbone's head (default: 3)")
+    hyper.add_argument("--frozen-lr", type=positive_float, default=1e-3, metavar="LR",
+                       help="Adam learning rate of the frozen backbone's head (default: 0.001)")
+    hyper.add_argument("--finetune-epochs", type=positive_int, default=8, metavar="N",
+                       help="epochs of the fine-tuned backbone (default: 8)")
+    hyper.add_argument("--finetune-lr", type=positive_float, default=1e-4, metavar="LR",
+                       help="Adam learning rate of the fine-tuned last stage and head "
+                            "(default: 0.0001)")
     hyper.add_argument("--checkpoint", choices=("last", "best"), default="last",
                        help="weights each model keeps: those of the last epoch (default, the "
                             "study's fixed-epoch protocol) or of the epoch with the best "
@@ -875,8 +884,11 @@ class Study:
         rows = [(name, format_summary(m["train_accuracy"]), format_summary(m["val_accuracy"]),
                  format_summary(m["test_accuracy"]))
                 for name, m in self.results["models"].items()]
-        rows.append(("metadata only (audit)", "–", "–",
-                     audit_cells(self.results["shortcut_audit"])["accuracy"]))
+        audit = self.results["shortcut_audit"] or {}
+        rows.append(("metadata only (audit)", "–", "–", audit_cells(audit)["accuracy"]))
+        # The audit's forest can sit below the majority rate on imbalanced data: show both.
+        if isinstance(audit.get("majority_baseline"), (int, float)):
+            rows.append(("majority class (baseline)", "–", "–", f"{audit['majority_baseline']:.3f}"))
         header = ("model", "train", "val", "test")
         widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(4)]
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
