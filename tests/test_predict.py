@@ -158,7 +158,7 @@ def edit_json(path, change):
 def test_a_checkpoint_copied_over_another_is_refused(run, capsys, tmp_path):
     import shutil
 
-    from aigen.study.checkpoints import file_sha256
+    from aigen.io import file_sha256
 
     copy = copy_run(run, tmp_path)
     ckpt = copy / "checkpoints"

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from aigen.errors import UserError
+from aigen.io import file_sha256
 
 BACKBONES = ("resnet18", "efficientnet_lite0")
 INITS = ("pretrained", "random")
@@ -90,14 +91,6 @@ def hub_checkpoints_dir() -> Path:
     import torch.hub
 
     return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_weights_file(name: str, path: Path) -> tuple[Path, str]:

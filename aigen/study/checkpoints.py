@@ -9,12 +9,12 @@ identity is not the one asked for.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from aigen.errors import UserError
+from aigen.io import file_sha256
 
 IDENTITY_KEYS = ("model", "regime", "backbone", "seed")
 
@@ -22,14 +22,6 @@ IDENTITY_KEYS = ("model", "regime", "backbone", "seed")
 def identity(model_name: str, regime: str, backbone: str | None, seed: int) -> dict[str, Any]:
     """What a checkpoint's metadata must say for it to be `model_name` at `seed`."""
     return {"model": model_name, "regime": regime, "backbone": backbone, "seed": int(seed)}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_path(run_dir: str | os.PathLike, results: Mapping[str, Any], name: str,

@@ -699,7 +699,7 @@ class Study:
     # -- results ------------------------------------------------------------------------------
 
     def _model_results(self, name: str) -> dict[str, Any]:
-        from aigen.study.checkpoints import file_sha256
+        from aigen.io import file_sha256
         from aigen.study.metrics import aggregate_metrics, classification_metrics, summarize
 
         info = self.models[name]
