@@ -229,20 +229,12 @@ def run_training_sha256(run_dir: Path, results: Mapping[str, Any]) -> set[str]:
 # Loading and scoring a labelled folder
 
 
-def needed_specs(regimes: Mapping[str, str]) -> dict[str, Any]:
-    """{"scratch"/"backbone": Spec} of the inputs these models take."""
-    from aigen.data.preprocess import BACKBONE, SCRATCH
-
-    kinds = {"scratch" if r == "scratch" else "backbone" for r in regimes.values()}
-    return {key: spec for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE))
-            if key in kinds}
-
-
 def load_eval_dataset(root: Path, class_map, preprocessing: Mapping[str, Any],
                       regimes: Mapping[str, str], workers: int | None, progress: bool):
     """The labelled folder, found, checked and decoded like the study's data (one class alone is
     allowed); the skip summary goes to stderr."""
     from aigen.data.dataset import format_skip_summary, load_dataset
+    from aigen.study.predict import needed_specs
 
     dataset = load_dataset(root, class_map=class_map, max_pixels=preprocessing["max_pixels"],
                            workers=workers, progress=progress,
@@ -283,8 +275,10 @@ def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds:
     from tqdm import tqdm
 
     from aigen.data.dataset import conflicting_sha256s
-    from aigen.data.discover import source_of
     from aigen.data.dataset import dataset_arrays
+    from aigen.data.discover import source_of
+    from aigen.study.metrics import choose_threshold
+    from aigen.study.predict import needed_specs
 
     conflicts = conflicting_sha256s(dataset.images)
     duplicates = [i for i, im in enumerate(dataset.images)
@@ -305,7 +299,7 @@ def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds:
         batch = {key: dataset_arrays(dataset, spec, chunk) for key, spec in specs.items()}
         for key, prob in scorer(batch).items():
             probs[key][start:start + len(chunk)] = prob
-    thresholds = {key: choose_val_threshold(*val[key]) for key in probs}
+    thresholds = {key: choose_threshold(*val[key]) for key in probs}
     models = {name: model_evaluation(y, sources, [probs[(name, s)] for s in seeds],
                                      [thresholds[(name, s)] for s in seeds])
               for name in regimes}
@@ -325,12 +319,6 @@ def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds:
         "_curves": {name: [(y, probs[(name, s)]) for s in seeds] for name in regimes},
     }
     return evaluation, rows, [[dataset.images[i].rel_path] for i in duplicates]
-
-
-def choose_val_threshold(y_val: np.ndarray, p_val: np.ndarray) -> float | None:
-    from aigen.study.metrics import choose_threshold
-
-    return choose_threshold(y_val, p_val)
 
 
 def model_evaluation(y: np.ndarray, sources: Sequence[str], probs: Sequence[np.ndarray],

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from aigen.errors import UserError
 
@@ -150,6 +150,15 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
     return models
 
 
+def needed_specs(regimes: Mapping[str, str]) -> dict[str, Any]:
+    """{"scratch"/"backbone": Spec} of the inputs models of these regimes take."""
+    from aigen.data.preprocess import BACKBONE, SCRATCH
+
+    kinds = {"scratch" if r == "scratch" else "backbone" for r in regimes.values()}
+    return {key: spec for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE))
+            if key in kinds}
+
+
 BATCH = 32  # images scored together (bounds the memory of the 224x224 inputs)
 
 
@@ -184,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from aigen.data.loading import ImageSkip
-    from aigen.data.preprocess import BACKBONE, SCRATCH, load_model_inputs
+    from aigen.data.preprocess import load_model_inputs
     from aigen.device import resolve_device
     from aigen.io import escape_undecodable
 
@@ -199,10 +208,7 @@ def run(args: argparse.Namespace) -> int:
               "proxy data, not on real AI-generated images: its scores say nothing about real "
               "images", file=sys.stderr)
     max_pixels = config.get("arguments", {}).get("max_pixels") or None
-    specs = {"scratch" if m["regime"] == "scratch" else "backbone" for n, m in
-             results["models"].items() if n in models}
-    specs = {key: spec for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE))
-             if key in specs}
+    specs = needed_specs({n: m["regime"] for n, m in results["models"].items() if n in models})
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["path", "model", "seed", "prob_ai", "label"])  # one layout for any --model
     n_skipped = 0
