@@ -543,6 +543,7 @@ class Study:
             accuracy = {part: [] for part in ("train", "val", "test")}
             counts = {part: [] for part in ("train", "val", "test")}
             final_loss = []
+            one_class = []  # seeds whose model answered one class for every test image
             for seed in self.seeds:
                 if lr == self.hp["scratch"]["lr"] and (SCRATCH_NAME, seed) in self.runs:
                     done = self.runs[(SCRATCH_NAME, seed)]  # the main run already trained this lr
@@ -559,11 +560,14 @@ class Study:
                     accuracy[part].append(correct / len(rows))
                     counts[part].append((correct, len(rows)))
                 final_loss.append(history[-1]["train_loss"])
+                if len(np.unique(prob[self._rows(seed, "test")] >= 0.5)) == 1:
+                    one_class.append(seed)
             runs[lr_key(lr)] = {
                 "lr": lr,
                 **{f"{part}_accuracy": summarize(accuracy[part], counts[part])
                    for part in accuracy},
                 "final_train_loss": summarize(final_loss, bounds=None),
+                "test_single_class_seeds": one_class,
             }
         hp = self.hp["scratch"]
         self.lr_study = {"epochs": hp["epochs"], "filters": hp["filters"],
@@ -828,8 +832,10 @@ class Study:
         if self.models:
             matrices = {name: m["test_metrics"]["aggregate"]["confusion_matrix"]
                         for name, m in self.results["models"].items()}
+            summed = ("summed over seeds" if len(self.seeds) > 1 else
+                      fig.seeds_words(self.seeds))
             fig.confusion_matrices(matrices, fdir / "confusion_matrices.png",
-                                   title="Test confusion matrices (summed over seeds)")
+                                   title=f"Test confusion matrices ({summed})")
             out["confusion"] = rel(fdir / "confusion_matrices.png")
             curves = {}
             for name in self.models:
@@ -837,18 +843,23 @@ class Study:
                 for seed in self.seeds:
                     rows = self._rows(seed, "test")
                     curves[name].append((self.y_used[rows], self.runs[(name, seed)]["prob"][rows]))
-            fig.roc_curves(curves, fdir / "roc_curves.png")
+            per_seed = ("one line per seed" if len(self.seeds) > 1 else
+                        fig.seeds_words(self.seeds))
+            fig.roc_curves(curves, fdir / "roc_curves.png",
+                           title=f"ROC curves (test split, {per_seed})")
             out["roc"] = rel(fdir / "roc_curves.png")
         out["external"] = self.external_figures
         if self.robustness.get("models"):
-            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png")
+            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png",
+                                seeds=self.seeds)
             out["robustness"] = rel(fdir / "robustness.png")
         if self.lr_study.get("runs"):
             lr_history = []
             for lr in self.lr_study["runs"]:
                 for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
                     lr_history.append({**row, "lr": lr})
-            fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png")
+            fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png",
+                         seeds=self.seeds)
             out["lr_study"] = rel(fdir / "lr_study.png")
         return out
 
@@ -892,8 +903,9 @@ class Study:
         header = ("model", "train", "val", "test")
         widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(4)]
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
-        seeds = ", ".join(map(str, self.seeds))
-        print(f"accuracy (mean ± std over seeds {seeds}; data: {self.data_kind})")
+        from aigen.study.report import cell_words
+
+        print(f"accuracy, {cell_words(self.seeds)}; data: {self.data_kind}")
         print(line(header))
         print(line(["-" * w for w in widths]))
         for r in rows:
