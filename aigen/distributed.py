@@ -143,10 +143,15 @@ def session(device_name: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_
     try:
         yield _WORLD
     except RuntimeError as exc:
-        if _is_timeout(exc):
+        reason = _lost_contact(exc)
+        if reason == "timeout":
             raise UserError(f"rank {found.rank}: another process did not answer within "
                             f"--dist-timeout {timeout_minutes:g} min (it failed or is stuck; "
                             "see its messages above)") from None
+        if reason:
+            raise UserError(f"rank {found.rank}: lost contact with another process of this run, "
+                            f"which failed or was stopped (see its messages above): "
+                            f"{str(exc).splitlines()[0][:200]}") from None
         raise
     finally:
         _WORLD = previous
@@ -154,9 +159,19 @@ def session(device_name: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_
             dist.destroy_process_group()
 
 
-def _is_timeout(exc: BaseException) -> bool:
+def _lost_contact(exc: BaseException) -> str | None:
+    """"timeout" or "closed" when `exc` is a collective that failed because another process did
+    not answer in time or went away; else None (an error of this process's own)."""
+    import torch.distributed as dist
+
     text = str(exc).lower()
-    return "timed out" in text or "timeout" in text or type(exc).__name__ == "DistBackendError"
+    if "timed out" in text or "timeout" in text:
+        return "timeout"
+    if isinstance(exc, getattr(dist, "DistError", ())) or any(
+            word in text for word in ("gloo", "nccl", "connection closed", "connection reset",
+                                      "broken pipe")):
+        return "closed"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

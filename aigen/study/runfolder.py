@@ -152,10 +152,25 @@ def claim(out: Path, arguments: dict[str, Any] | None, resume: bool) -> Iterator
                 print(f"aigen study: the finished models are kept in {work}; continue with:\n"
                       f"  {resume_command(out)}", file=sys.stderr, flush=True)
             else:
-                shutil.rmtree(work, ignore_errors=True)
+                _remove_uninterrupted(work)
             raise
         shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
         _rename_folder(work, out, replace=False)
+
+
+def _remove_uninterrupted(folder: Path) -> None:
+    """shutil.rmtree(folder) with SIGTERM held back until it is done: a run that fails is often
+    sent SIGTERM next (torchrun stops the other processes), which must not leave half a folder."""
+    import signal
+
+    held = hasattr(signal, "pthread_sigmask")
+    if held:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ----------------------------------------------------------------------------------------------
