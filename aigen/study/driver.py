@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as _dt
 import sys
 import time
@@ -100,6 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="RAM for the backbones' prefix activations, reused by every seed and "
                           "regime (e.g. 512M, 4G; default 1G); above it they are read from their "
                           "file in the cache folder batch by batch (docs/scale.md)")
+    from aigen import distributed
+    from aigen.training import AMP_CHOICES
+
+    run.add_argument("--amp", choices=AMP_CHOICES, default="off",
+                     help="mixed precision for training the backbones: bf16 (CPU or GPU), fp16 "
+                          "(CUDA, with loss scaling) or off (default: off, float32 throughout)")
+    distributed.add_arguments(run)
     hyper = parser.add_argument_group("training")
     hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N",
                        help="epochs of the scratch CNN (default: 20)")
@@ -162,11 +170,31 @@ def run(args: argparse.Namespace) -> int:
 
         args.eval_data = [f"{name}={root}" for name, root in parse_eval_data(args.eval_data).items()]
     _check_eval_data(args, out)
-    with runfolder.claim(out, runfolder.saved_arguments(args), resume=resume) as work:
-        study = Study(args, out=out, work=work)
-        study.run()
-    study.print_summary()
+    from aigen import distributed
+
+    with distributed.session(args.device, getattr(args, "dist_timeout",
+                                                  distributed.DEFAULT_TIMEOUT_MINUTES)) as world:
+        with _run_folder(out, args, resume) as work:
+            study = Study(args, out=out, work=work)
+            study.run()
+    if world.is_main:
+        study.print_summary()
     return 0
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, args: argparse.Namespace, resume: bool):
+    """The work folder (aigen.study.runfolder.claim); under torchrun only rank 0 claims it, and
+    the other processes get its path, to read (aigen.distributed)."""
+    from aigen import distributed
+    from aigen.study import runfolder
+
+    if not distributed.is_main():
+        yield distributed.main_first(lambda: None, others=False)
+        return
+    with contextlib.ExitStack() as stack:
+        yield distributed.main_first(lambda: stack.enter_context(
+            runfolder.claim(out, runfolder.saved_arguments(args), resume=resume)), others=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +313,10 @@ class Study:
         self.args = args
         self.out = out
         self.work = work
-        self.progress = bool(getattr(args, "progress", True))
+        from aigen import distributed
+
+        self.world = distributed.world()  # under torchrun: this process's rank (docs/scale.md)
+        self.progress = bool(getattr(args, "progress", True)) and self.world.is_main
         self.timer = StageTimer()
         self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self.seeds = list(dict.fromkeys(args.seeds))[: 1 if args.quick else None]
@@ -315,26 +346,34 @@ class Study:
             self.metadata = read_metadata_csv(args.metadata_csv)
 
     def _log(self, message: str) -> None:
-        print(f"aigen study: {message}", file=sys.stderr, flush=True)
+        if self.world.is_main:
+            print(f"aigen study: {message}", file=sys.stderr, flush=True)
 
     # -- stages -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from aigen.device import resolve_device
+        from aigen.distributed import process_device
+        from aigen.training import check_amp
 
-        self.device = resolve_device(self.args.device)
-        (self.work / "figures").mkdir(exist_ok=True)  # exist_ok: a resumed run
-        (self.work / "checkpoints").mkdir(exist_ok=True)
+        self.device = process_device(self.args.device, self.world)
+        check_amp(getattr(self.args, "amp", "off"), self.device)
+        main = self.world.is_main  # under torchrun, only rank 0 writes files
+        if main:
+            (self.work / "figures").mkdir(exist_ok=True)  # exist_ok: a resumed run
+            (self.work / "checkpoints").mkdir(exist_ok=True)
         with self.timer.stage("load_data"):
             self._load_data()
         from aigen.study import runfolder
 
-        runfolder.check_same_data(self.work, self.dataset.manifest_sha256())
-        with self.timer.stage("exploration"):
-            self._explore()
+        if main:
+            runfolder.check_same_data(self.work, self.dataset.manifest_sha256())
+            with self.timer.stage("exploration"):
+                self._explore()
         with self.timer.stage("split"):
             self._make_splits()
         self._train_all()
+        if not main:  # the other processes' part ends with training (docs/scale.md)
+            return
         if not self.models:
             reasons = "; ".join(f"{n}: {r.splitlines()[0]}" for n, r in self.skipped_models.items())
             raise UserError(f"no model could be trained ({reasons})")
@@ -350,22 +389,30 @@ class Study:
         from aigen.data.dataset import write_skipped
         from aigen.data.preprocess import BACKBONE, SCRATCH
 
+        from aigen import distributed
         from aigen.data.discover import parse_class_args
         from aigen.data.sets import load_sets, parse_sets
 
+        main = self.world.is_main
         sets = _check_data_option(self.args)
-        if not sets:
-            from aigen.data.synth import default_dataset
-
-            self._log("no --data given: using the embedded synthetic dataset")
-            sets = parse_sets([str(default_dataset(progress=self.progress))])
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
                                                             & set(self.args.models))
         specs = (SCRATCH, BACKBONE) if needs_backbone else (SCRATCH,)
-        self.dataset = load_sets(
-            sets, class_map=parse_class_args(self.args.classes) if self.args.classes else None,
-            max_pixels=self.args.max_pixels or None, workers=self.args.workers,
-            progress=self.progress, specs=specs, rehash=bool(getattr(self.args, "rehash", False)))
+
+        def load():  # rank 0 writes the cache (store, index); the others then only read it
+            nonlocal sets
+            if not sets:
+                from aigen.data.synth import default_dataset
+
+                self._log("no --data given: using the embedded synthetic dataset")
+                sets = parse_sets([str(default_dataset(progress=self.progress))])
+            return load_sets(
+                sets, class_map=parse_class_args(self.args.classes) if self.args.classes else None,
+                max_pixels=self.args.max_pixels or None, workers=self.args.workers,
+                progress=self.progress, specs=specs if main else (),
+                rehash=main and bool(getattr(self.args, "rehash", False)))
+
+        self.dataset = distributed.main_first(load)
         self.data_sets = {name: Path(root).resolve() for name, root in self.dataset.sets.items()}
         for root in self.data_sets.values():
             refuse_inside(self.out, root)
@@ -379,7 +426,8 @@ class Study:
             self.data_description = "; ".join(f"{name}: {description}" for name, (_, description)
                                               in self.set_kinds.items())
         self.labels = self.dataset.labels
-        write_skipped(self.work / "skipped.csv", self.dataset.skipped)
+        if main:
+            write_skipped(self.work / "skipped.csv", self.dataset.skipped)
 
     def _explore(self) -> None:
         from aigen.data import explore
@@ -403,7 +451,8 @@ class Study:
         for k, seed in enumerate(self.seeds):
             split = fixed if fixed is not None else make_split(self.dataset, seed)
             name = "split.csv" if k == 0 else f"split_seed{seed}.csv"
-            write_split(self.work / name, self.dataset, split)
+            if self.world.is_main:
+                write_split(self.work / name, self.dataset, split)
             self.splits[seed] = split
             self.split_files[seed] = name
         used = set()
@@ -424,7 +473,8 @@ class Study:
         from aigen.data.preprocess import SCRATCH
 
         self.y_used = self.labels[self.used]
-        if "scratch" in self.args.models:
+        # The scratch CNN (CPU, Cython kernels) trains in the first process alone (docs/scale.md).
+        if "scratch" in self.args.models and self.world.is_main:
             with self.timer.stage("scratch_inputs"):
                 self.X_scratch = dataset_arrays(self.dataset, SCRATCH, self.used)
             self.models[SCRATCH_NAME] = {"regime": "scratch", "backbone": None}
@@ -446,28 +496,60 @@ class Study:
                 self.models[model_name] = {"regime": regime, "backbone": name}
                 for seed in self.seeds:
                     with self.timer.stage(f"train:{model_name}"):
-                        if not self._restore(model_name, seed):
+                        if not self._restored_by_main(model_name, seed):
                             self._train_backbone(name, regime, seed)
 
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
         from aigen.models.backbones import (BackboneUnavailable, load_backbone,
                                             weights_by_backbone)
 
+        from aigen import distributed
+
         weights = weights_by_backbone(self.args.weights, self.args.backbones).get(name)
-        with self.timer.stage(f"load_backbone:{name}"):
+
+        def load():  # rank 0 first: it alone may download weights into torch's cache
             try:
-                backbone = load_backbone(name, weights=weights, init=self.args.init)
+                return load_backbone(name, weights=weights, init=self.args.init)
             except BackboneUnavailable as exc:
+                return exc
+
+        with self.timer.stage(f"load_backbone:{name}"):
+            backbone = distributed.main_first(load)
+            if isinstance(backbone, BackboneUnavailable) or distributed.from_main(
+                    isinstance(backbone, BackboneUnavailable)):
+                reason = str(backbone) if isinstance(backbone, BackboneUnavailable) else \
+                    "unavailable in the first process"
                 for regime in regimes:
-                    self.skipped_models[f"{name}_{regime}"] = str(exc)
-                self._log(f"{name} skipped: {exc}")
+                    self.skipped_models[f"{name}_{regime}"] = reason
+                self._log(f"{name} skipped: {reason}")
                 return False
         self.backbones[name] = backbone
         with self.timer.stage(f"prefix_activations:{name}"):
             self.prefix[name] = self._prefix_activations(backbone, self.used, f"{name} prefix")
             if "frozen" in regimes:  # the frozen head's input, computed once for every seed
-                self.pooled[name] = backbone.pooled_features(self.prefix[name], self.device)
+                self.pooled[name] = self._pooled_features(backbone, self.prefix[name])
         return True
+
+    def _pooled_features(self, backbone, prefix):
+        """The frozen backbone's pooled features of every used image; under torchrun each
+        process computes its share (aigen.distributed.sharded_map)."""
+        from aigen import distributed
+
+        if not self.world.distributed:
+            return backbone.pooled_features(prefix, self.device)
+        return distributed.sharded_map(
+            lambda rows: backbone.pooled_features(_take(prefix, rows), self.device), len(prefix),
+            PREFIX_CHUNK)
+
+    def _probabilities(self, clf, A) -> np.ndarray:
+        """P(AI) of every used image for a trained classifier (A: its prefix activations or
+        pooled features); under torchrun each process scores its share."""
+        from aigen import distributed
+
+        if not self.world.distributed:
+            return clf.predict_proba_from_prefix(A)
+        return distributed.sharded_map(lambda rows: clf.predict_proba_from_prefix(_take(A, rows)),
+                                       len(A), PREFIX_CHUNK)
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
         """Prefix activations of dataset images, streamed from the store in batches, or reused
@@ -515,6 +597,13 @@ class Study:
         self._record(name, seed, model, history, prob, restored=True)
         return True
 
+    def _restored_by_main(self, name: str, seed: int) -> bool:
+        """`_restore` in the first process, its answer in every process (under torchrun the
+        others skip what it restored; they keep no models)."""
+        from aigen import distributed
+
+        return distributed.from_main(self._restore(name, seed) if self.world.is_main else None)
+
     def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
         """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
         from aigen.study import runfolder
@@ -555,6 +644,7 @@ class Study:
 
     def _train_backbone(self, name: str, regime: str, seed: int) -> None:
         from aigen.repro import seed_everything
+        from aigen.study import runfolder
         from aigen.study.checkpoints import identity
         from aigen.training import train_finetuned, train_frozen
 
@@ -564,20 +654,24 @@ class Study:
         tr, va = self._rows(seed, "train"), self._rows(seed, "val")
         train = train_frozen if regime == "frozen" else train_finetuned
         seed_everything(seed)
-        # Prefix activations stay where they are (RAM or file): views of the rows, read per batch.
-        take = (lambda rows: A.subset(rows)) if hasattr(A, "subset") else (lambda rows: A[rows])
-        clf, history = train(backbone, take(tr), self.y_used[tr], take(va), self.y_used[va],
-                             epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
-                             seed=seed, device=self.device, progress=self.progress,
-                             checkpoint=hp["checkpoint"])
         model_name = f"{name}_{regime}"
+        clf, history = train(backbone, _take(A, tr), self.y_used[tr], _take(A, va),
+                             self.y_used[va], epochs=hp["epochs"], lr=hp["lr"],
+                             batch_size=hp["batch_size"], seed=seed, device=self.device,
+                             progress=self.progress, checkpoint=hp["checkpoint"],
+                             epoch_state=runfolder.epoch_state_path(self.work, model_name, seed),
+                             amp=getattr(self.args, "amp", "off"))
+        prob = self._probabilities(clf, A)
+        if not self.world.is_main:
+            return
         clf.save(self.work / "checkpoints" / f"{model_name}_seed{seed}.pt",
                  metadata={**identity(model_name, regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
             architecture=backbone.architecture, weights_source=backbone.weights_source,
-            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256, n_params=total, trainable_params=trainable, hyperparameters=hp)
-        self._record(model_name, seed, clf, history, clf.predict_proba_from_prefix(A))
+            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256,
+            n_params=total, trainable_params=trainable, hyperparameters=hp)
+        self._record(model_name, seed, clf, history, prob)
 
     # -- learning-rate study ------------------------------------------------------------------
 
@@ -890,6 +984,7 @@ class Study:
                 "lr_study": self.lr_study,
                 "ci_method": CI_METHOD_TEXT,
                 "threshold": 0.5,
+                "world_size": self.world.world_size,
             }
             if self.args.eval_data:
                 self.results["external"] = self.external
@@ -989,6 +1084,8 @@ class Study:
                          "scratch_lrs": self.lrs, "out": str(self.out)},
             "started": self.started,
             "device": str(self.device),
+            "world_size": self.world.world_size,
+            "distributed_backend": self.world.backend,
             "data": {"root": str(self.data_root) if self.data_root is not None else None,
                      "sets": {name: str(root) for name, root in self.data_sets.items()},
                      "kind": self.data_kind, "manifest_sha256": self.dataset.manifest_sha256()},
@@ -1028,6 +1125,12 @@ class Study:
         for name, reason in self.results["skipped_models"].items():
             print(f"skipped {name}: {reason.splitlines()[0][:160]}")
         print(f"report: {self.out / 'report.md'}")
+
+
+def _take(A, rows):
+    """Rows of prefix activations or features: a view when they are a FeatureRows (in RAM or read
+    from their file per batch), else an indexed copy."""
+    return A.subset(rows) if hasattr(A, "subset") else A[rows]
 
 
 def _parameter_counts(clf) -> tuple[int, int]:
