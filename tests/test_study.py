@@ -239,7 +239,7 @@ def test_robustness_and_lr_study(run):
         assert set(r["perturbed"]) == set(robustness.PERTURBATIONS)
         for p in r["perturbed"].values():
             assert 0.0 <= p["mean"] <= 1.0
-            assert p["drop"] == pytest.approx(r["clean"]["mean"] - p["mean"])
+            assert p["change"] == pytest.approx(p["mean"] - r["clean"]["mean"])
     runs = results["lr_study"]["runs"]
     assert set(runs) == {"0.01", "0.1"}
     # The main scratch run already used lr 0.01: the study reuses it rather than retraining.
@@ -550,14 +550,14 @@ def test_robustness_scores_each_seeds_own_test_images(tmp_path, make_study_image
     for name, r in models.items():
         assert r["perturbed"]["none"]["per_seed"] == r["clean"]["per_seed"], name
         assert r["clean"]["per_seed"] == results["models"][name]["test_accuracy"]["per_seed"]
-        assert r["perturbed"]["none"]["drop"] == 0.0
+        assert r["perturbed"]["none"]["change"] == 0.0
 
 
 def test_summarize_robustness():
     r = robustness.summarize_robustness([0.8, 0.9], {"jpeg_q50": [0.7, 0.7]})
     assert r["clean"]["mean"] == pytest.approx(0.85)
     assert r["perturbed"]["jpeg_q50"]["mean"] == pytest.approx(0.7)
-    assert r["perturbed"]["jpeg_q50"]["drop"] == pytest.approx(0.15)
+    assert r["perturbed"]["jpeg_q50"]["change"] == pytest.approx(-0.15)
 
 
 def test_figures_from_plain_data(tmp_path):
