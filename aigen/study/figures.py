@@ -111,32 +111,52 @@ def roc_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
     _save(fig, path)
 
 
-def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
-                    title: str = "Test accuracy under perturbations (mean over seeds)") -> None:
-    """Grouped bars: per model, the clean accuracy then each perturbation's (std as error bar).
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
-    `models` is results.json's robustness["models"]: {name: {"clean": summary,
-    "perturbed": {perturbation: summary}}}.
+
+def sweep_curves(perturbation: Mapping[str, Any], models: Mapping[str, Sequence[Mapping]],
+                 path: str | os.PathLike, chance: float | None = 0.5) -> None:
+    """One perturbation of the degradation sweep: accuracy (left) and ROC-AUC (right) against
+    strength, mild to severe left to right; one line per model (its own colour, line style and
+    marker), a band for the 95% CI over seeds (none with one seed); legend outside the axes.
+
+    `perturbation` is results.json's sweep["perturbations"][key]; `models` maps a model name to
+    its sweep points for that perturbation ([clean point, point per strength]).
     """
-    names = list(models)
-    perturbations = list(next(iter(models.values()))["perturbed"]) if models else []
-    conditions = ["clean", *perturbations]
-    fig = _figure(max(6.0, 1.2 * len(names) * len(conditions) / 3 + 2), 4.2)
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(conditions))
-    x = np.arange(len(names))
-    for k, (cond, color) in enumerate(zip(conditions, _colors(len(conditions)))):
-        summaries = [models[n]["clean"] if cond == "clean" else models[n]["perturbed"][cond]
-                     for n in names]
-        means = [s["mean"] if s["mean"] is not None else np.nan for s in summaries]
-        stds = [s["std"] or 0.0 for s in summaries]
-        ax.bar(x + (k - (len(conditions) - 1) / 2) * width, means, width, yerr=stds,
-               color=color, label=cond, capsize=2)
-    ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xticks(x, names, rotation=15 if len(names) > 3 else 0, fontsize="small")
-    ax.set(ylabel="test accuracy", ylim=(0, 1.05), title=title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncols=min(3, len(conditions)), loc="lower right")
+    fig = _figure(10.5, 3.9)
+    axes = fig.subplots(1, 2)
+    labels = ["clean"] + [f"{s:g}" for s in perturbation["strengths"]]
+    x = np.arange(len(labels))
+    n_seeds, n_images = 1, set()
+    for k, ((name, points), color) in enumerate(zip(models.items(), _colors(len(models)))):
+        for ax, metric in zip(axes, ("accuracy", "roc_auc")):
+            summaries = [p[metric] for p in points]
+            mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in summaries])
+            ax.plot(x, mean, color=color, ls=LINE_STYLES[k % len(LINE_STYLES)],
+                    marker=MARKERS[k % len(MARKERS)], label=name if metric == "accuracy" else None)
+            seeds = max(len([v for v in s["per_seed"] if v is not None]) for s in summaries)
+            n_seeds = max(n_seeds, seeds)
+            if seeds > 1:
+                lo = [np.nan if not s.get("ci95") else s["ci95"][0] for s in summaries]
+                hi = [np.nan if not s.get("ci95") else s["ci95"][1] for s in summaries]
+                ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+        n_images.update(n for p in points for n in p["n"])
+    for ax, metric in zip(axes, ("accuracy", "ROC-AUC")):
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label="chance" if metric == "accuracy"
+                       else None)
+        ax.set_xticks(x, labels)
+        ax.set(xlabel=f"{perturbation['parameter']} (mild → severe)", ylabel=f"test {metric}",
+               ylim=(0, 1.02), title=metric)
+        ax.grid(alpha=0.3)
+    band = (f"bands: 95% CI over {n_seeds} seeds" if n_seeds > 1
+            else "one seed: no band over seeds")
+    n_text = (f"n = {min(n_images)}" + (f"–{max(n_images)}" if len(n_images) > 1 else "")
+              + " test images per seed") if n_images else "no test image"
+    fig.suptitle(f"Degradation sweep: {perturbation['title']} ({n_text}; {band})",
+                 fontsize="medium")
+    fig.legend(loc="outside right center", fontsize="small")
     _save(fig, path)
 
 

@@ -229,35 +229,131 @@ def _lr_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[
     return out
 
 
-def _robustness_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
-    rob = results.get("robustness")
-    if not rob or not rob.get("models"):
+def _sweep_cell(point: Mapping[str, Any], metric: str) -> str:
+    """'0.850 (-0.030)': mean over seeds and change from the clean point (negative = worse)."""
+    summary = point[metric]
+    text = format_summary(summary)
+    change = summary.get("change")
+    if point["strength"] is None or change is None or text == "–":
+        return text
+    return f"{text} ({change:+.3f})"
+
+
+def sweep_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
+    """The degradation sweep: what it does, a table per metric, one figure per perturbation, and
+    plain flags where a model collapses under a mild degradation (sweep.shortcut_flags)."""
+    from aigen.study.sweep import flag_text, shortcut_flags
+
+    sweep = results.get("sweep")
+    if not sweep or not sweep.get("models"):
         return []
-    names = list(rob["perturbations"])
-    out = ["## Robustness", ""]
+    models = list(sweep["models"])
+    perts = sweep["perturbations"]
+    out = ["## Degradation sweep", ""]
     out.append(
-        f"Test accuracy after perturbing the test images ({rob['n_images']} distinct test "
-        "images over all seeds, perturbed in memory, then preprocessed exactly like the "
-        "data); mean over seeds, with the change from the clean accuracy in parentheses. A model "
-        "that relied on compression or resolution cues would lose accuracy here."
+        f"Every model scored again on its seed's test images ({sweep['n_images']} distinct test "
+        "images over all seeds, both classes alike), each image decoded at its stored resolution, "
+        "degraded in memory, then preprocessed like every other image. **How to read it:** a "
+        "model that learnt what the images show keeps most of its accuracy and ROC-AUC under the "
+        "mild strengths (left of each figure) and declines gradually; one that relied on "
+        "compression or resampling traces falls towards chance (0.5) as soon as they change. "
+        "A drop in accuracy with a steady ROC-AUC means the scores moved but still rank the "
+        "images (the threshold 0.5 no longer fits). The clean column is the same full-resolution "
+        "decode without degradation (it can differ slightly from the comparison table, whose "
+        "large JPEGs were decoded at reduced scale)."
     )
     out.append("")
-    out += [f"- `{n}`: {d}" for n, d in rob["perturbations"].items()]
+    out += [f"- **{p['title']}** ({p['parameter']} "
+            f"{', '.join(f'{s:g}' for s in p['strengths'])}): {p['description']}."
+            for p in perts.values()]
     out.append("")
-    rows = []
-    for model, r in rob["models"].items():
-        cells = [f"`{model}`", format_summary(r["clean"])]
-        for n in names:
-            p = r["perturbed"][n]
-            drop = p.get("drop")
-            change = None if drop is None else -drop + 0.0  # + 0.0 turns -0.0 into 0.0
-            cells.append(format_summary(p) + ("" if change is None else f" ({change:+.3f})"))
-        rows.append(cells)
-    out.append(_table(["model", "clean", *names], rows))
-    out.append("")
-    if figures.get("robustness"):
-        out.append(_figure(figures["robustness"], "robustness"))
+    for metric, title in (("accuracy", "Test accuracy"), ("roc_auc", "Test ROC-AUC")):
+        rows = []
+        for key, p in perts.items():
+            for k, point in enumerate(sweep["models"][models[0]][key]):
+                if k == 0 and key != "format_swap":
+                    if rows:
+                        continue  # every other perturbation shares the first one's clean point
+                    label = "clean"
+                elif k == 0:
+                    label = f"{p['title']}: clean, on its images only (n={_n_text(point['n'])})"
+                else:
+                    label = f"{p['title']}, {p['parameter']} {point['strength']:g}"
+                rows.append([label, *[_sweep_cell(sweep["models"][m][key][k], metric)
+                                      for m in models]])
+        out.append(f"{title}, mean over seeds (change from clean; negative = worse):")
         out.append("")
+        out.append(_table(["condition", *[f"`{m}`" for m in models]], rows))
+        out.append("")
+    for key, path in (figures.get("sweep") or {}).items():
+        out.append(_figure(path, f"degradation sweep: {perts[key]['title']}"))
+    out.append("")
+    flags = shortcut_flags(sweep)
+    if flags:
+        out.append("**Possible shortcuts** (at a mild strength a model lost more than half of "
+                   "its margin over chance):")
+        out.append("")
+        out += [f"- {flag_text(f)}" for f in flags]
+    else:
+        out.append("No model lost more than half of its margin over chance under a mild "
+                   "degradation (JPEG quality ≥ 75, downscaling to ≥ 0.5, blur σ ≤ 1, noise "
+                   "σ ≤ 5, the format swap).")
+    out.append("")
+    return out
+
+
+def _n_text(n: Sequence[int]) -> str:
+    values = sorted(set(n))
+    return "–" if not values else str(values[0]) if len(values) == 1 else \
+        f"{values[0]}–{values[-1]}"
+
+
+def diagnostics_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
+    """What the models look at: the classes' frequency spectra, Grad-CAM of every backbone model,
+    the scratch CNN's filters and activation maps; each explained in a sentence or two."""
+    diag = results.get("diagnostics") or {}
+    figs = figures.get("diagnostics") or {}
+    if not diag:
+        return []
+    out = ["## What the models look at", ""]
+    from aigen.data.spectra import spectra_markdown
+
+    out += spectra_markdown(diag.get("spectra"), figs.get("spectra"))
+    gradcam = diag.get("gradcam") or {}
+    if gradcam:
+        seed = next(iter(gradcam.values()))["seed"]
+        out += ["### Grad-CAM heat maps", ""]
+        out.append(
+            f"For each backbone model (seed {seed}), test images of each class, classified "
+            "correctly and wrongly (the most confident first), with the Grad-CAM map of its "
+            "decision overlaid: the regions whose features in the last convolutional stage pushed "
+            "it towards the class it chose (red: most). The maps are coarse (the stage's 7×7 "
+            "grid, enlarged). **How to read it:** maps on the subject and its structures suggest "
+            "the model uses content; maps that hug borders or corners, text or watermarks, or "
+            "spread evenly over flat texture and sky suggest it uses something else (framing, "
+            "compression or noise texture). The wrong rows show what misleads it.")
+        out.append("")
+        for name in gradcam:
+            path = (figs.get("gradcam") or {}).get(name)
+            if path:
+                out.append(_figure(path, f"Grad-CAM {name}"))
+        out.append("")
+    scratch = diag.get("scratch_filters")
+    if scratch:
+        out += ["### The scratch CNN's filters", ""]
+        out.append(
+            f"The {scratch['filters']} learned 3×3 filters of `scratch_cnn` (seed "
+            f"{scratch['seed']}; red: positive weights, blue: negative) and each filter's "
+            "activation map (ReLU of the convolution) on test images of both classes. **How to "
+            "read it:** filters with a clear sign pattern detect edges or gradients in one "
+            "direction, and their maps outline shapes; a filter whose weights share one sign "
+            "measures local brightness, and one that lights up evenly over a whole image of one "
+            "class carries brightness or texture statistics rather than shapes. At 32×32 grey, "
+            "the model sees only coarse structure: no fine detail, no colour.")
+        out.append("")
+        if figs.get("scratch_filters"):
+            out.append(_figure(figs["scratch_filters"], "scratch CNN filters"))
+            out.append("")
     return out
 
 
@@ -265,8 +361,9 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
                  figures: Mapping[str, Any]) -> str:
     """The report as Markdown text.
 
-    `figures` maps "exploration" (list), "confusion", "roc", "robustness", "lr_study" (paths) and
-    "curves" ({model: path}) to paths relative to the results folder.
+    `figures` maps "exploration" (list), "confusion", "roc", "lr_study" (paths), "curves" ({model:
+    path}), "sweep" ({perturbation: path}) and "diagnostics" ({"spectra": path, "gradcam": {model:
+    path}, "scratch_filters": path}) to paths relative to the results folder.
     """
     env = config.get("environment", {})
     git = env.get("git") or {}
@@ -289,7 +386,8 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
     out += _models_section(results)
     out += _comparison_section(results, figures)
     out += _lr_section(results, figures)
-    out += _robustness_section(results, figures)
+    out += sweep_section(results, figures)
+    out += diagnostics_section(results, figures)
     out += transfer_section(results, figures)
     return "\n".join(out).rstrip() + "\n"
 
