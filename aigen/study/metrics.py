@@ -14,32 +14,19 @@ Conventions used throughout the results folder:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
-from aigen.stats import t_interval  # noqa: F401  (used below; also imported from here)
+from aigen.stats import Z95, t_interval, wilson_interval  # noqa: F401  (also imported from here)
 
 THRESHOLD = 0.5
 CLASS_NAMES = {0: "real", 1: "ai"}  # keys of the per-class metrics; matches LABEL_REAL / LABEL_AI
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def predict_labels(prob_ai: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     """Hard labels (1 = ai) from probabilities; a tie at the threshold counts as ai."""
     return (np.asarray(prob_ai, dtype=np.float64) >= threshold).astype(np.int64)
-
-
-def wilson_interval(correct: int, total: int, z: float = Z95) -> list[float] | None:
-    """Wilson score interval for a proportion correct/total (None when total is 0)."""
-    if total <= 0:
-        return None
-    p = correct / total
-    denom = 1.0 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def summarize(
@@ -156,10 +143,13 @@ def format_summary(summary: dict[str, Any] | None, digits: int = 3) -> str:
 
 
 def format_ci(summary: dict[str, Any] | None, digits: int = 3) -> str:
-    """'[0.780, 0.850]' or '–'."""
+    """'[0.780, 0.850]' or '–'; an interval of zero width (e.g. a ROC-AUC of 1.0 on every seed)
+    is said to be not informative rather than shown as a certainty."""
     if not summary or not summary.get("ci95"):
         return "–"
     lo, hi = summary["ci95"]
+    if lo == hi:
+        return f"[{lo:.{digits}f}, {hi:.{digits}f}] (zero width: not informative)"
     return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
