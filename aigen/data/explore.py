@@ -306,7 +306,7 @@ def _class_label(label: int, class_names: Mapping[int, str], n: int) -> str:
     return f"{LABEL_NAMES[label]} ({folder}, n={n})" if folder else f"{LABEL_NAMES[label]} (n={n})"
 
 
-def _new_figure(width: float = 6.4, height: float = 4.0):
+def _new_figure(width: float = 7.6, height: float = 4.0):
     from matplotlib.figure import Figure
 
     # A bare Figure renders with Agg and touches no global pyplot state.

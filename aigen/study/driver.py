@@ -905,7 +905,7 @@ class Study:
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
         from aigen.study.report import cell_words
 
-        print(f"accuracy, {cell_words(self.seeds)}; data: {self.data_kind}")
+        print(f"accuracy on each split, {cell_words(self.seeds)}; data: {self.data_kind}")
         print(line(header))
         print(line(["-" * w for w in widths]))
         for r in rows:

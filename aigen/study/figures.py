@@ -68,9 +68,27 @@ def _n_seeds(summaries: Sequence[Mapping[str, Any]]) -> int:
                default=0)
 
 
+def _epoch_axis(ax, epochs: Sequence[int]) -> None:
+    """Whole epochs on the x axis; a single epoch sits in the middle of a one-epoch-wide axis."""
+    epochs = sorted(set(epochs))
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(epochs) == 1:
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+
+
+# Train and validation curves: solid with filled circles, dashed with open squares (told apart
+# even when a single epoch leaves one point per curve).
+TRAIN_STYLE = {"ls": "-", "marker": "o"}
+VAL_STYLE = {"ls": "--", "marker": "s", "fillstyle": "none"}
+
+
 def training_curves(history: Sequence[Mapping[str, Any]], title: str,
                     path: str | os.PathLike):
-    """Loss and accuracy per epoch, train (solid) and validation (dashed), one colour per seed.
+    """Loss and accuracy per epoch, train (solid, circles) and validation (dashed, open squares),
+    one colour per seed; markers only with few epochs.
 
     `history` rows are dicts with "seed", "epoch", "train_loss", "val_loss", "train_acc", "val_acc".
     """
@@ -80,17 +98,17 @@ def training_curves(history: Sequence[Mapping[str, Any]], title: str,
     for seed, color in zip(seeds, _colors(len(seeds))):
         rows = sorted((r for r in history if r["seed"] == seed), key=lambda r: r["epoch"])
         epochs = [r["epoch"] for r in rows]
+        few = {} if len(epochs) < 6 else {"marker": None}
         for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
-            marker = "o" if len(epochs) < 3 else None
-            ax.plot(epochs, [r[f"train_{key}"] for r in rows], color=color, marker=marker,
-                    label=f"seed {seed} train")
-            ax.plot(epochs, [r[f"val_{key}"] for r in rows], color=color, ls="--", marker=marker,
-                    label=f"seed {seed} val")
+            ax.plot(epochs, [r[f"train_{key}"] for r in rows], color=color,
+                    **{**TRAIN_STYLE, **few}, label=f"seed {seed} train")
+            ax.plot(epochs, [r[f"val_{key}"] for r in rows], color=color,
+                    **{**VAL_STYLE, **few}, label=f"seed {seed} val")
     ax_loss.set(xlabel="epoch", ylabel="loss (BCE)", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _epoch_axis(ax, [r["epoch"] for r in history])
     _legend_outside(ax_acc, ncols=2 if len(seeds) > 4 else 1)
     fig.suptitle(title)
     _save(fig, path)
@@ -218,13 +236,13 @@ def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
     for lr, color in zip(lrs, _colors(len(lrs))):
         rows = [r for r in history if str(r["lr"]) == lr]
         epochs = sorted({r["epoch"] for r in rows})
-        for key, ls in (("train_loss", "-"), ("val_loss", "--")):
+        few = {} if len(epochs) < 6 else {"marker": None}
+        for key, style in (("train_loss", TRAIN_STYLE), ("val_loss", VAL_STYLE)):
             means = [np.mean([r[key] for r in rows if r["epoch"] == e]) for e in epochs]
-            ax_curve.plot(epochs, means, color=color, ls=ls,
-                          marker="o" if len(epochs) < 3 else None,
+            ax_curve.plot(epochs, means, color=color, **{**style, **few},
                           label=f"lr {lr} {key.split('_')[0]}")
     ax_curve.set(xlabel="epoch", ylabel="loss (BCE)", title=f"loss per epoch ({which})")
-    ax_curve.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_axis(ax_curve, [r["epoch"] for r in history])
     _legend_outside(ax_curve)
     for ax in (ax_bar, ax_curve):
         ax.grid(alpha=0.3)
