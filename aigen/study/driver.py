@@ -23,7 +23,7 @@ import numpy as np
 from aigen.errors import UserError
 from aigen.io import check_new_folder, new_results_folder, refuse_inside
 
-BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
+DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
 # Images per batch when computing prefix activations (bounds the float32 input held at once).
@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.data.stream import DEFAULT_MEMORY_BUDGET
     from aigen.argtypes import seed as seed_type
     from aigen.data.dataset import add_data_arguments
+    from aigen.models.backbones import BACKBONES
 
     parser.description = (
         "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
@@ -57,15 +58,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "results/<timestamp> in the current folder)")
     run.add_argument("--seeds", type=seed_type, nargs="+", default=[0], metavar="K",
                      help="seeds; each gives its own split and initialisations (default: 0)")
-    run.add_argument("--backbones", nargs="+", choices=BACKBONE_NAMES, default=list(BACKBONE_NAMES),
-                     help="backbones for the frozen and fine-tuned models (default: both; one "
-                          "whose weights are unavailable is reported as skipped)")
+    run.add_argument("--backbones", nargs="+", type=_backbone_name, metavar="NAME",
+                     default=list(DEFAULT_BACKBONES),
+                     help=f"backbones for the frozen and fine-tuned models: {', '.join(BACKBONES)}"
+                          ", or torchvision:ARCH for a torchvision classification CNN (e.g. "
+                          "torchvision:resnet50, with --weights resnet50=PATH) (default: "
+                          f"{' '.join(DEFAULT_BACKBONES)}; one whose weights are unavailable is "
+                          "reported as skipped)")
     run.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(MODEL_KINDS),
                      help="which models to train (default: all three)")
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                      help="torch device for the backbones (default: auto)")
-    run.add_argument("--weights", metavar="PATH", default=None,
-                     help="local resnet18 ImageNet weights file (resnet18-f37072fd.pth)")
+    run.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
+                     help="local weights files, NAME=PATH per backbone (NAME: resnet18, "
+                          "efficientnet_liteN, or ARCH of torchvision:ARCH; a torchvision file is "
+                          "a state_dict), or one bare PATH for resnet18 (resnet18-f37072fd.pth) "
+                          "(default: none: resnet18 and torchvision:ARCH look in torch's hub "
+                          "cache, the Lite backbones use their packages)")
     run.add_argument("--init", choices=("pretrained", "random"), default="pretrained",
                      help="backbone initialisation; random exercises the code path without "
                           "pretrained weights and is reported as NOT pretrained (default: "
@@ -133,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     args = runfolder.resolve_arguments(args, add_arguments)  # --resume, --config
     args.backbones = list(dict.fromkeys(args.backbones))  # a name given twice trains once
     # Paths recorded absolute, for `aigen predict`, --resume and --config from another folder.
-    for key in ("weights", "split_file", "metadata_csv"):
+    args.weights = _recorded_weights(args)
+    for key in ("split_file", "metadata_csv"):
         if getattr(args, key, None) is not None:
             setattr(args, key, str(Path(getattr(args, key)).expanduser().absolute()))
     if getattr(args, "tensorboard", False):
@@ -186,16 +196,37 @@ def _check_eval_data(args: argparse.Namespace, out: Path) -> None:
         find_class_folders(root, both=False)
 
 
-def _check_weights_options(args: argparse.Namespace) -> None:
-    """An explicit --weights file is checked now (exists, right sha256 prefix): a typo in it is the
-    user's mistake to hear about at once, not a model quietly reported as skipped at the end."""
-    if args.weights is None or "resnet18" not in args.backbones:
-        return
-    if args.init == "random":
-        raise UserError("--init random and --weights contradict each other: give one")
-    from aigen.models.backbones import resolve_weights
+def _backbone_name(text: str) -> str:
+    """--backbones' type: a built-in backbone or torchvision:ARCH of a family aigen can split."""
+    from aigen.models.backbones import check_name
 
-    resolve_weights("resnet18", args.weights)
+    try:
+        return check_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _recorded_weights(args: argparse.Namespace) -> list[str] | None:
+    """--weights as NAME=PATH items with canonical backbone names and absolute paths (recorded so,
+    for `aigen predict`, --resume and --config from another folder)."""
+    from aigen.models.backbones import weights_by_backbone
+
+    weights = weights_by_backbone(args.weights, args.backbones)
+    return [f"{name}={Path(path).expanduser().absolute()}"
+            for name, path in weights.items()] or None
+
+
+def _check_weights_options(args: argparse.Namespace) -> None:
+    """Explicit --weights files are checked now (exist, right sha256 prefix; a torchvision one
+    fits its architecture): a typo in one is the user's mistake to hear about at once, not a
+    model quietly reported as skipped at the end."""
+    from aigen.models.backbones import check_weights, weights_by_backbone
+
+    weights = weights_by_backbone(args.weights, args.backbones)
+    if weights and args.init == "random":
+        raise UserError("--init random and --weights contradict each other: give one")
+    for name, path in weights.items():
+        check_weights(name, path)
 
 
 def lr_key(lr: float) -> str:
@@ -402,9 +433,10 @@ class Study:
                             self._train_backbone(name, regime, seed)
 
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
-        from aigen.models.backbones import BackboneUnavailable, load_backbone
+        from aigen.models.backbones import (BackboneUnavailable, load_backbone,
+                                            weights_by_backbone)
 
-        weights = self.args.weights if name == "resnet18" else None
+        weights = weights_by_backbone(self.args.weights, self.args.backbones).get(name)
         with self.timer.stage(f"load_backbone:{name}"):
             try:
                 backbone = load_backbone(name, weights=weights, init=self.args.init)
@@ -526,8 +558,8 @@ class Study:
                  metadata={**identity(model_name, regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
-            weights_source=backbone.weights_source, pretrained=backbone.pretrained,
-            n_params=total, trainable_params=trainable, hyperparameters=hp)
+            architecture=backbone.architecture, weights_source=backbone.weights_source,
+            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256, n_params=total, trainable_params=trainable, hyperparameters=hp)
         self._record(model_name, seed, clf, history, clf.predict_proba_from_prefix(A))
 
     # -- learning-rate study ------------------------------------------------------------------
@@ -717,6 +749,8 @@ class Study:
         result = {
             "regime": info["regime"],
             "backbone": info["backbone"],
+            # backbones: which network and which weights file, exactly
+            **{key: info[key] for key in ("architecture", "weights_sha256") if key in info},
             "weights_source": info["weights_source"],
             "pretrained": info["pretrained"],
             "n_params": info["n_params"],
@@ -878,7 +912,8 @@ class Study:
             "device": str(self.device),
             "data": {"root": str(self.data_root), "kind": self.data_kind,
                      "manifest_sha256": self.dataset.manifest_sha256()},
-            "backbones": {name: {"weights_source": b.weights_source, "pretrained": b.pretrained,
+            "backbones": {name: {"architecture": b.architecture,
+                                 "weights_source": b.weights_source, "pretrained": b.pretrained,
                                  "init": b.init, "weights_sha256": b.weights_sha256,
                                  "fingerprint": b.fingerprint}
                           for name, b in self.backbones.items()},

@@ -58,8 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results folder to create (default: results/<timestamp>-eval-NAME)")
     parser.add_argument("--name", metavar="NAME", default=None,
                         help="name of the evaluation set (default: the data folder's name)")
-    parser.add_argument("--weights", metavar="PATH", default=None,
-                        help="resnet18 weights file, if it moved since the run")
+    parser.add_argument("--weights", action="append", metavar="NAME=PATH", default=None,
+                        help="a backbone's weights file, if it moved since the run: NAME=PATH "
+                             "(NAME: the backbone, or ARCH of torchvision:ARCH), or a bare PATH "
+                             "for resnet18; repeat for several (default: the --weights the run "
+                             "recorded)")
     parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda",
                         help="torch device for backbones (default: cpu)")
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
