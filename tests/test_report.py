@@ -227,6 +227,9 @@ def test_lr_at_the_majority_rate_is_explained():
     assert "**Learning rate 0.1 did not learn**" in text
     assert "test accuracy (0.505) is at the majority-class rate (0.500" in text
     assert "0.01" not in text
+    one_class = results_dict(lr_runs={"0.1": lr_run(0.505, single=[0])})
+    assert "answered one class for every test image (seed 0)" in "\n".join(
+        report.lr_failures(one_class))
     assert text in "\n".join(report._lr_section(results, {}))
 
 

@@ -850,6 +850,7 @@ class Study:
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
+        from aigen.study.report import majority_rate
 
         fdir = self.work / "figures"
         rel = lambda p: p.relative_to(self.work).as_posix()  # noqa: E731
@@ -885,7 +886,7 @@ class Study:
         out["external"] = self.external_figures
         if self.robustness.get("models"):
             fig.robustness_bars(self.robustness["models"], fdir / "robustness.png",
-                                seeds=self.seeds)
+                                seeds=self.seeds, baseline=majority_rate(self.results))
             out["robustness"] = rel(fdir / "robustness.png")
         if self.lr_study.get("runs"):
             lr_history = []
@@ -893,7 +894,7 @@ class Study:
                 for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
                     lr_history.append({**row, "lr": lr})
             fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png",
-                         seeds=self.seeds)
+                         seeds=self.seeds, baseline=majority_rate(self.results))
             out["lr_study"] = rel(fdir / "lr_study.png")
         return out
 

@@ -62,6 +62,15 @@ def seeds_words(seeds: Sequence[Any]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(seeds)} seeds"
 
 
+def _baseline_line(ax, baseline: float | None) -> None:
+    """A dotted horizontal line at the majority-class rate (labelled), or at 0.5 without one."""
+    if baseline is None:
+        ax.axhline(0.5, color="grey", ls=":", lw=1, label="0.5")
+    else:
+        ax.axhline(baseline, color="grey", ls=":", lw=1.2,
+                   label=f"majority class ({baseline:.3f})")
+
+
 def _n_seeds(summaries: Sequence[Mapping[str, Any]]) -> int:
     """How many seeds a list of metrics.summarize records covers (the most defined values)."""
     return max((len([v for v in s.get("per_seed", []) if v is not None]) for s in summaries),
@@ -168,10 +177,12 @@ def roc_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
 
 
 def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
-                    title: str | None = None, seeds: Sequence[Any] | None = None):
+                    title: str | None = None, seeds: Sequence[Any] | None = None,
+                    baseline: float | None = None):
     """Grouped bars: per model, the clean accuracy then each perturbation's (with several seeds
     their mean, the std as error bar; with one seed that seed's value, no error bar). The default
-    title says which (`seeds` names the seed of a one-seed run).
+    title says which (`seeds` names the seed of a one-seed run). The dotted line is `baseline`
+    (the majority-class rate), or 0.5 without one.
 
     `models` is results.json's robustness["models"]: {name: {"clean": summary,
     "perturbed": {perturbation: summary}}}.
@@ -195,7 +206,7 @@ def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.Path
         stds = [s["std"] or 0.0 for s in summaries] if n_seeds > 1 else None
         ax.bar(x + (k - (len(conditions) - 1) / 2) * width, means, width, yerr=stds,
                color=color, label=cond, capsize=2)
-    ax.axhline(0.5, color="grey", ls=":", lw=1)
+    _baseline_line(ax, baseline)
     ax.set_xticks(x, names, rotation=15 if len(names) > 3 else 0, fontsize="small")
     ax.set(ylabel="test accuracy", ylim=(0, 1.05), title=title)
     ax.grid(axis="y", alpha=0.3)
@@ -207,10 +218,11 @@ def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.Path
 def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
              history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
              title: str = "Scratch CNN: learning-rate sensitivity",
-             seeds: Sequence[Any] | None = None):
+             seeds: Sequence[Any] | None = None, baseline: float | None = None):
     """Left: train/val/test accuracy per learning rate (mean ± std over seeds as error bar; one
     seed: its value, no error bar). Right: train and validation loss per epoch per learning rate
-    (mean over seeds). The panel titles say "mean over N seeds" or "seed K".
+    (mean over seeds). The panel titles say "mean over N seeds" or "seed K". The dotted line is
+    `baseline` (the majority-class rate: a learning rate that learnt nothing sits on it), or 0.5.
 
     `lr_results` is results.json's lr_study["runs"]: {lr string: {"train_accuracy", ...}};
     `history` rows carry an "lr" key besides the training_curves fields.
@@ -229,7 +241,7 @@ def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
         stds = [s["std"] or 0.0 for s in summaries] if n_seeds > 1 else None
         ax_bar.bar(x + (k - 1) * width, [s["mean"] for s in summaries], width,
                    yerr=stds, color=color, label=split, capsize=2)
-    ax_bar.axhline(0.5, color="grey", ls=":", lw=1)
+    _baseline_line(ax_bar, baseline)
     ax_bar.set_xticks(x, [f"lr {lr}" for lr in lrs])
     ax_bar.set(ylabel="accuracy", ylim=(0, 1.05), title=f"accuracy per learning rate ({which})")
     _legend_outside(ax_bar)

@@ -448,7 +448,8 @@ def lr_failures(results: Mapping[str, Any]) -> list[str]:
             why.append(f"its test accuracy ({mean:.3f}) is at the majority-class rate "
                        f"({majority:.3f}, always answering the larger class)")
         if single:
-            which = "every seed" if len(single) == len(results.get("seeds") or ()) else \
+            every = len(single) == len(results.get("seeds") or ()) and len(single) > 1
+            which = "every seed" if every else \
                 "seed" + ("s " if len(single) > 1 else " ") + ", ".join(map(str, single))
             why.append(f"it answered one class for every test image ({which})")
         out.append(f"**Learning rate {lr} did not learn**: " + " and ".join(why) + ". Training at this "
