@@ -324,7 +324,8 @@ def _save(fig, path: Path) -> Path:
     from aigen.io import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        # "tight": the saved image grows to hold what lies outside the axes (legends, labels)
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05)
     return path
 
 

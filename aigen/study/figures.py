@@ -26,7 +26,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | os.PathLike):
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        # "tight": the saved image grows to hold what lies outside the axes (legends, labels)
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05)
 
 
 def _colors(n: int) -> list:
