@@ -1026,6 +1026,7 @@ class Study:
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
+        from aigen.study.report import majority_rate
 
         fdir = self.work / "figures"
         rel = lambda p: p.relative_to(self.work).as_posix()  # noqa: E731
@@ -1072,7 +1073,7 @@ class Study:
                 for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
                     lr_history.append({**row, "lr": lr})
             fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png",
-                         seeds=self.seeds)
+                         seeds=self.seeds, baseline=majority_rate(self.results))
             out["lr_study"] = rel(fdir / "lr_study.png")
         return out
 
@@ -1122,7 +1123,7 @@ class Study:
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
         from aigen.study.report import cell_words
 
-        print(f"accuracy, {cell_words(self.seeds)}; data: {self.data_kind}")
+        print(f"accuracy on each split, {cell_words(self.seeds)}; data: {self.data_kind}")
         print(line(header))
         print(line(["-" * w for w in widths]))
         for r in rows:
