@@ -17,6 +17,9 @@ trained modules, the optimiser, the shuffling generator and torch's random state
 end of every epoch (atomically), and a later call with the same PATH and arguments continues after
 the last epoch written there, ending with exactly the weights and history of an uninterrupted
 training. The caller removes PATH once it has stored the finished model.
+
+Backbones under torchrun: DistributedDataParallel over the same batches as one process (see
+`_fit`); `amp` ("off", "bf16", "fp16") runs their steps under torch.autocast (docs/scale.md).
 """
 
 from __future__ import annotations

@@ -539,11 +539,13 @@ class Study:
         from an earlier run on the same data and backbone (aigen.data.stream.prefix_features)."""
         from aigen.data.dataset import dataset_inputs
         from aigen.data.preprocess import BACKBONE
-        from aigen.data.stream import DEFAULT_MEMORY_BUDGET, prefix_features
+        from aigen.data.stream import DEFAULT_MEMORY_BUDGET, loader_workers, prefix_features
 
         return prefix_features(backbone, dataset_inputs(self.dataset, BACKBONE), BACKBONE, indices,
                                manifest=self.dataset.manifest_sha256(), device=self.device,
-                               budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET), progress=self.progress)
+                               budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET),
+                               workers=loader_workers(self.device, self.args.workers),
+                               progress=self.progress)
 
     def _record(self, name: str, seed: int, model, history: list[dict], prob: np.ndarray,
                 restored: bool = False) -> None:
