@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
         "seeded splits, evaluate them, test their robustness, and write a results folder with "
         "results.json, CSVs, figures and report.md. See docs/study.md.")
-    add_data_arguments(parser, positional=False)
+    add_data_arguments(parser, positional=False, several=True)
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", default=None,
                      help="results folder to create (must not exist or be empty; default: "
@@ -159,11 +159,12 @@ def run(args: argparse.Namespace) -> int:
     resume = getattr(args, "resume", None) is not None
     out = Path(args.resume) if resume else _resolve_out(args.out)
     args.out = str(out)
-    data_root = _check_data_option(args)
+    data_sets = _check_data_option(args)
     _check_weights_options(args)
-    if data_root is not None:
-        args.data = str(data_root)
-        refuse_inside(out, data_root)
+    if data_sets:  # recorded as NAME=ROOT with absolute roots, like the other paths
+        args.data = [f"{name}={root}" for name, root in data_sets.items()]
+        for root in data_sets.values():
+            refuse_inside(out, root)
     if getattr(args, "eval_data", None):  # recorded absolute, like the other paths
         from aigen.study.evaluate import parse_eval_data
 
@@ -204,13 +205,15 @@ def _resolve_out(out: str | None) -> Path:
     return new_results_folder() if out is None else check_new_folder(out)
 
 
-def _check_data_option(args: argparse.Namespace) -> Path | None:
-    """The --data folder, checked now so a typo fails before anything else happens."""
-    from aigen.data.discover import check_root
+def _check_data_option(args: argparse.Namespace) -> dict[str, Path]:
+    """The --data sets {NAME: ROOT} (none: the synthetic default), checked now so a typo fails
+    before anything else happens. A run recorded before --data took several sets has a string."""
+    from aigen.data.sets import parse_sets
 
-    if getattr(args, "data", None) is None:
-        return None
-    return check_root(args.data).resolve()
+    data = getattr(args, "data", None)
+    if not data:
+        return {}
+    return parse_sets([data] if isinstance(data, str) else data)
 
 
 def _check_eval_data(args: argparse.Namespace, out: Path) -> None:
@@ -383,10 +386,12 @@ class Study:
         self._write_results()
 
     def _load_data(self) -> None:
-        from aigen.data.dataset import dataset_from_args, write_skipped
+        from aigen.data.dataset import write_skipped
         from aigen.data.preprocess import BACKBONE, SCRATCH
 
         from aigen import distributed
+        from aigen.data.discover import parse_class_args
+        from aigen.data.sets import load_sets, parse_sets
 
         main = self.world.is_main
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
@@ -394,20 +399,31 @@ class Study:
         specs = (SCRATCH, BACKBONE) if needs_backbone else (SCRATCH,)
 
         def load():  # rank 0 writes the cache (store, index); the others then only read it
-            default_root = None
-            if self.args.data is None:
+            sets = _check_data_option(self.args)
+            if not sets:
                 from aigen.data.synth import default_dataset
 
                 self._log("no --data given: using the embedded synthetic dataset")
-                default_root = default_dataset(progress=self.progress)
-            args = self.args if main else argparse.Namespace(**{**vars(self.args), "rehash": False})
-            return dataset_from_args(args, default_root=default_root, progress=self.progress,
-                                     specs=specs if main else ())
+                sets = parse_sets([str(default_dataset(progress=self.progress))])
+            return load_sets(
+                sets, class_map=parse_class_args(self.args.classes) if self.args.classes else None,
+                max_pixels=self.args.max_pixels or None, workers=self.args.workers,
+                progress=self.progress, specs=specs if main else (),
+                rehash=main and bool(getattr(self.args, "rehash", False)))
 
         self.dataset = distributed.main_first(load)
-        self.data_root = Path(self.dataset.root).resolve()
-        refuse_inside(self.out, self.data_root)
-        self.data_kind, self.data_description = data_kind(self.data_root)
+        self.data_sets = {name: Path(root).resolve() for name, root in self.dataset.sets.items()}
+        for root in self.data_sets.values():
+            refuse_inside(self.out, root)
+        self.set_kinds = {name: data_kind(root) for name, root in self.data_sets.items()}
+        kinds = {kind for kind, _ in self.set_kinds.values()}
+        self.data_root = next(iter(self.data_sets.values())) if len(self.data_sets) == 1 else None
+        if len(self.set_kinds) == 1:
+            self.data_kind, self.data_description = next(iter(self.set_kinds.values()))
+        else:
+            self.data_kind = kinds.pop() if len(kinds) == 1 else "mixed"
+            self.data_description = "; ".join(f"{name}: {description}" for name, (_, description)
+                                              in self.set_kinds.items())
         self.labels = self.dataset.labels
         if main:
             write_skipped(self.work / "skipped.csv", self.dataset.skipped)
@@ -776,11 +792,8 @@ class Study:
         regimes = {name: info["regime"] for name, info in self.models.items()}
         models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
                   for seed in self.seeds}
-        val = {}
-        for name in self.models:
-            for seed in self.seeds:
-                rows = self._rows(seed, "val")
-                val[(name, seed)] = (self.y_used[rows], self.runs[(name, seed)]["prob"][rows])
+        val = {(name, seed): self._val_scores(name, seed)
+               for name in self.models for seed in self.seeds}
         training = {im.sha256 for im in self.dataset.images}
         # The same function `aigen evaluate` applies to a run's config.json.
         preprocessing = run_preprocessing({"arguments": vars(self.args)})
@@ -799,6 +812,50 @@ class Study:
                 self.work, f"external/{set_name}", set_name, dataset, evaluation, rows, duplicates)
             self.external[set_name] = {"name": set_name, **evaluation,
                                        "preprocessing": preprocessing}
+    def _val_scores(self, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, prob_ai) of a model on its seed's validation split (for the threshold
+        chosen on validation)."""
+        rows = self._rows(seed, "val")
+        return self.y_used[rows], self.runs[(name, seed)]["prob"][rows]
+
+    def _test_evaluation(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The in-distribution test split scored like an evaluation set (threshold-aware,
+        calibration and per-source metrics with image-bootstrap CIs; aigen.study.evaluate), each
+        seed on its own test split: (all test images, {set: that set's test images}, the latter
+        only with several training sets). Sources are named SET/SOURCE with several sets."""
+        from aigen.data.discover import source_of
+        from aigen.data.sets import image_sets
+        from aigen.study.metrics import choose_threshold
+
+        if not hasattr(self, "sources_used"):
+            sets = image_sets(self.dataset)
+            self.sets_used = np.array([sets[int(i)] for i in self.used])
+            self.sources_used = np.array([source_of(self.dataset.images[int(i)].rel_path,
+                                                    self.dataset.class_folders)
+                                          for i in self.used])
+        several = len(self.data_sets) > 1
+        thresholds = [choose_threshold(*self._val_scores(name, seed)) for seed in self.seeds]
+        rows = [self._rows(seed, "test") for seed in self.seeds]
+        sources = (np.array([f"{a}/{b}" for a, b in zip(self.sets_used, self.sources_used)])
+                   if several else self.sources_used)
+        overall = self._scored(name, rows, sources, thresholds)
+        per_set = {set_name: self._scored(name, [r[self.sets_used[r] == set_name] for r in rows],
+                                          self.sources_used, thresholds)
+                   for set_name in self.data_sets} if several else {}
+        return overall, per_set
+
+    def _scored(self, name: str, rows: list[np.ndarray], sources: np.ndarray,
+                thresholds: list[float | None]) -> dict[str, Any]:
+        """model_evaluation of a model on the given rows of each seed."""
+        from aigen.study.evaluate import model_evaluation
+
+        probs = [self.runs[(name, seed)]["prob"][r] for seed, r in zip(self.seeds, rows)]
+        if all(np.array_equal(r, rows[0]) for r in rows):  # one seed, or one reused split
+            return model_evaluation(self.y_used[rows[0]], list(sources[rows[0]]), probs,
+                                    thresholds)
+        return model_evaluation([self.y_used[r] for r in rows], [list(sources[r]) for r in rows],
+                                probs, thresholds)
+
     def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
         """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
         import torch
@@ -859,6 +916,9 @@ class Study:
         result["test_roc_auc"] = summarize([m["roc_auc"] for m in per_split["test"]])
         result["test_metrics"] = {"per_seed": per_split["test"],
                                   "aggregate": aggregate_metrics(per_split["test"])}
+        result["test_evaluation"], per_set = self._test_evaluation(name)
+        if per_set:
+            result["per_set"] = per_set
         result["val_metrics"] = {"per_seed": per_split["val"],
                                  "aggregate": aggregate_metrics(per_split["val"])}
         result["checkpoints"] = {str(seed): f"checkpoints/{name}_seed{seed}."
@@ -879,9 +939,10 @@ class Study:
                       for part in ("train", "val", "test", "excluded")}
             splits[str(seed)] = {"file": self.split_files[seed], **counts}
         return {
-            "root": str(self.data_root),
+            "root": str(self.data_root) if self.data_root is not None else None,
             "kind": self.data_kind,
             "description": self.data_description,
+            "sets": self._set_records(),
             "class_folders": dict(self.dataset.class_folders),
             "n_files": self.dataset.n_files,
             "n_images": len(self.dataset.images),
@@ -896,6 +957,19 @@ class Study:
             "splits": splits,
             "split_file_reused": str(self.args.split_file) if self.args.split_file else None,
         }
+
+    def _set_records(self) -> dict[str, Any]:
+        """{set: root, kind, images per class, test images per class per seed} of every
+        training set (one entry with one set)."""
+        from aigen.data.sets import set_counts
+
+        images = set_counts(self.dataset)
+        tests = {str(seed): set_counts(self.dataset, split.indices("test"))
+                 for seed, split in self.splits.items()}
+        return {name: {"root": str(root), "kind": self.set_kinds[name][0],
+                       "n_images": sum(images[name].values()), "n_per_class": images[name],
+                       "n_test_per_class": {seed: counts[name] for seed, counts in tests.items()}}
+                for name, root in self.data_sets.items()}
 
     def _write_results(self) -> None:
         from aigen import io
@@ -934,6 +1008,9 @@ class Study:
     def _write_predictions(self) -> None:
         from aigen import io
 
+        from aigen.data.sets import image_sets, path_in_set
+
+        sets = image_sets(self.dataset)
         rows = []
         for (name, seed), run_ in self.runs.items():
             assignment = self.splits[seed].assignment
@@ -941,9 +1018,10 @@ class Study:
                 part = assignment[int(i)]
                 if part in ("train", "val", "test"):
                     im = self.dataset.images[int(i)]
-                    rows.append([im.rel_path, name, seed, part, im.label, repr(float(run_["prob"][r]))])
+                    rows.append([sets[int(i)], path_in_set(self.dataset, im.rel_path), name, seed,
+                                 part, im.label, repr(float(run_["prob"][r]))])
         io.write_csv(self.work / "predictions.csv",
-                     ["path", "model", "seed", "split", "label", "prob_ai"], rows)
+                     ["set", "path", "model", "seed", "split", "label", "prob_ai"], rows)
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
@@ -1009,8 +1087,9 @@ class Study:
             "device": str(self.device),
             "world_size": self.world.world_size,
             "distributed_backend": self.world.backend,
-            "data": {"root": str(self.data_root), "kind": self.data_kind,
-                     "manifest_sha256": self.dataset.manifest_sha256()},
+            "data": {"root": str(self.data_root) if self.data_root is not None else None,
+                     "sets": {name: str(root) for name, root in self.data_sets.items()},
+                     "kind": self.data_kind, "manifest_sha256": self.dataset.manifest_sha256()},
             "backbones": {name: {"architecture": b.architecture,
                                  "weights_source": b.weights_source, "pretrained": b.pretrained,
                                  "init": b.init, "weights_sha256": b.weights_sha256,
