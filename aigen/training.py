@@ -444,6 +444,10 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     if A_tr.ndim != 4:
         raise ValueError("fine-tuning needs the prefix activations (N, C, H, W), not pooled features")
     stage = copy.deepcopy(backbone.stage).to(device)
+    if device.type == "cuda":  # weights in the inputs' layout (to_model_layout): cuDNN's fast path
+        import torch
+
+        stage = stage.to(memory_format=torch.channels_last)
     for param in stage.parameters():
         param.requires_grad_(True)
     head = new_head(backbone.n_features, seed).to(device)

@@ -603,7 +603,7 @@ class Study:
         others skip what it restored; they keep no models)."""
         from aigen import distributed
 
-        return distributed.from_main(self._restore(name, seed) if self.world.is_main else None)
+        return distributed.main_first(lambda: self._restore(name, seed), others=False)
 
     def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
         """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
