@@ -3,8 +3,8 @@
 Stages: load + check the data -> exploration and metadata shortcut audit -> one split per seed ->
 backbone prefix activations (once per backbone, shared by both regimes and every seed) -> train
 every model for every seed -> evaluate each once on train/val/test -> scratch learning-rate study
--> robustness of every model to re-encoded / downscaled test images -> results.json, CSVs,
-figures, report.md. Everything is written into a hidden folder beside --out that is renamed to
+-> degradation sweep of every model (test images re-encoded, blurred, downscaled, noised) ->
+results.json, CSVs, figures, report.md. Everything is written into a hidden folder beside --out that is renamed to
 --out only when complete (docs/study.md describes the folder).
 """
 
@@ -27,8 +27,7 @@ from aigen.io import check_new_folder, new_results_folder, refuse_inside
 DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
-# Images per batch when computing prefix activations (bounds the float32 input held at once).
-PREFIX_CHUNK = 128
+MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
     "two or more seeds (the Wilson score interval over all seeds' test images when every seed "
@@ -50,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = (
         "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
-        "seeded splits, evaluate them, test their robustness, and write a results folder with "
+        "seeded splits, evaluate them, sweep degradations of the test images, and write a results folder with "
         "results.json, CSVs, figures and report.md. See docs/study.md.")
     add_data_arguments(parser, positional=False, several=True)
     run = parser.add_argument_group("run")
@@ -96,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.study import runfolder
 
     runfolder.add_arguments(run)
+    from aigen.data.spectra import add_argument as add_spectrum_argument
+
+    add_spectrum_argument(run)
     run.add_argument("--memory-budget", type=byte_size, default=DEFAULT_MEMORY_BUDGET,
                      metavar="SIZE",
                      help="RAM for the backbones' prefix activations, reused by every seed and "
@@ -379,27 +381,29 @@ class Study:
             raise UserError(f"no model could be trained ({reasons})")
         with self.timer.stage("lr_study"):
             self._lr_study()
-        with self.timer.stage("robustness"):
-            self._robustness()
+        with self.timer.stage("sweep"):
+            self._sweep()
+        with self.timer.stage("diagnostics"):
+            self._diagnostics()
         with self.timer.stage("external"):
             self._external()
         self._write_results()
 
     def _load_data(self) -> None:
-        from aigen.data.dataset import write_skipped
-        from aigen.data.preprocess import BACKBONE, SCRATCH
-
         from aigen import distributed
+        from aigen.data.dataset import write_skipped
         from aigen.data.discover import parse_class_args
+        from aigen.data.preprocess import BACKBONE, SCRATCH
         from aigen.data.sets import load_sets, parse_sets
 
         main = self.world.is_main
+        sets = _check_data_option(self.args)
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
                                                             & set(self.args.models))
         specs = (SCRATCH, BACKBONE) if needs_backbone else (SCRATCH,)
 
         def load():  # rank 0 writes the cache (store, index); the others then only read it
-            sets = _check_data_option(self.args)
+            nonlocal sets
             if not sets:
                 from aigen.data.synth import default_dataset
 
@@ -717,63 +721,90 @@ class Study:
         self.lr_study = {"epochs": hp["epochs"], "filters": hp["filters"],
                          "batch_size": hp["batch_size"], "runs": runs}
 
-    # -- robustness ---------------------------------------------------------------------------
+    # -- degradation sweep --------------------------------------------------------------------
 
-    def _robustness(self) -> None:
-        from tqdm import tqdm
+    def _sweep(self) -> None:
+        """Every model scored on its seed's test images degraded step by step (aigen.study.sweep):
+        the union of the seeds' test images, each degraded once and scored by every seed's models."""
+        from aigen.study.evaluate import make_scorer
+        from aigen.study.sweep import run_sweep
 
-        from aigen.data.preprocess import BACKBONE, SCRATCH
-        from aigen.study.robustness import PERTURBATIONS, perturbed_inputs, summarize_robustness
-
-        self.robustness: dict[str, Any] = {}
+        self.sweep: dict[str, Any] = {}
         if not self.models:
             return
         union = sorted({int(i) for s in self.splits.values() for i in s.indices("test")})
-        union_pos = {i: k for k, i in enumerate(union)}
-        specs = {}
-        if SCRATCH_NAME in self.models:
-            specs["scratch"] = SCRATCH
-        if self.backbones:
-            specs["backbone"] = BACKBONE
-        images = [self.dataset.images[i] for i in union]
-        test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
-                    for seed in self.seeds}
-        y_union = self.labels[union]
-        # The test images are perturbed a chunk at a time (never all at once); chunks are a
-        # multiple of PREFIX_CHUNK, so every batch is the one a whole-array pass would make.
-        parts: dict[str, dict[str, dict[int, list[np.ndarray]]]] = {
-            p: collections.defaultdict(lambda: collections.defaultdict(list)) for p in PERTURBATIONS}
-        chunk = 2 * PREFIX_CHUNK
-        bar = tqdm(total=len(images), desc="robustness", unit="img", disable=not self.progress,
-                   leave=False)
-        for start in range(0, len(images), chunk):
-            u8 = perturbed_inputs(images[start:start + chunk], specs,
-                                  max_pixels=self.dataset.max_pixels,
-                                  perturbations=tuple(PERTURBATIONS), progress=False)
-            for pert in PERTURBATIONS:
-                for model_name, per_seed in self._robustness_probs(u8[pert], specs).items():
-                    for seed, p in per_seed.items():
-                        parts[pert][model_name][seed].append(p)
-            bar.update(len(images[start:start + chunk]))
-        bar.close()
-        accuracy: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
-        for pert in PERTURBATIONS:
-            probs = {m: {s: np.concatenate(ps) for s, ps in per_seed.items()}
-                     for m, per_seed in parts[pert].items()}
-            for model_name, per_seed in probs.items():
-                accuracy[model_name][pert] = [
-                    float(((p[test_pos[s]] >= 0.5) == (y_union[test_pos[s]] == 1)).mean())
-                    for s, p in per_seed.items()]
-        models = {}
-        for model_name in self.models:
-            clean = []
-            for seed in self.seeds:
-                rows = self._rows(seed, "test")
-                prob = self.runs[(model_name, seed)]["prob"][rows]
-                clean.append(float(((prob >= 0.5) == (self.y_used[rows] == 1)).mean()))
-            models[model_name] = summarize_robustness(clean, accuracy[model_name])
-        self.robustness = {"perturbations": dict(PERTURBATIONS), "n_images": len(union),
-                           "models": models}
+        position = {i: k for k, i in enumerate(union)}
+        test_pos = {seed: np.array([position[int(i)] for i in self.splits[seed].indices("test")],
+                                   dtype=np.int64) for seed in self.seeds}
+        regimes = {name: info["regime"] for name, info in self.models.items()}
+        models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
+                  for seed in self.seeds}
+        self.sweep = run_sweep([self.dataset.images[i] for i in union], self.labels[union],
+                               test_pos, self._input_specs(), make_scorer(models, regimes),
+                               list(self.models), self.seeds, max_pixels=self.dataset.max_pixels,
+                               workers=self._loader_workers(), progress=self.progress)
+
+    def _input_specs(self) -> dict[str, Any]:
+        """{"scratch"/"backbone": Spec} of the inputs the trained models take."""
+        from aigen.study.predict import needed_specs
+
+        return needed_specs({name: info["regime"] for name, info in self.models.items()})
+
+    def _loader_workers(self) -> int:
+        """DataLoader processes for work that decodes image files (--workers; 0 = in-process)."""
+        from aigen.data.dataset import available_cores
+
+        workers = getattr(self.args, "workers", None) or available_cores()
+        # Each process holds a couple of batches of degraded images: a few are enough.
+        return 0 if workers <= 1 else min(int(workers), MAX_LOADER_WORKERS)
+
+    # -- diagnostics: frequency spectra, Grad-CAM, the scratch CNN's filters -------------------
+
+    def _diagnostics(self) -> None:
+        """results.json's "diagnostics" and their figures (aigen.data.spectra,
+        aigen.study.diagnostics): the classes' spectra on a sample of the study's images; for the
+        first seed, Grad-CAM of every backbone model and the scratch CNN's filters."""
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.spectra import class_spectra, spectra_figure
+        from aigen.study import diagnostics
+
+        self.diagnostics: dict[str, Any] = {}
+        self.diagnostic_figures: dict[str, Any] = {}
+        fdir = self.work / "figures"
+        per_class = getattr(self.args, "spectrum_images", 0)
+        if per_class:
+            spectra = class_spectra([self.dataset.images[int(i)] for i in self.used],
+                                    per_class=per_class, seed=self.seeds[0],
+                                    max_pixels=self.dataset.max_pixels,
+                                    workers=self._loader_workers(), progress=self.progress)
+            self.diagnostics["spectra"] = spectra.record
+            spectra_figure(spectra, fdir / "spectra.png", self.dataset.class_names)
+            self.diagnostic_figures["spectra"] = "figures/spectra.png"
+        if not self.models:
+            return
+        seed = self.seeds[0]
+        rows = self._rows(seed, "test")
+        indices = self.used[rows]
+        y = self.y_used[rows]
+        paths = [self.dataset.images[int(i)].rel_path for i in indices]
+        specs = self._input_specs()
+        self.diagnostics["gradcam"] = {}
+        self.diagnostic_figures["gradcam"] = {}
+        for name, info in self.models.items():
+            prob = self.runs[(name, seed)]["prob"][rows]
+            if info["regime"] == "scratch":
+                path = fdir / f"filters_{name}.png"
+                self.diagnostics["scratch_filters"] = diagnostics.scratch_diagnostic(
+                    self.runs[(name, seed)]["model"], self.X_scratch[rows], y, prob, paths, seed,
+                    path)
+                self.diagnostic_figures["scratch_filters"] = f"figures/{path.name}"
+                continue
+            path = fdir / f"gradcam_{name}.png"
+            self.diagnostics["gradcam"][name] = diagnostics.gradcam_diagnostic(
+                name, self.runs[(name, seed)]["model"], dataset_inputs(self.dataset,
+                                                                       specs["backbone"]),
+                specs["backbone"], indices, y, prob, paths, seed, path, device=self.device)
+            self.diagnostic_figures["gradcam"][name] = f"figures/{path.name}"
 
     # -- evaluation on other labelled data (--eval-data) ---------------------------------------
 
@@ -855,35 +886,6 @@ class Study:
                                     thresholds)
         return model_evaluation([self.y_used[r] for r in rows], [list(sources[r]) for r in rows],
                                 probs, thresholds)
-
-    def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
-        """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
-        import torch
-
-        from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
-
-        probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
-        if "scratch" in specs:
-            X = to_model_input(u8["scratch"], SCRATCH)
-            for seed in self.seeds:
-                probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"].predict_proba(X)
-        if "backbone" in specs:
-            X = to_model_input(u8["backbone"], BACKBONE)
-            for name, backbone in self.backbones.items():
-                # Once per backbone and perturbation, shared by both regimes and all seeds.
-                A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
-                               for s in range(0, len(X), PREFIX_CHUNK)])
-                pooled = None
-                for model_name, info in self.models.items():
-                    if info["backbone"] != name:
-                        continue
-                    if info["regime"] == "frozen" and pooled is None:
-                        pooled = backbone.pooled_features(A, self.device)
-                    inputs = pooled if info["regime"] == "frozen" else A
-                    for seed in self.seeds:
-                        clf = self.runs[(model_name, seed)]["model"]
-                        probs[model_name][seed] = clf.predict_proba_from_prefix(inputs)
-        return probs
 
     # -- results ------------------------------------------------------------------------------
 
@@ -981,7 +983,8 @@ class Study:
                 "skipped_models": dict(self.skipped_models),
                 "data": self._data_results(),
                 "shortcut_audit": self.shortcut_audit,
-                "robustness": self.robustness,
+                "sweep": self.sweep,
+                "diagnostics": self.diagnostics,
                 "lr_study": self.lr_study,
                 "ci_method": CI_METHOD_TEXT,
                 "threshold": 0.5,
@@ -1025,6 +1028,7 @@ class Study:
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
+        from aigen.study.report import majority_rate
 
         fdir = self.work / "figures"
         rel = lambda p: p.relative_to(self.work).as_posix()  # noqa: E731
@@ -1058,17 +1062,20 @@ class Study:
                            title=f"ROC curves (test split, {per_seed})")
             out["roc"] = rel(fdir / "roc_curves.png")
         out["external"] = self.external_figures
-        if self.robustness.get("models"):
-            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png",
-                                seeds=self.seeds)
-            out["robustness"] = rel(fdir / "robustness.png")
+        out["diagnostics"] = self.diagnostic_figures
+        out["sweep"] = {}
+        for key, perturbation in (self.sweep.get("perturbations") or {}).items():
+            path = fdir / f"sweep_{key}.png"
+            fig.sweep_curves(perturbation, {m: per[key] for m, per in self.sweep["models"].items()},
+                             path, seeds=self.seeds)
+            out["sweep"][key] = rel(path)
         if self.lr_study.get("runs"):
             lr_history = []
             for lr in self.lr_study["runs"]:
                 for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
                     lr_history.append({**row, "lr": lr})
             fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png",
-                         seeds=self.seeds)
+                         seeds=self.seeds, baseline=majority_rate(self.results))
             out["lr_study"] = rel(fdir / "lr_study.png")
         return out
 
@@ -1118,13 +1125,19 @@ class Study:
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
         from aigen.study.report import cell_words
 
-        print(f"accuracy, {cell_words(self.seeds)}; data: {self.data_kind}")
+        print(f"accuracy on each split, {cell_words(self.seeds)}; data: {self.data_kind}")
         print(line(header))
         print(line(["-" * w for w in widths]))
         for r in rows:
             print(line(r))
         for name, reason in self.results["skipped_models"].items():
             print(f"skipped {name}: {reason.splitlines()[0][:160]}")
+        from aigen.study.sweep import shortcut_flags
+
+        for flag in shortcut_flags(self.results.get("sweep") or {}):
+            print(f"possible shortcut: {flag['model']} under {flag['perturbation']} "
+                  f"{flag['strength']:g}: {'ROC-AUC' if flag['kind'] == 'ranking' else 'accuracy'}"
+                  f" {flag['clean']:.3f} -> {flag['perturbed']:.3f} (see the report)")
         print(f"report: {self.out / 'report.md'}")
 
 
