@@ -28,6 +28,7 @@ DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
 MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
+SHARD_STEP = 128  # rows per step when torchrun's processes share out features and predictions
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
     "two or more seeds (the Wilson score interval over all seeds' test images when every seed "
@@ -542,7 +543,7 @@ class Study:
             return backbone.pooled_features(prefix, self.device)
         return distributed.sharded_map(
             lambda rows: backbone.pooled_features(_take(prefix, rows), self.device), len(prefix),
-            PREFIX_CHUNK)
+            SHARD_STEP)
 
     def _probabilities(self, clf, A) -> np.ndarray:
         """P(AI) of every used image for a trained classifier (A: its prefix activations or
@@ -552,7 +553,7 @@ class Study:
         if not self.world.distributed:
             return clf.predict_proba_from_prefix(A)
         return distributed.sharded_map(lambda rows: clf.predict_proba_from_prefix(_take(A, rows)),
-                                       len(A), PREFIX_CHUNK)
+                                       len(A), SHARD_STEP)
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
         """Prefix activations of dataset images, streamed from the store in batches, or reused
