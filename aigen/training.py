@@ -17,6 +17,9 @@ trained modules, the optimiser, the shuffling generator and torch's random state
 end of every epoch (atomically), and a later call with the same PATH and arguments continues after
 the last epoch written there, ending with exactly the weights and history of an uninterrupted
 training. The caller removes PATH once it has stored the finished model.
+
+Backbones under torchrun: DistributedDataParallel over the same batches as one process (see
+`_fit`); `amp` ("off", "bf16", "fp16") runs their steps under torch.autocast (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -441,6 +444,10 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     if A_tr.ndim != 4:
         raise ValueError("fine-tuning needs the prefix activations (N, C, H, W), not pooled features")
     stage = copy.deepcopy(backbone.stage).to(device)
+    if device.type == "cuda":  # weights in the inputs' layout (to_model_layout): cuDNN's fast path
+        import torch
+
+        stage = stage.to(memory_format=torch.channels_last)
     for param in stage.parameters():
         param.requires_grad_(True)
     head = new_head(backbone.n_features, seed).to(device)

@@ -28,7 +28,7 @@ DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
 MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
-PREFIX_CHUNK = 128  # rows per step when processes share the scoring of stored activations
+SHARD_STEP = 128  # rows per step when torchrun's processes share out features and predictions
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
     "two or more seeds (the Wilson score interval over all seeds' test images when every seed "
@@ -543,7 +543,7 @@ class Study:
             return backbone.pooled_features(prefix, self.device)
         return distributed.sharded_map(
             lambda rows: backbone.pooled_features(_take(prefix, rows), self.device), len(prefix),
-            PREFIX_CHUNK)
+            SHARD_STEP)
 
     def _probabilities(self, clf, A) -> np.ndarray:
         """P(AI) of every used image for a trained classifier (A: its prefix activations or
@@ -553,18 +553,20 @@ class Study:
         if not self.world.distributed:
             return clf.predict_proba_from_prefix(A)
         return distributed.sharded_map(lambda rows: clf.predict_proba_from_prefix(_take(A, rows)),
-                                       len(A), PREFIX_CHUNK)
+                                       len(A), SHARD_STEP)
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
         """Prefix activations of dataset images, streamed from the store in batches, or reused
         from an earlier run on the same data and backbone (aigen.data.stream.prefix_features)."""
         from aigen.data.dataset import dataset_inputs
         from aigen.data.preprocess import BACKBONE
-        from aigen.data.stream import DEFAULT_MEMORY_BUDGET, prefix_features
+        from aigen.data.stream import DEFAULT_MEMORY_BUDGET, loader_workers, prefix_features
 
         return prefix_features(backbone, dataset_inputs(self.dataset, BACKBONE), BACKBONE, indices,
                                manifest=self.dataset.manifest_sha256(), device=self.device,
-                               budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET), progress=self.progress)
+                               budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET),
+                               workers=loader_workers(self.device, self.args.workers),
+                               progress=self.progress)
 
     def _record(self, name: str, seed: int, model, history: list[dict], prob: np.ndarray,
                 restored: bool = False) -> None:
@@ -606,7 +608,7 @@ class Study:
         others skip what it restored; they keep no models)."""
         from aigen import distributed
 
-        return distributed.from_main(self._restore(name, seed) if self.world.is_main else None)
+        return distributed.main_first(lambda: self._restore(name, seed), others=False)
 
     def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
         """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
