@@ -388,3 +388,12 @@ def flag_text(flag: Mapping[str, Any]) -> str:
             f"{flag['perturbed']:.3f} while its ROC-AUC holds: its scores moved (the threshold "
             "0.5 no longer fits) though they still rank the images, so they depend partly on "
             f"{TRACES[flag['perturbation']]}.")
+
+
+def add_argument(parser) -> None:
+    """--sweep of `aigen study`: which perturbations (all by default; none skips the sweep)."""
+    parser.add_argument("--sweep", nargs="*", choices=list(PERTURBATIONS),
+                        default=list(PERTURBATIONS), metavar="KIND",
+                        help="degradations of the test images to sweep, each at every strength: "
+                             f"{' '.join(PERTURBATIONS)} (default: all; give the option no value "
+                             "to skip the sweep, which scores every test image about 17 times)")
