@@ -122,6 +122,44 @@ def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_i
     assert numbers(tmp_path / "out") == numbers(tmp_path / "whole")
 
 
+def test_resume_continues_a_backbone_training_from_its_last_epoch(tmp_path, make_study_images,
+                                                                  audit_once, monkeypatch):
+    """Interrupted after the fine-tuned model's first epoch (of 2): the resumed run trains only
+    its second epoch and ends with the uninterrupted run's numbers; no epoch state is left."""
+    from aigen import training
+
+    data = make_study_images(tmp_path / "data", n_per_class=8)
+    argv = lambda out: scratch_argv(  # noqa: E731
+        data, out, "--models", "finetuned", "--backbones", "efficientnet_lite0", "--init",
+        "random", "--finetune-epochs", "2")
+    code, _, err = run_cli(argv(tmp_path / "whole"))
+    assert code == 0, err
+
+    real_save, written = training._save_epoch_state, []
+
+    def save_then_stop(path, state):
+        real_save(path, state)
+        written.append(state["epoch"])
+        if stop:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_epoch_state", save_then_stop)
+    stop = True
+    code, _, err = run_cli(argv(tmp_path / "out"))
+    assert code == 130 and written == [1]
+    work = runfolder.work_path(tmp_path / "out")
+    assert [p.name for p in (work / "resume" / "epochs").iterdir()] == [
+        "efficientnet_lite0_finetuned_seed0.pt"]
+    assert f"aigen study --resume {tmp_path / 'out'}" in err
+
+    stop, written[:] = False, []
+    code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0, err
+    assert written == [2]
+    assert numbers(tmp_path / "out") == numbers(tmp_path / "whole")
+    assert not work.exists() and not (tmp_path / "out" / "resume").exists()
+
+
 def test_sigterm_exits_143_and_keeps_finished_work(tmp_path, make_study_images):
     data = make_study_images(tmp_path / "data", n_per_class=6)
     out = tmp_path / "out"

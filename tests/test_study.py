@@ -161,7 +161,8 @@ def test_split_covers_exactly_the_loaded_images(run):
     good = sorted(escape_undecodable(p.relative_to(data).as_posix())
                   for p in data.rglob("*_[0-9][0-9].*"))
     rows = run["split"]
-    assert list(rows[0]) == ["path", "sha256", "label", "split"]
+    assert list(rows[0]) == ["set", "path", "sha256", "label", "split"]
+    assert {r["set"] for r in rows} == {data.name}  # one training set, named after its folder
     assert sorted(r["path"] for r in rows) == good
     assert "ai/caf\\xe9_19.jpg" in good  # the file name that is not UTF-8, its byte as \xNN
     for r in rows[:5]:
@@ -182,7 +183,7 @@ def test_skipped_csv_lists_the_broken_files(run):
 
 def test_predictions_cover_images_models_and_seeds(run):
     preds = run["predictions"]
-    assert list(preds[0]) == ["path", "model", "seed", "split", "label", "prob_ai"]
+    assert list(preds[0]) == ["set", "path", "model", "seed", "split", "label", "prob_ai"]
     assert len(preds) == 2 * N_PER_CLASS * len(MODELS) * 1
     split = {r["path"]: (r["split"], r["label"]) for r in run["split"]}
     for r in preds:

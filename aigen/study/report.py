@@ -256,10 +256,14 @@ def _data_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
             "simulated \"camera\" and \"generator\" images. The numbers below say how the pipeline "
             "behaves on that proxy and **nothing about real AI-generated images**."
         )
+    elif data.get("root") is None and data.get("sets"):
+        out.append(f"**The data was {len(data['sets'])} data sets trained on together** "
+                   f"({data.get('kind')}), each image keeping the name of its set:")
     else:
         out.append(f"**The data was a user-supplied image folder** at `{data['root']}` (not the "
                    "synthetic proxy), taken as real AI-generated and real images.")
     out.append("")
+    out += data_sets_lines(data)
     counts = data.get("n_per_class", {})
     out.append(
         f"{data['n_images']} usable images ({counts.get('ai', '?')} AI-generated, "
@@ -609,6 +613,8 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
     out += _data_section(results, figures)
     out += _models_section(results)
     out += _comparison_section(results, figures)
+    out += test_metrics_section(results)
+    out += per_set_section(results)
     out += _lr_section(results, figures)
     out += sweep_section(results, figures)
     out += diagnostics_section(results, figures)
@@ -623,6 +629,108 @@ def _cell(summary: Mapping[str, Any] | None) -> str:
     text = format_summary(summary)
     ci = format_ci(summary)
     return text if ci == "–" else f"{text} {ci}"
+
+
+def detector_tables(models: Mapping[str, Mapping[str, Any]], val_text: str) -> list[str]:
+    """The tables of one set of images scored by every model (records of
+    aigen.study.evaluate.model_evaluation): accuracy at 0.5, balanced and per-class accuracy,
+    ROC-AUC, AP and ECE; the same at the threshold chosen on `val_text`; the per-source view."""
+    if not models:
+        return []
+    out = [_table(["model", "accuracy (0.5)", "balanced accuracy", "accuracy real", "accuracy ai",
+                   "ROC-AUC", "average precision", "ECE"],
+                  [[f"`{name}`", _cell(m["accuracy"]), _cell(m["balanced_accuracy"]),
+                    format_summary(m["accuracy_real"]), format_summary(m["accuracy_ai"]),
+                    _cell(m["roc_auc"]), format_summary(m["average_precision"]),
+                    format_summary(m["ece"])] for name, m in models.items()]), ""]
+    out.append(f"At the threshold chosen on {val_text} (maximising balanced accuracy there, per "
+               "seed):")
+    out.append("")
+    out.append(_table(["model", "threshold", "accuracy", "balanced accuracy"],
+                      [[f"`{name}`", format_summary(m["at_val_threshold"]["threshold"]),
+                        _cell(m["at_val_threshold"]["accuracy"]),
+                        _cell(m["at_val_threshold"]["balanced_accuracy"])]
+                       for name, m in models.items()]))
+    out.append("")
+    first = next(iter(models.values()))["by_source"]
+    sources = sorted({s for m in models.values() for s in m["by_source"]})
+    if sources:
+        out.append("Per source (accuracy at 0.5; ROC-AUC too for a source holding both classes):")
+        out.append("")
+        rows = []
+        for name, m in models.items():
+            cells = []
+            for s in sources:
+                entry = m["by_source"].get(s, {})
+                text = format_summary(entry.get("accuracy"))
+                if "roc_auc" in entry:
+                    text += f", AUC {format_summary(entry['roc_auc'])}"
+                cells.append(text)
+            rows.append([f"`{name}`", *cells])
+        out.append(_table(["model", *[f"`{s}` (n={first.get(s, {}).get('n', '?')})"
+                                      for s in sources]], rows))
+        out.append("")
+    return out
+
+
+def data_sets_lines(data: Mapping[str, Any]) -> list[str]:
+    """With several training sets: one row per set (its folder, kind, images per class)."""
+    sets = data.get("sets") or {}
+    if len(sets) < 2:
+        return []
+    rows = [[f"`{name}`", f"`{s['root']}`", s["kind"], s["n_per_class"]["ai"],
+             s["n_per_class"]["real"]] for name, s in sets.items()]
+    return [_table(["set", "folder", "kind", "ai images", "real images"], rows), "",
+            "The splits are stratified by set and label (exact duplicates kept together, also "
+            "across sets); split.csv and predictions.csv name each image's set.", ""]
+
+
+def per_set_section(results: Mapping[str, Any]) -> list[str]:
+    """With several training sets: every model's test metrics on each set's test images."""
+    sets = (results.get("data") or {}).get("sets") or {}
+    models = {name: m["per_set"] for name, m in results["models"].items() if m.get("per_set")}
+    if len(sets) < 2 or not models:
+        return []
+    out = ["### Test split per training set", ""]
+    out.append(
+        "Each model on the test images of each training set (the threshold 0.5, and the one "
+        "chosen on the whole validation split); mean ± std over seeds, then a 95% bootstrap CI "
+        "over that set's test images. A model that does well on one set only has learnt that "
+        "set rather than what AI images share.")
+    out.append("")
+    names = list(sets)
+    first = next(iter(models.values()))
+    header = ["model", *[f"`{s}` (n={first[s]['n']})" for s in names if s in first]]
+    for title, key in (("Accuracy (threshold 0.5)", "accuracy"),
+                       ("Balanced accuracy", "balanced_accuracy"), ("ROC-AUC", "roc_auc")):
+        rows = [[f"`{model}`", *[_cell(per_set[s][key]) for s in names if s in per_set]]
+                for model, per_set in models.items()]
+        out += [f"{title}:", "", _table(header, rows), ""]
+    return out
+
+
+def test_metrics_section(results: Mapping[str, Any]) -> list[str]:
+    """The in-distribution test split scored like an evaluation set (results.json
+    models.MODEL.test_evaluation): threshold-aware, calibration and per-source metrics."""
+    models = {name: m["test_evaluation"] for name, m in results["models"].items()
+              if m.get("test_evaluation")}
+    if not models:
+        return []
+    cm = next(iter(results["models"].values()))["test_metrics"]["aggregate"]["confusion_matrix"]
+    n_real, n_ai = sum(cm[0]), sum(cm[1])  # rows: true class, summed over seeds
+    n = n_ai + n_real
+    out = ["### Test split: threshold-aware metrics, calibration, sources", ""]
+    out.append(
+        "Each model on its seed's test split, with the metrics of the external evaluations: mean "
+        "± std over seeds, then a 95% CI from 1000 bootstrap resamples of the test images (each "
+        "seed's own test images resampled; numpy seed 0). Baselines: always answering the larger "
+        f"class reaches accuracy {max(n_ai, n_real) / n:.3f} and balanced accuracy 0.500; a "
+        f"random ranking has ROC-AUC 0.500 and average precision {n_ai / n:.3f} (the share of ai "
+        "images). ECE: expected calibration error of prob_ai over 10 equal-width bins (0 = "
+        "calibrated). A source is the folder below the class folder.")
+    out.append("")
+    out += detector_tables(models, "the seed's validation split")
+    return out
 
 
 def evaluation_section(evaluation: Mapping[str, Any], figures: Mapping[str, str],
@@ -655,39 +763,7 @@ def evaluation_section(evaluation: Mapping[str, Any], figures: Mapping[str, str]
                "images). ECE: expected calibration error of prob_ai over 10 equal-width bins "
                "(0 = calibrated).")
     out.append("")
-    rows = [[f"`{name}`", _cell(m["accuracy"]), _cell(m["balanced_accuracy"]),
-             format_summary(m["accuracy_real"]), format_summary(m["accuracy_ai"]),
-             _cell(m["roc_auc"]), format_summary(m["average_precision"]), format_summary(m["ece"])]
-            for name, m in evaluation["models"].items()]
-    out.append(_table(["model", "accuracy (0.5)", "balanced accuracy", "accuracy real",
-                       "accuracy ai", "ROC-AUC", "average precision", "ECE"], rows))
-    out.append("")
-    out.append("At the threshold chosen on the run's validation split (maximising balanced "
-               "accuracy there, per seed):")
-    out.append("")
-    out.append(_table(["model", "threshold", "accuracy", "balanced accuracy"],
-                      [[f"`{name}`", format_summary(m["at_val_threshold"]["threshold"]),
-                        _cell(m["at_val_threshold"]["accuracy"]),
-                        _cell(m["at_val_threshold"]["balanced_accuracy"])]
-                       for name, m in evaluation["models"].items()]))
-    out.append("")
-    sources = list(data["sources"])
-    if sources and evaluation["models"]:
-        out.append("Per source (accuracy at 0.5; ROC-AUC too for a source holding both classes):")
-        out.append("")
-        rows = []
-        for name, m in evaluation["models"].items():
-            cells = []
-            for s in sources:
-                entry = m["by_source"].get(s, {})
-                text = format_summary(entry.get("accuracy"))
-                if "roc_auc" in entry:
-                    text += f", AUC {format_summary(entry['roc_auc'])}"
-                cells.append(text)
-            rows.append([f"`{name}`", *cells])
-        out.append(_table(["model", *[f"`{s}` (n={data['sources'][s]['n']})" for s in sources]],
-                          rows))
-        out.append("")
+    out += detector_tables(evaluation["models"], "the run's validation split")
     for key, alt in (("roc", "ROC curves"), ("precision_recall", "precision-recall curves"),
                      ("reliability", "reliability diagram")):
         if figures.get(key):
