@@ -192,6 +192,7 @@ def test_shortcut_flags_name_a_collapse_under_a_mild_degradation():
         "chance": {"jpeg": [_point(None, 0.55, 0.56), _point(100, 0.5, 0.5), _point(90, 0.5, 0.5),
                             _point(75, 0.5, 0.5), _point(50, 0.5, 0.5), _point(30, 0.5, 0.5)]},
     }}
+    assert sweep.judged_models(results) == ["shortcut", "robust", "shifted"]  # not "chance"
     flags = sweep.shortcut_flags(results)
     # A collapse only at severe strengths (robust) or from near chance (chance) is no flag.
     assert [(f["model"], f["perturbation"], f["strength"], f["kind"]) for f in flags] == [

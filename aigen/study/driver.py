@@ -1070,7 +1070,8 @@ class Study:
         for key, perturbation in (self.sweep.get("perturbations") or {}).items():
             path = fdir / f"sweep_{key}.png"
             fig.sweep_curves(perturbation, {m: per[key] for m, per in self.sweep["models"].items()},
-                             path, seeds=self.seeds)
+                             path, seeds=self.seeds,
+                             majority=(self.shortcut_audit or {}).get("majority_baseline"))
             out["sweep"][key] = rel(path)
         if self.lr_study.get("runs"):
             lr_history = []
