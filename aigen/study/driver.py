@@ -392,11 +392,10 @@ class Study:
         self._write_results()
 
     def _load_data(self) -> None:
-        from aigen.data.dataset import write_skipped
-        from aigen.data.preprocess import BACKBONE, SCRATCH
-
         from aigen import distributed
+        from aigen.data.dataset import write_skipped
         from aigen.data.discover import parse_class_args
+        from aigen.data.preprocess import BACKBONE, SCRATCH
         from aigen.data.sets import load_sets, parse_sets
 
         main = self.world.is_main
@@ -1032,6 +1031,7 @@ class Study:
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
+        from aigen.study.report import majority_rate
 
         fdir = self.work / "figures"
         rel = lambda p: p.relative_to(self.work).as_posix()  # noqa: E731
@@ -1071,7 +1071,7 @@ class Study:
             path = fdir / f"sweep_{key}.png"
             fig.sweep_curves(perturbation, {m: per[key] for m, per in self.sweep["models"].items()},
                              path, seeds=self.seeds,
-                             majority=(self.shortcut_audit or {}).get("majority_baseline"))
+                             majority=majority_rate(self.results))
             out["sweep"][key] = rel(path)
         if self.lr_study.get("runs"):
             lr_history = []
@@ -1079,7 +1079,7 @@ class Study:
                 for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
                     lr_history.append({**row, "lr": lr})
             fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png",
-                         seeds=self.seeds)
+                         seeds=self.seeds, baseline=majority_rate(self.results))
             out["lr_study"] = rel(fdir / "lr_study.png")
         return out
 
@@ -1129,7 +1129,7 @@ class Study:
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
         from aigen.study.report import cell_words
 
-        print(f"accuracy, {cell_words(self.seeds)}; data: {self.data_kind}")
+        print(f"accuracy on each split, {cell_words(self.seeds)}; data: {self.data_kind}")
         print(line(header))
         print(line(["-" * w for w in widths]))
         for r in rows:

@@ -32,9 +32,11 @@ def seed_words(seeds: Sequence[Any]) -> str:
 
 
 def cell_words(seeds: Sequence[Any]) -> str:
-    """What a table cell is: the mean ± std over seeds, or with one seed that seed's value."""
-    if len(list(seeds)) == 1:
-        return f"{seed_words(seeds)}, no spread over seeds: each value is that seed's"
+    """What a table cell is: 'mean ± sample standard deviation over 3 seeds (0, 1, 2)', or with
+    one seed 'values of seed 0' (no spread over seeds exists to show)."""
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return f"values of seed {seeds[0]}"
     return f"mean ± sample standard deviation over {seed_words(seeds)}"
 
 
@@ -61,7 +63,7 @@ def _interval(summary: Mapping[str, Any] | None) -> list[float] | None:
 
 
 def _with_ci(value: float, ci: Sequence[float] | None) -> str:
-    return f"{value:.3f}" + (f" (95% CI [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else "")
+    return f"{value:.3f}" + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _ci_source(results: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
@@ -71,7 +73,7 @@ def _ci_source(results: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     n_test = sum(int(splits[str(s)]["test"]) for s in seeds if str(s) in splits)
     images = f"{n_test} test images" if n_test else "test images"
     if len(seeds) == 1:
-        return f"{seed_words(seeds)}; CI: Wilson interval over its {images}"
+        return f"one seed, seed {seeds[0]}; CI: Wilson interval over its {images}"
     if summary.get("ci_method") == "wilson":
         return (f"mean over {seed_words(seeds)}; every seed scored the same, so the CI is the "
                 f"Wilson interval over all seeds' {images}")
@@ -144,7 +146,7 @@ def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
     mean, ci, model, set_name, test, chance = best
     beats = "clearly beats" if ci and ci[0] > chance else "does not clearly beat"
     text = (f"**Transfer to other data**: the best is `{model}` on `{set_name}`, accuracy "
-            f"{_with_ci(mean, ci)}" + (f" against {test:.3f} in distribution" if test is not None
+            f"{_with_ci(mean, ci)}" + (f" (in distribution: {test:.3f})" if test is not None
                                        else "") + f", which {beats} the larger class's share "
             f"({chance:.3f})")
     falls = [(e[4] - e[0], e) for e in entries if e[4] is not None and e[4] > e[0]]
@@ -194,7 +196,7 @@ def summary_section(results: Mapping[str, Any]) -> list[str]:
                      f"({majority:.3f}, always answering the larger class)")
     if parts:
         out.append(f"- **Against the baselines**, `{best}` " + " and ".join(parts)
-                   + " (\"clearly\": the 95% intervals do not overlap).")
+                   + ". \"Clearly\": the 95% intervals do not overlap.")
     sentence = _sweep_sentence(results)
     if sentence:
         out.append(f"- {sentence}")
@@ -350,13 +352,14 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
     else:
         varies = "each seed has its own split and initialisation"
     if len(seeds) == 1:
-        varies = ("with more seeds the spread over splits and initialisations would show; the "
-                  "test CI below covers only the finite number of test images")
-    ci_method = results["ci_method"]
-    if len(seeds) == 1:
-        ci_method = ("95% CI of the test accuracy: the Wilson score interval over the test "
-                     "images of that one seed.")
-    out.append(f"Accuracy on each split, {cell_words(seeds)}; {varies}. {ci_method}")
+        out.append(f"Accuracy on each split with {seed_words(seeds)}, so no spread over seeds "
+                   "is shown. 95% CI of the test accuracy: the Wilson score interval over the "
+                   "test images of that one seed; it covers the finite number of test images, "
+                   "not the variation between splits and initialisations that more seeds would "
+                   "show.")
+    else:
+        out.append(f"Accuracy on each split, {cell_words(seeds)}; {varies}. "
+                   + results["ci_method"])
     out.append("")
     out += _protocol_lines(results)
     rows = []
@@ -382,7 +385,8 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
         per_class_rows.append([f"`{name}`"] + [format_summary(agg[c][k]) for c in ("ai", "real")
                                                for k in ("precision", "recall", "f1")])
     if per_class_rows:
-        out.append(f"Per class on the test split ({cell_words(seeds)}):")
+        out.append("Per class on the test split ("
+                   + (f"seed {seeds[0]}" if len(seeds) == 1 else cell_words(seeds)) + "):")
         out.append("")
         out.append(_table(["model", "ai precision", "ai recall", "ai F1", "real precision",
                            "real recall", "real F1"], per_class_rows))
@@ -393,7 +397,7 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
             out.append("")
     if figures.get("confusion"):
         out.append(("Confusion matrices are summed over seeds" if len(seeds) > 1 else
-                    f"Confusion matrices of {seed_words(seeds)}")
+                    f"Confusion matrices of seed {seeds[0]}")
                    + " (rows: true class, columns: predicted).")
         out.append("")
     curves = figures.get("curves", {})
@@ -447,7 +451,8 @@ def lr_failures(results: Mapping[str, Any]) -> list[str]:
             why.append(f"its test accuracy ({mean:.3f}) is at the majority-class rate "
                        f"({majority:.3f}, always answering the larger class)")
         if single:
-            which = "every seed" if len(single) == len(results.get("seeds") or ()) else \
+            every = len(single) == len(results.get("seeds") or ()) and len(single) > 1
+            which = "every seed" if every else \
                 "seed" + ("s " if len(single) > 1 else " ") + ", ".join(map(str, single))
             why.append(f"it answered one class for every test image ({which})")
         out.append(f"**Learning rate {lr} did not learn**: " + " and ".join(why) + ". Training at this "
@@ -710,10 +715,10 @@ def per_set_section(results: Mapping[str, Any]) -> list[str]:
         return []
     out = ["### Test split per training set", ""]
     out.append(
-        "Each model on the test images of each training set (the threshold 0.5, and the one "
-        "chosen on the whole validation split); mean ± std over seeds, then a 95% bootstrap CI "
-        "over that set's test images. A model that does well on one set only has learnt that "
-        "set rather than what AI images share.")
+        "Each model on the test images of each training set (at the threshold 0.5); "
+        f"{cell_words(results['seeds'])}, then a 95% bootstrap CI over that set's test images. A "
+        "model that does well on one set only has learnt that set rather than what AI images "
+        "share.")
     out.append("")
     names = list(sets)
     first = next(iter(models.values()))
@@ -738,9 +743,10 @@ def test_metrics_section(results: Mapping[str, Any]) -> list[str]:
     n = n_ai + n_real
     out = ["### Test split: threshold-aware metrics, calibration, sources", ""]
     out.append(
-        "Each model on its seed's test split, with the metrics of the external evaluations: mean "
-        "± std over seeds, then a 95% CI from 1000 bootstrap resamples of the test images (each "
-        "seed's own test images resampled; numpy seed 0). Baselines: always answering the larger "
+        "Each model on its seed's test split, with the metrics of the external evaluations: "
+        f"{cell_words(results['seeds'])}, then a 95% CI from 1000 bootstrap resamples of the test "
+        "images (each seed's own test images resampled; numpy seed 0). Baselines: always "
+        "answering the larger "
         f"class reaches accuracy {max(n_ai, n_real) / n:.3f} and balanced accuracy 0.500; a "
         f"random ranking has ROC-AUC 0.500 and average precision {n_ai / n:.3f} (the share of ai "
         "images). ECE: expected calibration error of prob_ai over 10 equal-width bins (0 = "
