@@ -133,6 +133,11 @@ def test_summary_sweep_sentence_flags_a_shortcut_or_gives_the_largest_mild_chang
     assert ("the largest accuracy change (perturbed − clean, negative = worse) is -0.010, "
             "`scratch_cnn` under jpeg quality 75") in text  # quality 30 is not mild
     assert "possible shortcut" not in text
+    assert "models judged: `scratch_cnn`." in text
+
+    models = {"scratch_cnn": jpeg_points([0.55], {90: [0.5]}, auc={None: [0.52]})}
+    text = summary_text(results_dict(sweep_models=models))
+    assert "no model is 0.1 or more above chance on clean images" in text
 
 
 def external_set(accuracies, n_ai=50, n_real=50):

@@ -97,7 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     runfolder.add_arguments(run)
     from aigen.data.spectra import add_argument as add_spectrum_argument
+    from aigen.study.sweep import add_argument as add_sweep_argument
 
+    add_sweep_argument(run)
     add_spectrum_argument(run)
     run.add_argument("--memory-budget", type=byte_size, default=DEFAULT_MEMORY_BUDGET,
                      metavar="SIZE",
@@ -728,10 +730,12 @@ class Study:
         """Every model scored on its seed's test images degraded step by step (aigen.study.sweep):
         the union of the seeds' test images, each degraded once and scored by every seed's models."""
         from aigen.study.evaluate import make_scorer
-        from aigen.study.sweep import run_sweep
+        from aigen.study.sweep import PERTURBATIONS, run_sweep
 
         self.sweep: dict[str, Any] = {}
-        if not self.models:
+        requested = getattr(self.args, "sweep", None)  # None: a run saved before the option
+        perturbations = list(PERTURBATIONS) if requested is None else list(dict.fromkeys(requested))
+        if not self.models or not perturbations:
             return
         union = sorted({int(i) for s in self.splits.values() for i in s.indices("test")})
         position = {i: k for k, i in enumerate(union)}
@@ -743,7 +747,8 @@ class Study:
         self.sweep = run_sweep([self.dataset.images[i] for i in union], self.labels[union],
                                test_pos, self._input_specs(), make_scorer(models, regimes),
                                list(self.models), self.seeds, max_pixels=self.dataset.max_pixels,
-                               workers=self._loader_workers(), progress=self.progress)
+                               workers=self._loader_workers(), perturbations=perturbations,
+                               progress=self.progress)
 
     def _input_specs(self) -> dict[str, Any]:
         """{"scratch"/"backbone": Spec} of the inputs the trained models take."""
@@ -1068,7 +1073,8 @@ class Study:
         for key, perturbation in (self.sweep.get("perturbations") or {}).items():
             path = fdir / f"sweep_{key}.png"
             fig.sweep_curves(perturbation, {m: per[key] for m, per in self.sweep["models"].items()},
-                             path, seeds=self.seeds)
+                             path, seeds=self.seeds,
+                             majority=majority_rate(self.results))
             out["sweep"][key] = rel(path)
         if self.lr_study.get("runs"):
             lr_history = []

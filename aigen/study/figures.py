@@ -179,14 +179,15 @@ def roc_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
 
 def sweep_curves(perturbation: Mapping[str, Any], models: Mapping[str, Sequence[Mapping]],
                  path: str | os.PathLike, chance: float | None = 0.5,
-                 seeds: Sequence[Any] | None = None):
+                 seeds: Sequence[Any] | None = None, majority: float | None = None):
     """One perturbation of the degradation sweep: accuracy (left) and ROC-AUC (right) against
     strength, mild to severe left to right; one line per model (its own colour, line style and
     marker), a band for the 95% CI over seeds (none with one seed); legend outside the axes.
 
     `perturbation` is results.json's sweep["perturbations"][key]; `models` maps a model name to
     its sweep points for that perturbation ([clean point, point per strength]); `seeds` names
-    the seed of a one-seed run in the title.
+    the seed of a one-seed run in the title; `majority` (the larger class's share, the accuracy
+    to beat) is drawn on the accuracy panel.
     """
     fig = _figure(10.5, 3.9)
     axes = fig.subplots(1, 2)
@@ -212,7 +213,7 @@ def sweep_curves(perturbation: Mapping[str, Any], models: Mapping[str, Sequence[
                        else None)
         ax.set_xticks(x, labels)
         ax.set(xlabel=f"{perturbation['parameter']} (mild → severe)", ylabel=f"test {metric}",
-               ylim=(0, 1.02), title=metric)
+               ylim=(0, 1.02), title=metric if metric == "ROC-AUC" else "accuracy (threshold 0.5)")
         ax.grid(alpha=0.3)
     band = (f"mean over {n_seeds} seeds, bands: 95% CI" if n_seeds > 1
             else (seeds_words(seeds) if seeds else "one seed") + ", no band")
@@ -220,6 +221,10 @@ def sweep_curves(perturbation: Mapping[str, Any], models: Mapping[str, Sequence[
               + " test images per seed") if n_images else "no test image"
     fig.suptitle(f"Degradation sweep: {perturbation['title']} ({n_text}; {band})",
                  fontsize="medium")
+    if majority is not None:
+        axes[0].axhline(majority, color="black", ls=(0, (1, 3)), lw=1)
+        axes[0].annotate(f"majority class {majority:.2f}", (x[-1], majority), fontsize="x-small",
+                         ha="right", va="bottom", xytext=(0, 2), textcoords="offset points")
     _legend_outside(axes[1])
     _save(fig, path)
     return fig

@@ -176,18 +176,26 @@ def score(models: dict[str, Any], results: dict, batch: dict[str, Any],
     """{model name: prob_ai array} for a batch of model inputs {spec name: float32 array}.
 
     Backbone prefix activations are computed once per backbone and shared by its models (and by
-    further calls on the same batch that pass the same `prefix` dict).
+    further calls on the same batch that pass the same `prefix` dict); so are the pooled features
+    of its pretrained stage, the input of every frozen model's head (all seeds alike).
     """
     prefix = {} if prefix is None else prefix
     probs = {}
     for name, model in models.items():
-        if results["models"][name]["regime"] == "scratch":
+        regime = results["models"][name]["regime"]
+        if regime == "scratch":
             probs[name] = model.predict_proba(batch["scratch"])
             continue
         backbone = model.backbone
         if backbone.name not in prefix:
             prefix[backbone.name] = backbone.prefix_activations(batch["backbone"], model.device)
-        probs[name] = model.predict_proba_from_prefix(prefix[backbone.name])
+        inputs = prefix[backbone.name]
+        if regime == "frozen":  # its stage is the backbone's own: the same features for every seed
+            key = (backbone.name, "pooled")
+            if key not in prefix:
+                prefix[key] = backbone.pooled_features(inputs, model.device)
+            inputs = prefix[key]
+        probs[name] = model.predict_proba_from_prefix(inputs)
     return probs
 
 

@@ -95,7 +95,7 @@ def _compare(ci: Sequence[float] | None, value: float, other: float,
 def _sweep_sentence(results: Mapping[str, Any]) -> str | None:
     """The degradation sweep in one sentence: the shortcut flags, else the largest accuracy
     change (perturbed − clean, negative = worse) at a mild strength."""
-    from aigen.study.sweep import MILD, PERTURBATIONS, flag_text, shortcut_flags
+    from aigen.study.sweep import MILD, PERTURBATIONS, flag_text, judged_models, shortcut_flags
 
     sweep = results.get("sweep") or {}
     if not sweep.get("models"):
@@ -107,8 +107,11 @@ def _sweep_sentence(results: Mapping[str, Any]) -> str | None:
         more = f" ({len(flags) - 1} more in the sweep section)" if len(flags) > 1 else ""
         return f"{head}: **possible shortcut**: {flag_text(flags[0])}{more}"
     changes = []
-    for model, per_pert in sweep["models"].items():
-        for key, points in per_pert.items():
+    judged = judged_models(sweep)
+    if not judged:
+        return f"{head}: {_judged_text(sweep)}."
+    for model in judged:
+        for key, points in sweep["models"][model].items():
             for point in points[1:]:
                 change = point["accuracy"].get("change")
                 if change is not None and point["strength"] in MILD.get(key, ()):
@@ -119,7 +122,7 @@ def _sweep_sentence(results: Mapping[str, Any]) -> str | None:
     label = PERTURBATIONS[key].label(strength) if key in PERTURBATIONS else strength
     return (f"{head}: at the mild strengths the largest accuracy change (perturbed − clean, "
             f"negative = worse) is {change:+.3f}, `{model}` under {key} {label}; no model lost "
-            "more than half of its margin over chance there.")
+            f"more than half of its margin over chance there; {_judged_text(sweep)}.")
 
 
 def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
@@ -467,7 +470,7 @@ def _sweep_cell(point: Mapping[str, Any], metric: str) -> str:
     change = summary.get("change")
     if point["strength"] is None or change is None or text == "–":
         return text
-    return f"{text} ({change:+.3f})"
+    return f"{text} ({round(change, 3) + 0.0:+.3f})"  # + 0.0: no "-0.000"
 
 
 def sweep_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
@@ -527,11 +530,25 @@ def sweep_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
         out.append("")
         out += [f"- {flag_text(f)}" for f in flags]
     else:
-        out.append("No model lost more than half of its margin over chance under a mild "
+        out.append(f"No model lost more than half of its margin over chance under a mild "
                    "degradation (JPEG quality ≥ 75, downscaling to ≥ 0.5, blur σ ≤ 1, noise "
-                   "σ ≤ 5, the format swap).")
+                   f"σ ≤ 5, the format swap); {_judged_text(sweep)}.")
     out.append("")
     return out
+
+
+def _judged_text(sweep: Mapping[str, Any]) -> str:
+    """Which models the shortcut flags could judge (those clearly above chance when clean)."""
+    from aigen.study.sweep import MIN_MARGIN, judged_models
+
+    judged = judged_models(sweep)
+    if not judged:
+        return (f"no model is {MIN_MARGIN:g} or more above chance on clean images, so the sweep "
+                "cannot show a shortcut")
+    left = [m for m in sweep["models"] if m not in judged]
+    return ("models judged: " + ", ".join(f"`{m}`" for m in judged)
+            + (f" (not {', '.join(f'`{m}`' for m in left)}: within {MIN_MARGIN:g} of chance on "
+               "clean images)" if left else ""))
 
 
 def _n_text(n: Sequence[int]) -> str:
