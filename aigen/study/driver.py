@@ -3,8 +3,8 @@
 Stages: load + check the data -> exploration and metadata shortcut audit -> one split per seed ->
 backbone prefix activations (once per backbone, shared by both regimes and every seed) -> train
 every model for every seed -> evaluate each once on train/val/test -> scratch learning-rate study
--> robustness of every model to re-encoded / downscaled test images -> results.json, CSVs,
-figures, report.md. Everything is written into a hidden folder beside --out that is renamed to
+-> degradation sweep of every model (test images re-encoded, blurred, downscaled, noised) ->
+results.json, CSVs, figures, report.md. Everything is written into a hidden folder beside --out that is renamed to
 --out only when complete (docs/study.md describes the folder).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as _dt
 import sys
 import time
@@ -26,8 +27,7 @@ from aigen.io import check_new_folder, new_results_folder, refuse_inside
 DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
-# Images per batch when computing prefix activations (bounds the float32 input held at once).
-PREFIX_CHUNK = 128
+MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
     "two or more seeds (the Wilson score interval over all seeds' test images when every seed "
@@ -49,9 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = (
         "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
-        "seeded splits, evaluate them, test their robustness, and write a results folder with "
+        "seeded splits, evaluate them, sweep degradations of the test images, and write a results folder with "
         "results.json, CSVs, figures and report.md. See docs/study.md.")
-    add_data_arguments(parser, positional=False)
+    add_data_arguments(parser, positional=False, several=True)
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", default=None,
                      help="results folder to create (must not exist or be empty; default: "
@@ -95,11 +95,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.study import runfolder
 
     runfolder.add_arguments(run)
+    from aigen.data.spectra import add_argument as add_spectrum_argument
+
+    add_spectrum_argument(run)
     run.add_argument("--memory-budget", type=byte_size, default=DEFAULT_MEMORY_BUDGET,
                      metavar="SIZE",
                      help="RAM for the backbones' prefix activations, reused by every seed and "
                           "regime (e.g. 512M, 4G; default 1G); above it they are read from their "
                           "file in the cache folder batch by batch (docs/scale.md)")
+    from aigen import distributed
+    from aigen.training import AMP_CHOICES
+
+    run.add_argument("--amp", choices=AMP_CHOICES, default="off",
+                     help="mixed precision for training the backbones: bf16 (CPU or GPU), fp16 "
+                          "(CUDA, with loss scaling) or off (default: off, float32 throughout)")
+    distributed.add_arguments(run)
     hyper = parser.add_argument_group("training")
     hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N",
                        help="epochs of the scratch CNN (default: 20)")
@@ -151,21 +161,42 @@ def run(args: argparse.Namespace) -> int:
     resume = getattr(args, "resume", None) is not None
     out = Path(args.resume) if resume else _resolve_out(args.out)
     args.out = str(out)
-    data_root = _check_data_option(args)
+    data_sets = _check_data_option(args)
     _check_weights_options(args)
-    if data_root is not None:
-        args.data = str(data_root)
-        refuse_inside(out, data_root)
+    if data_sets:  # recorded as NAME=ROOT with absolute roots, like the other paths
+        args.data = [f"{name}={root}" for name, root in data_sets.items()]
+        for root in data_sets.values():
+            refuse_inside(out, root)
     if getattr(args, "eval_data", None):  # recorded absolute, like the other paths
         from aigen.study.evaluate import parse_eval_data
 
         args.eval_data = [f"{name}={root}" for name, root in parse_eval_data(args.eval_data).items()]
     _check_eval_data(args, out)
-    with runfolder.claim(out, runfolder.saved_arguments(args), resume=resume) as work:
-        study = Study(args, out=out, work=work)
-        study.run()
-    study.print_summary()
+    from aigen import distributed
+
+    with distributed.session(args.device, getattr(args, "dist_timeout",
+                                                  distributed.DEFAULT_TIMEOUT_MINUTES)) as world:
+        with _run_folder(out, args, resume) as work:
+            study = Study(args, out=out, work=work)
+            study.run()
+    if world.is_main:
+        study.print_summary()
     return 0
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, args: argparse.Namespace, resume: bool):
+    """The work folder (aigen.study.runfolder.claim); under torchrun only rank 0 claims it, and
+    the other processes get its path, to read (aigen.distributed)."""
+    from aigen import distributed
+    from aigen.study import runfolder
+
+    if not distributed.is_main():
+        yield distributed.main_first(lambda: None, others=False)
+        return
+    with contextlib.ExitStack() as stack:
+        yield distributed.main_first(lambda: stack.enter_context(
+            runfolder.claim(out, runfolder.saved_arguments(args), resume=resume)), others=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,13 +207,15 @@ def _resolve_out(out: str | None) -> Path:
     return new_results_folder() if out is None else check_new_folder(out)
 
 
-def _check_data_option(args: argparse.Namespace) -> Path | None:
-    """The --data folder, checked now so a typo fails before anything else happens."""
-    from aigen.data.discover import check_root
+def _check_data_option(args: argparse.Namespace) -> dict[str, Path]:
+    """The --data sets {NAME: ROOT} (none: the synthetic default), checked now so a typo fails
+    before anything else happens. A run recorded before --data took several sets has a string."""
+    from aigen.data.sets import parse_sets
 
-    if getattr(args, "data", None) is None:
-        return None
-    return check_root(args.data).resolve()
+    data = getattr(args, "data", None)
+    if not data:
+        return {}
+    return parse_sets([data] if isinstance(data, str) else data)
 
 
 def _check_eval_data(args: argparse.Namespace, out: Path) -> None:
@@ -282,7 +315,10 @@ class Study:
         self.args = args
         self.out = out
         self.work = work
-        self.progress = bool(getattr(args, "progress", True))
+        from aigen import distributed
+
+        self.world = distributed.world()  # under torchrun: this process's rank (docs/scale.md)
+        self.progress = bool(getattr(args, "progress", True)) and self.world.is_main
         self.timer = StageTimer()
         self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self.seeds = list(dict.fromkeys(args.seeds))[: 1 if args.quick else None]
@@ -312,57 +348,89 @@ class Study:
             self.metadata = read_metadata_csv(args.metadata_csv)
 
     def _log(self, message: str) -> None:
-        print(f"aigen study: {message}", file=sys.stderr, flush=True)
+        if self.world.is_main:
+            print(f"aigen study: {message}", file=sys.stderr, flush=True)
 
     # -- stages -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from aigen.device import resolve_device
+        from aigen.distributed import process_device
+        from aigen.training import check_amp
 
-        self.device = resolve_device(self.args.device)
-        (self.work / "figures").mkdir(exist_ok=True)  # exist_ok: a resumed run
-        (self.work / "checkpoints").mkdir(exist_ok=True)
+        self.device = process_device(self.args.device, self.world)
+        check_amp(getattr(self.args, "amp", "off"), self.device)
+        main = self.world.is_main  # under torchrun, only rank 0 writes files
+        if main:
+            (self.work / "figures").mkdir(exist_ok=True)  # exist_ok: a resumed run
+            (self.work / "checkpoints").mkdir(exist_ok=True)
         with self.timer.stage("load_data"):
             self._load_data()
         from aigen.study import runfolder
 
-        runfolder.check_same_data(self.work, self.dataset.manifest_sha256())
-        with self.timer.stage("exploration"):
-            self._explore()
+        if main:
+            runfolder.check_same_data(self.work, self.dataset.manifest_sha256())
+            with self.timer.stage("exploration"):
+                self._explore()
         with self.timer.stage("split"):
             self._make_splits()
         self._train_all()
+        if not main:  # the other processes' part ends with training (docs/scale.md)
+            return
         if not self.models:
             reasons = "; ".join(f"{n}: {r.splitlines()[0]}" for n, r in self.skipped_models.items())
             raise UserError(f"no model could be trained ({reasons})")
         with self.timer.stage("lr_study"):
             self._lr_study()
-        with self.timer.stage("robustness"):
-            self._robustness()
+        with self.timer.stage("sweep"):
+            self._sweep()
+        with self.timer.stage("diagnostics"):
+            self._diagnostics()
         with self.timer.stage("external"):
             self._external()
         self._write_results()
 
     def _load_data(self) -> None:
-        from aigen.data.dataset import dataset_from_args, write_skipped
+        from aigen import distributed
+        from aigen.data.dataset import write_skipped
+        from aigen.data.discover import parse_class_args
         from aigen.data.preprocess import BACKBONE, SCRATCH
+        from aigen.data.sets import load_sets, parse_sets
 
-        default_root = None
-        if self.args.data is None:
-            from aigen.data.synth import default_dataset
-
-            self._log("no --data given: using the embedded synthetic dataset")
-            default_root = default_dataset(progress=self.progress)
+        main = self.world.is_main
+        sets = _check_data_option(self.args)
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
                                                             & set(self.args.models))
         specs = (SCRATCH, BACKBONE) if needs_backbone else (SCRATCH,)
-        self.dataset = dataset_from_args(self.args, default_root=default_root,
-                                         progress=self.progress, specs=specs)
-        self.data_root = Path(self.dataset.root).resolve()
-        refuse_inside(self.out, self.data_root)
-        self.data_kind, self.data_description = data_kind(self.data_root)
+
+        def load():  # rank 0 writes the cache (store, index); the others then only read it
+            nonlocal sets
+            if not sets:
+                from aigen.data.synth import default_dataset
+
+                self._log("no --data given: using the embedded synthetic dataset")
+                sets = parse_sets([str(default_dataset(progress=self.progress))])
+            return load_sets(
+                sets, class_map=parse_class_args(self.args.classes) if self.args.classes else None,
+                max_pixels=self.args.max_pixels or None, workers=self.args.workers,
+                progress=self.progress, specs=specs if main else (),
+                rehash=main and bool(getattr(self.args, "rehash", False)))
+
+        self.dataset = distributed.main_first(load)
+        self.data_sets = {name: Path(root).resolve() for name, root in self.dataset.sets.items()}
+        for root in self.data_sets.values():
+            refuse_inside(self.out, root)
+        self.set_kinds = {name: data_kind(root) for name, root in self.data_sets.items()}
+        kinds = {kind for kind, _ in self.set_kinds.values()}
+        self.data_root = next(iter(self.data_sets.values())) if len(self.data_sets) == 1 else None
+        if len(self.set_kinds) == 1:
+            self.data_kind, self.data_description = next(iter(self.set_kinds.values()))
+        else:
+            self.data_kind = kinds.pop() if len(kinds) == 1 else "mixed"
+            self.data_description = "; ".join(f"{name}: {description}" for name, (_, description)
+                                              in self.set_kinds.items())
         self.labels = self.dataset.labels
-        write_skipped(self.work / "skipped.csv", self.dataset.skipped)
+        if main:
+            write_skipped(self.work / "skipped.csv", self.dataset.skipped)
 
     def _explore(self) -> None:
         from aigen.data import explore
@@ -386,7 +454,8 @@ class Study:
         for k, seed in enumerate(self.seeds):
             split = fixed if fixed is not None else make_split(self.dataset, seed)
             name = "split.csv" if k == 0 else f"split_seed{seed}.csv"
-            write_split(self.work / name, self.dataset, split)
+            if self.world.is_main:
+                write_split(self.work / name, self.dataset, split)
             self.splits[seed] = split
             self.split_files[seed] = name
         used = set()
@@ -407,7 +476,8 @@ class Study:
         from aigen.data.preprocess import SCRATCH
 
         self.y_used = self.labels[self.used]
-        if "scratch" in self.args.models:
+        # The scratch CNN (CPU, Cython kernels) trains in the first process alone (docs/scale.md).
+        if "scratch" in self.args.models and self.world.is_main:
             with self.timer.stage("scratch_inputs"):
                 self.X_scratch = dataset_arrays(self.dataset, SCRATCH, self.used)
             self.models[SCRATCH_NAME] = {"regime": "scratch", "backbone": None}
@@ -429,28 +499,60 @@ class Study:
                 self.models[model_name] = {"regime": regime, "backbone": name}
                 for seed in self.seeds:
                     with self.timer.stage(f"train:{model_name}"):
-                        if not self._restore(model_name, seed):
+                        if not self._restored_by_main(model_name, seed):
                             self._train_backbone(name, regime, seed)
 
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
         from aigen.models.backbones import (BackboneUnavailable, load_backbone,
                                             weights_by_backbone)
 
+        from aigen import distributed
+
         weights = weights_by_backbone(self.args.weights, self.args.backbones).get(name)
-        with self.timer.stage(f"load_backbone:{name}"):
+
+        def load():  # rank 0 first: it alone may download weights into torch's cache
             try:
-                backbone = load_backbone(name, weights=weights, init=self.args.init)
+                return load_backbone(name, weights=weights, init=self.args.init)
             except BackboneUnavailable as exc:
+                return exc
+
+        with self.timer.stage(f"load_backbone:{name}"):
+            backbone = distributed.main_first(load)
+            if isinstance(backbone, BackboneUnavailable) or distributed.from_main(
+                    isinstance(backbone, BackboneUnavailable)):
+                reason = str(backbone) if isinstance(backbone, BackboneUnavailable) else \
+                    "unavailable in the first process"
                 for regime in regimes:
-                    self.skipped_models[f"{name}_{regime}"] = str(exc)
-                self._log(f"{name} skipped: {exc}")
+                    self.skipped_models[f"{name}_{regime}"] = reason
+                self._log(f"{name} skipped: {reason}")
                 return False
         self.backbones[name] = backbone
         with self.timer.stage(f"prefix_activations:{name}"):
             self.prefix[name] = self._prefix_activations(backbone, self.used, f"{name} prefix")
             if "frozen" in regimes:  # the frozen head's input, computed once for every seed
-                self.pooled[name] = backbone.pooled_features(self.prefix[name], self.device)
+                self.pooled[name] = self._pooled_features(backbone, self.prefix[name])
         return True
+
+    def _pooled_features(self, backbone, prefix):
+        """The frozen backbone's pooled features of every used image; under torchrun each
+        process computes its share (aigen.distributed.sharded_map)."""
+        from aigen import distributed
+
+        if not self.world.distributed:
+            return backbone.pooled_features(prefix, self.device)
+        return distributed.sharded_map(
+            lambda rows: backbone.pooled_features(_take(prefix, rows), self.device), len(prefix),
+            PREFIX_CHUNK)
+
+    def _probabilities(self, clf, A) -> np.ndarray:
+        """P(AI) of every used image for a trained classifier (A: its prefix activations or
+        pooled features); under torchrun each process scores its share."""
+        from aigen import distributed
+
+        if not self.world.distributed:
+            return clf.predict_proba_from_prefix(A)
+        return distributed.sharded_map(lambda rows: clf.predict_proba_from_prefix(_take(A, rows)),
+                                       len(A), PREFIX_CHUNK)
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
         """Prefix activations of dataset images, streamed from the store in batches, or reused
@@ -498,6 +600,13 @@ class Study:
         self._record(name, seed, model, history, prob, restored=True)
         return True
 
+    def _restored_by_main(self, name: str, seed: int) -> bool:
+        """`_restore` in the first process, its answer in every process (under torchrun the
+        others skip what it restored; they keep no models)."""
+        from aigen import distributed
+
+        return distributed.from_main(self._restore(name, seed) if self.world.is_main else None)
+
     def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
         """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
         from aigen.study import runfolder
@@ -538,6 +647,7 @@ class Study:
 
     def _train_backbone(self, name: str, regime: str, seed: int) -> None:
         from aigen.repro import seed_everything
+        from aigen.study import runfolder
         from aigen.study.checkpoints import identity
         from aigen.training import train_finetuned, train_frozen
 
@@ -547,20 +657,24 @@ class Study:
         tr, va = self._rows(seed, "train"), self._rows(seed, "val")
         train = train_frozen if regime == "frozen" else train_finetuned
         seed_everything(seed)
-        # Prefix activations stay where they are (RAM or file): views of the rows, read per batch.
-        take = (lambda rows: A.subset(rows)) if hasattr(A, "subset") else (lambda rows: A[rows])
-        clf, history = train(backbone, take(tr), self.y_used[tr], take(va), self.y_used[va],
-                             epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
-                             seed=seed, device=self.device, progress=self.progress,
-                             checkpoint=hp["checkpoint"])
         model_name = f"{name}_{regime}"
+        clf, history = train(backbone, _take(A, tr), self.y_used[tr], _take(A, va),
+                             self.y_used[va], epochs=hp["epochs"], lr=hp["lr"],
+                             batch_size=hp["batch_size"], seed=seed, device=self.device,
+                             progress=self.progress, checkpoint=hp["checkpoint"],
+                             epoch_state=runfolder.epoch_state_path(self.work, model_name, seed),
+                             amp=getattr(self.args, "amp", "off"))
+        prob = self._probabilities(clf, A)
+        if not self.world.is_main:
+            return
         clf.save(self.work / "checkpoints" / f"{model_name}_seed{seed}.pt",
                  metadata={**identity(model_name, regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
             architecture=backbone.architecture, weights_source=backbone.weights_source,
-            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256, n_params=total, trainable_params=trainable, hyperparameters=hp)
-        self._record(model_name, seed, clf, history, clf.predict_proba_from_prefix(A))
+            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256,
+            n_params=total, trainable_params=trainable, hyperparameters=hp)
+        self._record(model_name, seed, clf, history, prob)
 
     # -- learning-rate study ------------------------------------------------------------------
 
@@ -605,63 +719,90 @@ class Study:
         self.lr_study = {"epochs": hp["epochs"], "filters": hp["filters"],
                          "batch_size": hp["batch_size"], "runs": runs}
 
-    # -- robustness ---------------------------------------------------------------------------
+    # -- degradation sweep --------------------------------------------------------------------
 
-    def _robustness(self) -> None:
-        from tqdm import tqdm
+    def _sweep(self) -> None:
+        """Every model scored on its seed's test images degraded step by step (aigen.study.sweep):
+        the union of the seeds' test images, each degraded once and scored by every seed's models."""
+        from aigen.study.evaluate import make_scorer
+        from aigen.study.sweep import run_sweep
 
-        from aigen.data.preprocess import BACKBONE, SCRATCH
-        from aigen.study.robustness import PERTURBATIONS, perturbed_inputs, summarize_robustness
-
-        self.robustness: dict[str, Any] = {}
+        self.sweep: dict[str, Any] = {}
         if not self.models:
             return
         union = sorted({int(i) for s in self.splits.values() for i in s.indices("test")})
-        union_pos = {i: k for k, i in enumerate(union)}
-        specs = {}
-        if SCRATCH_NAME in self.models:
-            specs["scratch"] = SCRATCH
-        if self.backbones:
-            specs["backbone"] = BACKBONE
-        images = [self.dataset.images[i] for i in union]
-        test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
-                    for seed in self.seeds}
-        y_union = self.labels[union]
-        # The test images are perturbed a chunk at a time (never all at once); chunks are a
-        # multiple of PREFIX_CHUNK, so every batch is the one a whole-array pass would make.
-        parts: dict[str, dict[str, dict[int, list[np.ndarray]]]] = {
-            p: collections.defaultdict(lambda: collections.defaultdict(list)) for p in PERTURBATIONS}
-        chunk = 2 * PREFIX_CHUNK
-        bar = tqdm(total=len(images), desc="robustness", unit="img", disable=not self.progress,
-                   leave=False)
-        for start in range(0, len(images), chunk):
-            u8 = perturbed_inputs(images[start:start + chunk], specs,
-                                  max_pixels=self.dataset.max_pixels,
-                                  perturbations=tuple(PERTURBATIONS), progress=False)
-            for pert in PERTURBATIONS:
-                for model_name, per_seed in self._robustness_probs(u8[pert], specs).items():
-                    for seed, p in per_seed.items():
-                        parts[pert][model_name][seed].append(p)
-            bar.update(len(images[start:start + chunk]))
-        bar.close()
-        accuracy: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
-        for pert in PERTURBATIONS:
-            probs = {m: {s: np.concatenate(ps) for s, ps in per_seed.items()}
-                     for m, per_seed in parts[pert].items()}
-            for model_name, per_seed in probs.items():
-                accuracy[model_name][pert] = [
-                    float(((p[test_pos[s]] >= 0.5) == (y_union[test_pos[s]] == 1)).mean())
-                    for s, p in per_seed.items()]
-        models = {}
-        for model_name in self.models:
-            clean = []
-            for seed in self.seeds:
-                rows = self._rows(seed, "test")
-                prob = self.runs[(model_name, seed)]["prob"][rows]
-                clean.append(float(((prob >= 0.5) == (self.y_used[rows] == 1)).mean()))
-            models[model_name] = summarize_robustness(clean, accuracy[model_name])
-        self.robustness = {"perturbations": dict(PERTURBATIONS), "n_images": len(union),
-                           "models": models}
+        position = {i: k for k, i in enumerate(union)}
+        test_pos = {seed: np.array([position[int(i)] for i in self.splits[seed].indices("test")],
+                                   dtype=np.int64) for seed in self.seeds}
+        regimes = {name: info["regime"] for name, info in self.models.items()}
+        models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
+                  for seed in self.seeds}
+        self.sweep = run_sweep([self.dataset.images[i] for i in union], self.labels[union],
+                               test_pos, self._input_specs(), make_scorer(models, regimes),
+                               list(self.models), self.seeds, max_pixels=self.dataset.max_pixels,
+                               workers=self._loader_workers(), progress=self.progress)
+
+    def _input_specs(self) -> dict[str, Any]:
+        """{"scratch"/"backbone": Spec} of the inputs the trained models take."""
+        from aigen.study.predict import needed_specs
+
+        return needed_specs({name: info["regime"] for name, info in self.models.items()})
+
+    def _loader_workers(self) -> int:
+        """DataLoader processes for work that decodes image files (--workers; 0 = in-process)."""
+        from aigen.data.dataset import available_cores
+
+        workers = getattr(self.args, "workers", None) or available_cores()
+        # Each process holds a couple of batches of degraded images: a few are enough.
+        return 0 if workers <= 1 else min(int(workers), MAX_LOADER_WORKERS)
+
+    # -- diagnostics: frequency spectra, Grad-CAM, the scratch CNN's filters -------------------
+
+    def _diagnostics(self) -> None:
+        """results.json's "diagnostics" and their figures (aigen.data.spectra,
+        aigen.study.diagnostics): the classes' spectra on a sample of the study's images; for the
+        first seed, Grad-CAM of every backbone model and the scratch CNN's filters."""
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.spectra import class_spectra, spectra_figure
+        from aigen.study import diagnostics
+
+        self.diagnostics: dict[str, Any] = {}
+        self.diagnostic_figures: dict[str, Any] = {}
+        fdir = self.work / "figures"
+        per_class = getattr(self.args, "spectrum_images", 0)
+        if per_class:
+            spectra = class_spectra([self.dataset.images[int(i)] for i in self.used],
+                                    per_class=per_class, seed=self.seeds[0],
+                                    max_pixels=self.dataset.max_pixels,
+                                    workers=self._loader_workers(), progress=self.progress)
+            self.diagnostics["spectra"] = spectra.record
+            spectra_figure(spectra, fdir / "spectra.png", self.dataset.class_names)
+            self.diagnostic_figures["spectra"] = "figures/spectra.png"
+        if not self.models:
+            return
+        seed = self.seeds[0]
+        rows = self._rows(seed, "test")
+        indices = self.used[rows]
+        y = self.y_used[rows]
+        paths = [self.dataset.images[int(i)].rel_path for i in indices]
+        specs = self._input_specs()
+        self.diagnostics["gradcam"] = {}
+        self.diagnostic_figures["gradcam"] = {}
+        for name, info in self.models.items():
+            prob = self.runs[(name, seed)]["prob"][rows]
+            if info["regime"] == "scratch":
+                path = fdir / f"filters_{name}.png"
+                self.diagnostics["scratch_filters"] = diagnostics.scratch_diagnostic(
+                    self.runs[(name, seed)]["model"], self.X_scratch[rows], y, prob, paths, seed,
+                    path)
+                self.diagnostic_figures["scratch_filters"] = f"figures/{path.name}"
+                continue
+            path = fdir / f"gradcam_{name}.png"
+            self.diagnostics["gradcam"][name] = diagnostics.gradcam_diagnostic(
+                name, self.runs[(name, seed)]["model"], dataset_inputs(self.dataset,
+                                                                       specs["backbone"]),
+                specs["backbone"], indices, y, prob, paths, seed, path, device=self.device)
+            self.diagnostic_figures["gradcam"][name] = f"figures/{path.name}"
 
     # -- evaluation on other labelled data (--eval-data) ---------------------------------------
 
@@ -680,11 +821,8 @@ class Study:
         regimes = {name: info["regime"] for name, info in self.models.items()}
         models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
                   for seed in self.seeds}
-        val = {}
-        for name in self.models:
-            for seed in self.seeds:
-                rows = self._rows(seed, "val")
-                val[(name, seed)] = (self.y_used[rows], self.runs[(name, seed)]["prob"][rows])
+        val = {(name, seed): self._val_scores(name, seed)
+               for name in self.models for seed in self.seeds}
         training = {im.sha256 for im in self.dataset.images}
         # The same function `aigen evaluate` applies to a run's config.json.
         preprocessing = run_preprocessing({"arguments": vars(self.args)})
@@ -703,34 +841,49 @@ class Study:
                 self.work, f"external/{set_name}", set_name, dataset, evaluation, rows, duplicates)
             self.external[set_name] = {"name": set_name, **evaluation,
                                        "preprocessing": preprocessing}
-    def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
-        """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
-        import torch
+    def _val_scores(self, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, prob_ai) of a model on its seed's validation split (for the threshold
+        chosen on validation)."""
+        rows = self._rows(seed, "val")
+        return self.y_used[rows], self.runs[(name, seed)]["prob"][rows]
 
-        from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
+    def _test_evaluation(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The in-distribution test split scored like an evaluation set (threshold-aware,
+        calibration and per-source metrics with image-bootstrap CIs; aigen.study.evaluate), each
+        seed on its own test split: (all test images, {set: that set's test images}, the latter
+        only with several training sets). Sources are named SET/SOURCE with several sets."""
+        from aigen.data.discover import source_of
+        from aigen.data.sets import image_sets
+        from aigen.study.metrics import choose_threshold
 
-        probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
-        if "scratch" in specs:
-            X = to_model_input(u8["scratch"], SCRATCH)
-            for seed in self.seeds:
-                probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"].predict_proba(X)
-        if "backbone" in specs:
-            X = to_model_input(u8["backbone"], BACKBONE)
-            for name, backbone in self.backbones.items():
-                # Once per backbone and perturbation, shared by both regimes and all seeds.
-                A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
-                               for s in range(0, len(X), PREFIX_CHUNK)])
-                pooled = None
-                for model_name, info in self.models.items():
-                    if info["backbone"] != name:
-                        continue
-                    if info["regime"] == "frozen" and pooled is None:
-                        pooled = backbone.pooled_features(A, self.device)
-                    inputs = pooled if info["regime"] == "frozen" else A
-                    for seed in self.seeds:
-                        clf = self.runs[(model_name, seed)]["model"]
-                        probs[model_name][seed] = clf.predict_proba_from_prefix(inputs)
-        return probs
+        if not hasattr(self, "sources_used"):
+            sets = image_sets(self.dataset)
+            self.sets_used = np.array([sets[int(i)] for i in self.used])
+            self.sources_used = np.array([source_of(self.dataset.images[int(i)].rel_path,
+                                                    self.dataset.class_folders)
+                                          for i in self.used])
+        several = len(self.data_sets) > 1
+        thresholds = [choose_threshold(*self._val_scores(name, seed)) for seed in self.seeds]
+        rows = [self._rows(seed, "test") for seed in self.seeds]
+        sources = (np.array([f"{a}/{b}" for a, b in zip(self.sets_used, self.sources_used)])
+                   if several else self.sources_used)
+        overall = self._scored(name, rows, sources, thresholds)
+        per_set = {set_name: self._scored(name, [r[self.sets_used[r] == set_name] for r in rows],
+                                          self.sources_used, thresholds)
+                   for set_name in self.data_sets} if several else {}
+        return overall, per_set
+
+    def _scored(self, name: str, rows: list[np.ndarray], sources: np.ndarray,
+                thresholds: list[float | None]) -> dict[str, Any]:
+        """model_evaluation of a model on the given rows of each seed."""
+        from aigen.study.evaluate import model_evaluation
+
+        probs = [self.runs[(name, seed)]["prob"][r] for seed, r in zip(self.seeds, rows)]
+        if all(np.array_equal(r, rows[0]) for r in rows):  # one seed, or one reused split
+            return model_evaluation(self.y_used[rows[0]], list(sources[rows[0]]), probs,
+                                    thresholds)
+        return model_evaluation([self.y_used[r] for r in rows], [list(sources[r]) for r in rows],
+                                probs, thresholds)
 
     # -- results ------------------------------------------------------------------------------
 
@@ -763,6 +916,9 @@ class Study:
         result["test_roc_auc"] = summarize([m["roc_auc"] for m in per_split["test"]])
         result["test_metrics"] = {"per_seed": per_split["test"],
                                   "aggregate": aggregate_metrics(per_split["test"])}
+        result["test_evaluation"], per_set = self._test_evaluation(name)
+        if per_set:
+            result["per_set"] = per_set
         result["val_metrics"] = {"per_seed": per_split["val"],
                                  "aggregate": aggregate_metrics(per_split["val"])}
         result["checkpoints"] = {str(seed): f"checkpoints/{name}_seed{seed}."
@@ -783,9 +939,10 @@ class Study:
                       for part in ("train", "val", "test", "excluded")}
             splits[str(seed)] = {"file": self.split_files[seed], **counts}
         return {
-            "root": str(self.data_root),
+            "root": str(self.data_root) if self.data_root is not None else None,
             "kind": self.data_kind,
             "description": self.data_description,
+            "sets": self._set_records(),
             "class_folders": dict(self.dataset.class_folders),
             "n_files": self.dataset.n_files,
             "n_images": len(self.dataset.images),
@@ -801,6 +958,19 @@ class Study:
             "split_file_reused": str(self.args.split_file) if self.args.split_file else None,
         }
 
+    def _set_records(self) -> dict[str, Any]:
+        """{set: root, kind, images per class, test images per class per seed} of every
+        training set (one entry with one set)."""
+        from aigen.data.sets import set_counts
+
+        images = set_counts(self.dataset)
+        tests = {str(seed): set_counts(self.dataset, split.indices("test"))
+                 for seed, split in self.splits.items()}
+        return {name: {"root": str(root), "kind": self.set_kinds[name][0],
+                       "n_images": sum(images[name].values()), "n_per_class": images[name],
+                       "n_test_per_class": {seed: counts[name] for seed, counts in tests.items()}}
+                for name, root in self.data_sets.items()}
+
     def _write_results(self) -> None:
         from aigen import io
 
@@ -811,10 +981,12 @@ class Study:
                 "skipped_models": dict(self.skipped_models),
                 "data": self._data_results(),
                 "shortcut_audit": self.shortcut_audit,
-                "robustness": self.robustness,
+                "sweep": self.sweep,
+                "diagnostics": self.diagnostics,
                 "lr_study": self.lr_study,
                 "ci_method": CI_METHOD_TEXT,
                 "threshold": 0.5,
+                "world_size": self.world.world_size,
             }
             if self.args.eval_data:
                 self.results["external"] = self.external
@@ -837,6 +1009,9 @@ class Study:
     def _write_predictions(self) -> None:
         from aigen import io
 
+        from aigen.data.sets import image_sets, path_in_set
+
+        sets = image_sets(self.dataset)
         rows = []
         for (name, seed), run_ in self.runs.items():
             assignment = self.splits[seed].assignment
@@ -844,9 +1019,10 @@ class Study:
                 part = assignment[int(i)]
                 if part in ("train", "val", "test"):
                     im = self.dataset.images[int(i)]
-                    rows.append([im.rel_path, name, seed, part, im.label, repr(float(run_["prob"][r]))])
+                    rows.append([sets[int(i)], path_in_set(self.dataset, im.rel_path), name, seed,
+                                 part, im.label, repr(float(run_["prob"][r]))])
         io.write_csv(self.work / "predictions.csv",
-                     ["path", "model", "seed", "split", "label", "prob_ai"], rows)
+                     ["set", "path", "model", "seed", "split", "label", "prob_ai"], rows)
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
@@ -884,10 +1060,13 @@ class Study:
                            title=f"ROC curves (test split, {per_seed})")
             out["roc"] = rel(fdir / "roc_curves.png")
         out["external"] = self.external_figures
-        if self.robustness.get("models"):
-            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png",
-                                seeds=self.seeds, baseline=majority_rate(self.results))
-            out["robustness"] = rel(fdir / "robustness.png")
+        out["diagnostics"] = self.diagnostic_figures
+        out["sweep"] = {}
+        for key, perturbation in (self.sweep.get("perturbations") or {}).items():
+            path = fdir / f"sweep_{key}.png"
+            fig.sweep_curves(perturbation, {m: per[key] for m, per in self.sweep["models"].items()},
+                             path, seeds=self.seeds)
+            out["sweep"][key] = rel(path)
         if self.lr_study.get("runs"):
             lr_history = []
             for lr in self.lr_study["runs"]:
@@ -911,8 +1090,11 @@ class Study:
                          "scratch_lrs": self.lrs, "out": str(self.out)},
             "started": self.started,
             "device": str(self.device),
-            "data": {"root": str(self.data_root), "kind": self.data_kind,
-                     "manifest_sha256": self.dataset.manifest_sha256()},
+            "world_size": self.world.world_size,
+            "distributed_backend": self.world.backend,
+            "data": {"root": str(self.data_root) if self.data_root is not None else None,
+                     "sets": {name: str(root) for name, root in self.data_sets.items()},
+                     "kind": self.data_kind, "manifest_sha256": self.dataset.manifest_sha256()},
             "backbones": {name: {"architecture": b.architecture,
                                  "weights_source": b.weights_source, "pretrained": b.pretrained,
                                  "init": b.init, "weights_sha256": b.weights_sha256,
@@ -948,7 +1130,19 @@ class Study:
             print(line(r))
         for name, reason in self.results["skipped_models"].items():
             print(f"skipped {name}: {reason.splitlines()[0][:160]}")
+        from aigen.study.sweep import shortcut_flags
+
+        for flag in shortcut_flags(self.results.get("sweep") or {}):
+            print(f"possible shortcut: {flag['model']} under {flag['perturbation']} "
+                  f"{flag['strength']:g}: {'ROC-AUC' if flag['kind'] == 'ranking' else 'accuracy'}"
+                  f" {flag['clean']:.3f} -> {flag['perturbed']:.3f} (see the report)")
         print(f"report: {self.out / 'report.md'}")
+
+
+def _take(A, rows):
+    """Rows of prefix activations or features: a view when they are a FeatureRows (in RAM or read
+    from their file per batch), else an indexed copy."""
+    return A.subset(rows) if hasattr(A, "subset") else A[rows]
 
 
 def _parameter_counts(clf) -> tuple[int, int]:
