@@ -28,6 +28,7 @@ DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
 MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
+PREFIX_CHUNK = 128  # rows per step when processes share the scoring of stored activations
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
     "two or more seeds (the Wilson score interval over all seeds' test images when every seed "

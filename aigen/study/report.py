@@ -698,10 +698,10 @@ def per_set_section(results: Mapping[str, Any]) -> list[str]:
         return []
     out = ["### Test split per training set", ""]
     out.append(
-        "Each model on the test images of each training set (the threshold 0.5, and the one "
-        "chosen on the whole validation split); mean ± std over seeds, then a 95% bootstrap CI "
-        "over that set's test images. A model that does well on one set only has learnt that "
-        "set rather than what AI images share.")
+        "Each model on the test images of each training set (at the threshold 0.5); "
+        f"{cell_words(results['seeds'])}, then a 95% bootstrap CI over that set's test images. A "
+        "model that does well on one set only has learnt that set rather than what AI images "
+        "share.")
     out.append("")
     names = list(sets)
     first = next(iter(models.values()))
@@ -726,9 +726,10 @@ def test_metrics_section(results: Mapping[str, Any]) -> list[str]:
     n = n_ai + n_real
     out = ["### Test split: threshold-aware metrics, calibration, sources", ""]
     out.append(
-        "Each model on its seed's test split, with the metrics of the external evaluations: mean "
-        "± std over seeds, then a 95% CI from 1000 bootstrap resamples of the test images (each "
-        "seed's own test images resampled; numpy seed 0). Baselines: always answering the larger "
+        "Each model on its seed's test split, with the metrics of the external evaluations: "
+        f"{cell_words(results['seeds'])}, then a 95% CI from 1000 bootstrap resamples of the test "
+        "images (each seed's own test images resampled; numpy seed 0). Baselines: always "
+        "answering the larger "
         f"class reaches accuracy {max(n_ai, n_real) / n:.3f} and balanced accuracy 0.500; a "
         f"random ranking has ROC-AUC 0.500 and average precision {n_ai / n:.3f} (the share of ai "
         "images). ECE: expected calibration error of prob_ai over 10 equal-width bins (0 = "
