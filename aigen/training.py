@@ -4,6 +4,9 @@
 * `train_frozen`: a new 2-class head on the frozen backbone's pooled features (Adam 1e-3, 3 epochs).
 * `train_finetuned`: the backbone's last stage + a new head (Adam 1e-4, 8 epochs), from the cached
   prefix activations.
+* `train_from_images`: either backbone regime from images instead of cached activations (the whole
+  backbone runs on every batch), for train-time augmentation (aigen.data.augment); the same
+  optimiser, epochs, seeding and batch order, so without augmentation it trains the same model.
 
 Each returns `(model, history)`; history is one dict per epoch with "epoch" (1-based),
 "train_loss" and "train_acc" (running means over the epoch's batches, each batch scored by the
@@ -148,7 +151,9 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
     """Adam on cross-entropy over seeded shuffled batches; -> history (modules trained in place).
 
     `modules` are the trained nn.Modules (set to train mode for the updates and to eval mode for
-    validation); `forward(batch)` maps a batch of A to logits.
+    validation); `forward(batch)` maps a batch of A to logits. A training set with an
+    `augmented(index, epoch)` method (aigen.data.augment.AugmentedImages) gives its batches
+    through it, so each epoch sees its own augmentation.
     """
     import torch
     import torch.nn.functional as F
@@ -168,7 +173,8 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             yb = y_tr[idx].to(device)
-            logits = forward(A_tr[idx].to(device))
+            batch = A_tr.augmented(idx, epoch) if hasattr(A_tr, "augmented") else A_tr[idx]
+            logits = forward(batch.to(device))
             loss = F.cross_entropy(logits, yb)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -254,3 +260,57 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     for param in stage.parameters():
         param.requires_grad_(False)
     return BackboneClassifier(backbone, "finetuned", stage, head, device=device), history
+
+
+def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs: int,
+                      lr: float, batch_size: int = 32, seed: int = 0, device="cpu",
+                      progress: bool = True, checkpoint: str = "last"):
+    """Either regime ("frozen" or "finetuned") trained from model-input images rather than
+    cached activations: every batch runs the frozen prefix (and, frozen, the pretrained stage) in
+    eval mode without gradients, then the trained part. X_tr / X_val give float32 (N, 3, H, W)
+    batches when indexed (aigen.data.augment.AugmentedImages; X_tr's `augmented(index, epoch)`,
+    if present, gives the training batches). Same head initialisation, optimiser, seeded batch
+    order and checkpoint policy as train_frozen / train_finetuned, so without augmentation the
+    result matches theirs up to floating-point summation order. Returns (BackboneClassifier,
+    history).
+    """
+    import torch
+
+    from aigen.models.backbones import (BackboneClassifier, _as_device, new_head, pool,
+                                        to_model_layout)
+
+    if regime not in ("frozen", "finetuned"):
+        raise ValueError(f"regime must be frozen or finetuned, got {regime!r}")
+    y_tr = _check_xy(X_tr, y_tr, "training set")
+    y_val = _check_xy(X_val, y_val, "validation set")
+    _check_common(epochs, batch_size, checkpoint, len(y_tr))
+    device = _as_device(device)
+    prefix = backbone.prefix.to(device).eval()
+    head = new_head(backbone.n_features, seed).to(device)
+    if regime == "frozen":
+        stage = backbone.stage.to(device).eval()
+        modules = [head]
+
+        def forward(batch):
+            with torch.no_grad():
+                features = pool(stage(prefix(to_model_layout(batch, device))))
+            return head(features)
+    else:
+        stage = copy.deepcopy(backbone.stage).to(device)
+        for param in stage.parameters():
+            param.requires_grad_(True)
+        modules = [stage, head]
+
+        def forward(batch):
+            with torch.no_grad():
+                activations = prefix(to_model_layout(batch, device))
+            return head(pool(stage(activations)))
+
+    with deterministic_torch(seed):
+        history = _fit(modules, forward, X_tr, y_tr, X_val, y_val, epochs=epochs, lr=lr,
+                       batch_size=batch_size, seed=seed, device=device, progress=progress,
+                       checkpoint=checkpoint, desc=f"{backbone.name} {regime} (from images)")
+    if regime == "finetuned":
+        for param in stage.parameters():
+            param.requires_grad_(False)
+    return BackboneClassifier(backbone, regime, stage, head, device=device), history

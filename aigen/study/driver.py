@@ -1,11 +1,12 @@
 """`aigen study` (= scripts/run_study.py): the whole study, from a data folder to a results folder.
 
 Stages: load + check the data -> exploration and metadata shortcut audit -> one split per seed ->
+for each input protocol (--harmonize x --augment, aigen.study.protocols; one by default):
 backbone prefix activations (once per backbone, shared by both regimes and every seed) -> train
-every model for every seed -> evaluate each once on train/val/test -> scratch learning-rate study
--> robustness of every model to re-encoded / downscaled test images -> results.json, CSVs,
-figures, report.md. Everything is written into a hidden folder beside --out that is renamed to
---out only when complete (docs/study.md describes the folder).
+every model for every seed -> evaluate each once on train/val/test -> (first protocol) scratch
+learning-rate study -> robustness of every model to re-encoded / downscaled test images; then
+results.json, CSVs, figures, report.md. Everything is written into a hidden folder beside --out
+that is renamed to --out only when complete (docs/study.md describes the folder).
 """
 
 from __future__ import annotations
@@ -86,6 +87,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.study import runfolder
 
     runfolder.add_arguments(run)
+    from aigen.study.protocols import augment_arg, harmonize_arg
+
+    protocol = parser.add_argument_group("input protocols (docs/study.md)")
+    protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
+                          metavar="none|jpeg:Q",
+                          help="jpeg:Q: every input of both classes (training, evaluation, "
+                               "robustness, prediction) is JPEG-encoded at quality Q after the "
+                               "resize to the model's size and decoded again; several values: "
+                               "each is a protocol trained on the same splits (default: none)")
+    protocol.add_argument("--augment", nargs="+", type=augment_arg, default=["none"],
+                          metavar="none|flip|blurjpeg",
+                          help="train-time augmentation of the backbone models (flip; blurjpeg: "
+                               "flip, Gaussian blur, JPEG re-encoding), which then train from "
+                               "images; several values: an ablation on the same splits; the "
+                               "scratch CNN is not augmented (default: none)")
     run.add_argument("--memory-budget", type=byte_size, default=DEFAULT_MEMORY_BUDGET,
                      metavar="SIZE",
                      help="RAM for the backbones' prefix activations, reused by every seed and "
@@ -269,9 +285,17 @@ class Study:
         # Keyed by lr_key: values that print alike would overwrite each other's results.
         self.lrs = list({lr_key(lr): lr for lr in args.scratch_lrs}.values()) \
             if "scratch" in args.models else []
-        self.models: dict[str, dict[str, Any]] = {}  # name -> model info, filled by training
-        self.skipped_models: dict[str, str] = {}
-        self.runs: dict[tuple[str, int], dict[str, Any]] = {}  # (name, seed) -> trained run
+        from aigen.study.protocols import study_protocols
+
+        # Every protocol trains and evaluates on the same splits; the first is the default one.
+        self.protocols = study_protocols(getattr(args, "harmonize", None),
+                                         getattr(args, "augment", None))
+        self.by_protocol: dict[str, dict[str, Any]] = {}  # key -> that protocol's state
+        # The current protocol's state: models (name -> model info, filled by training), runs
+        # ((name, seed) -> trained run), skipped models, robustness, external evaluations.
+        self._enter_protocol(self.protocols[0])
+        self.backbones: dict[str, Any] = {}  # loaded once, shared by every protocol
+        self._unavailable: dict[str, str] = {}  # backbone name -> why it could not be loaded
         self.history_rows: list[list[Any]] = []
         self.device = None
         self.metadata = None  # the --metadata-csv override, read now so a bad file fails early
@@ -300,21 +324,59 @@ class Study:
             self._explore()
         with self.timer.stage("split"):
             self._make_splits()
-        self._train_all()
-        if not self.models:
-            reasons = "; ".join(f"{n}: {r.splitlines()[0]}" for n, r in self.skipped_models.items())
-            raise UserError(f"no model could be trained ({reasons})")
-        with self.timer.stage("lr_study"):
-            self._lr_study()
-        with self.timer.stage("robustness"):
-            self._robustness()
-        with self.timer.stage("external"):
-            self._external()
+        for protocol in self.protocols:
+            self._enter_protocol(protocol)
+            self._train_all()
+            if protocol == self.protocols[0]:
+                if not self.models:
+                    reasons = "; ".join(f"{n}: {r.splitlines()[0]}"
+                                        for n, r in self.skipped_models.items())
+                    raise UserError(f"no model could be trained ({reasons})")
+                with self.timer.stage("lr_study"):
+                    self._lr_study()
+            with self.timer.stage("robustness"):
+                self._robustness()
+            with self.timer.stage("external"):
+                self._external()
+            self._save_protocol()
+        self._enter_protocol(self.protocols[0])
         self._write_results()
+
+    # -- protocols ----------------------------------------------------------------------------
+
+    _PROTOCOL_STATE = ("models", "skipped_models", "runs", "robustness", "external",
+                       "external_skipped", "external_figures")
+
+    def _enter_protocol(self, protocol) -> None:
+        """Make `protocol` the current one: its specs, and its state (empty when it is new)."""
+        from aigen.study.protocols import run_name
+
+        self.protocol = protocol
+        self.specs = protocol.specs()
+        self.run_name = lambda name: run_name(name, protocol, self.protocols[0])  # noqa: E731
+        saved = self.by_protocol.get(protocol.key, {})
+        for attr in self._PROTOCOL_STATE:
+            setattr(self, attr, saved.get(attr, {}))
+        self.prefix, self.pooled = {}, {}  # activations: one protocol's at a time
+
+    def _input_specs(self) -> dict[str, Any]:
+        """{"scratch"/"backbone": Spec}: the current protocol's model inputs (harmonised as it
+        says); every stage that turns images into model inputs takes its specs from here."""
+        return self.specs
+
+    def _save_protocol(self) -> None:
+        self.by_protocol[self.protocol.key] = {attr: getattr(self, attr)
+                                               for attr in self._PROTOCOL_STATE}
+
+    def _trains_scratch(self) -> bool:
+        """The scratch CNN is never augmented: it trains in the first protocol of each
+        harmonisation only."""
+        first = next(p for p in self.protocols if p.harmonize == self.protocol.harmonize)
+        return "scratch" in self.args.models and self.protocol == first
 
     def _load_data(self) -> None:
         from aigen.data.dataset import dataset_from_args, write_skipped
-        from aigen.data.preprocess import BACKBONE, SCRATCH
+        from aigen.data.preprocess import BACKBONE
 
         default_root = None
         if self.args.data is None:
@@ -324,7 +386,15 @@ class Study:
             default_root = default_dataset(progress=self.progress)
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
                                                             & set(self.args.models))
-        specs = (SCRATCH, BACKBONE) if needs_backbone else (SCRATCH,)
+        wanted = []  # every protocol's inputs, packed in one pass over the files
+        for protocol in self.protocols:
+            specs = protocol.specs()
+            wanted.append(specs["scratch"])
+            if needs_backbone:
+                wanted.append(specs["backbone"])
+                if protocol.augment != "none":  # augmented from the unharmonised rows
+                    wanted.append(BACKBONE)
+        specs = tuple({spec.key: spec for spec in wanted}.values())
         self.dataset = dataset_from_args(self.args, default_root=default_root,
                                          progress=self.progress, specs=specs)
         self.data_root = Path(self.dataset.root).resolve()
@@ -372,21 +442,18 @@ class Study:
     # -- training -----------------------------------------------------------------------------
 
     def _train_all(self) -> None:
+        """Train (or read back, --resume) every model of the current protocol for every seed."""
         from aigen.data.dataset import dataset_arrays
-        from aigen.data.preprocess import SCRATCH
 
         self.y_used = self.labels[self.used]
-        if "scratch" in self.args.models:
+        if self._trains_scratch():
             with self.timer.stage("scratch_inputs"):
-                self.X_scratch = dataset_arrays(self.dataset, SCRATCH, self.used)
+                self.X_scratch = dataset_arrays(self.dataset, self.specs["scratch"], self.used)
             self.models[SCRATCH_NAME] = {"regime": "scratch", "backbone": None}
             for seed in self.seeds:
-                with self.timer.stage(f"train:{SCRATCH_NAME}"):
+                with self.timer.stage(f"train:{self.run_name(SCRATCH_NAME)}"):
                     if not self._restore(SCRATCH_NAME, seed):
                         self._train_scratch(seed)
-        self.backbones: dict[str, Any] = {}
-        self.prefix: dict[str, Any] = {}
-        self.pooled: dict[str, Any] = {}
         regimes = [k for k in ("frozen", "finetuned") if k in self.args.models]
         if not regimes:
             return
@@ -397,23 +464,29 @@ class Study:
                 model_name = f"{name}_{regime}"
                 self.models[model_name] = {"regime": regime, "backbone": name}
                 for seed in self.seeds:
-                    with self.timer.stage(f"train:{model_name}"):
+                    with self.timer.stage(f"train:{self.run_name(model_name)}"):
                         if not self._restore(model_name, seed):
                             self._train_backbone(name, regime, seed)
 
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
+        """The backbone (loaded once for every protocol) and its prefix activations under the
+        current protocol's input; False, with the reason recorded, when it is unavailable."""
         from aigen.models.backbones import BackboneUnavailable, load_backbone
 
         weights = self.args.weights if name == "resnet18" else None
-        with self.timer.stage(f"load_backbone:{name}"):
-            try:
-                backbone = load_backbone(name, weights=weights, init=self.args.init)
-            except BackboneUnavailable as exc:
-                for regime in regimes:
-                    self.skipped_models[f"{name}_{regime}"] = str(exc)
-                self._log(f"{name} skipped: {exc}")
-                return False
-        self.backbones[name] = backbone
+        if name not in self.backbones and name not in self._unavailable:
+            with self.timer.stage(f"load_backbone:{name}"):
+                try:
+                    self.backbones[name] = load_backbone(name, weights=weights,
+                                                         init=self.args.init)
+                except BackboneUnavailable as exc:
+                    self._unavailable[name] = str(exc)
+                    self._log(f"{name} skipped: {exc}")
+        if name in self._unavailable:
+            for regime in regimes:
+                self.skipped_models[f"{name}_{regime}"] = self._unavailable[name]
+            return False
+        backbone = self.backbones[name]
         with self.timer.stage(f"prefix_activations:{name}"):
             self.prefix[name] = self._prefix_activations(backbone, self.used, f"{name} prefix")
             if "frozen" in regimes:  # the frozen head's input, computed once for every seed
@@ -424,10 +497,10 @@ class Study:
         """Prefix activations of dataset images, streamed from the store in batches, or reused
         from an earlier run on the same data and backbone (aigen.data.stream.prefix_features)."""
         from aigen.data.dataset import dataset_inputs
-        from aigen.data.preprocess import BACKBONE
         from aigen.data.stream import DEFAULT_MEMORY_BUDGET, prefix_features
 
-        return prefix_features(backbone, dataset_inputs(self.dataset, BACKBONE), BACKBONE, indices,
+        spec = self.specs["backbone"]  # the current protocol's input
+        return prefix_features(backbone, dataset_inputs(self.dataset, spec), spec, indices,
                                manifest=self.dataset.manifest_sha256(), device=self.device,
                                budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET), progress=self.progress)
 
@@ -435,12 +508,13 @@ class Study:
                 restored: bool = False) -> None:
         from aigen.study import runfolder
 
+        run_name = self.run_name(name)  # unique over protocols: names its files and rows
         if not restored:  # persisted at once, so an interrupted run can skip it (--resume)
-            runfolder.save_run(self.work, name, seed, history, prob, self.models[name])
-            runfolder.log_history(self.work, self.args, name, seed, history)
+            runfolder.save_run(self.work, run_name, seed, history, prob, self.models[name])
+            runfolder.log_history(self.work, self.args, run_name, seed, history)
         self.runs[(name, seed)] = {"model": model, "history": history, "prob": prob}
         for h in history:
-            self.history_rows.append([name, seed, h["epoch"], h["train_loss"], h["train_acc"],
+            self.history_rows.append([run_name, seed, h["epoch"], h["train_loss"], h["train_acc"],
                                       h["val_loss"], h["val_acc"]])
 
     def _restore(self, name: str, seed: int) -> bool:
@@ -448,23 +522,30 @@ class Study:
         model is read back from checkpoints/ and its history and predictions from resume/."""
         from aigen.study import runfolder
 
-        state = runfolder.load_run(self.work, name, seed)
+        run_name = self.run_name(name)
+        state = runfolder.load_run(self.work, run_name, seed)
         if state is None:
             return False
         history, prob, info = state
         if info.get("regime") == "scratch":
             from aigen.models.scratch import ScratchCNN
 
-            model = ScratchCNN.load(self.work / "checkpoints" / f"{name}_seed{seed}.npz")
+            model = ScratchCNN.load(self._checkpoint(name, seed))
         else:
             from aigen.models.backbones import load_classifier
 
-            model = load_classifier(self.work / "checkpoints" / f"{name}_seed{seed}.pt",
+            model = load_classifier(self._checkpoint(name, seed),
                                     backbone=self.backbones[info["backbone"]], device=self.device)
         self.models[name].update(info)
-        self._log(f"{name} seed {seed}: finished by the earlier attempt, not trained again")
+        self._log(f"{run_name} seed {seed}: finished by the earlier attempt, not trained again")
         self._record(name, seed, model, history, prob, restored=True)
         return True
+
+    def _checkpoint(self, name: str, seed: int, relative: bool = False) -> Path:
+        """checkpoints/RUN_NAME_seedK.npz (scratch) or .pt of model `name` of this protocol."""
+        suffix = "npz" if self.models[name]["regime"] == "scratch" else "pt"
+        path = Path("checkpoints") / f"{self.run_name(name)}_seed{seed}.{suffix}"
+        return path if relative else self.work / path
 
     def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
         """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
@@ -496,8 +577,9 @@ class Study:
         from aigen.study.checkpoints import identity
 
         model, history = self._fit_scratch(seed, self.hp["scratch"]["lr"])
-        model.save(self.work / "checkpoints" / f"{SCRATCH_NAME}_seed{seed}.npz",
-                   metadata={**identity(SCRATCH_NAME, "scratch", None, seed), **self.hp["scratch"]})
+        model.save(self._checkpoint(SCRATCH_NAME, seed),
+                   metadata={**identity(self.run_name(SCRATCH_NAME), "scratch", None, seed),
+                             **self.hp["scratch"]})
         self.models[SCRATCH_NAME].update(
             weights_source="random initialisation, trained from scratch", pretrained=False,
             n_params=model.n_params, trainable_params=model.n_params,
@@ -510,25 +592,46 @@ class Study:
         from aigen.training import train_finetuned, train_frozen
 
         backbone = self.backbones[name]
-        hp = self.hp[regime]
+        augment = self.protocol.augment
+        hp = {**self.hp[regime], "augment": augment}
         A = self.pooled[name] if regime == "frozen" else self.prefix[name]
         tr, va = self._rows(seed, "train"), self._rows(seed, "val")
-        train = train_frozen if regime == "frozen" else train_finetuned
         seed_everything(seed)
-        # Prefix activations stay where they are (RAM or file): views of the rows, read per batch.
-        take = (lambda rows: A.subset(rows)) if hasattr(A, "subset") else (lambda rows: A[rows])
-        clf, history = train(backbone, take(tr), self.y_used[tr], take(va), self.y_used[va],
+        if augment == "none":
+            train = train_frozen if regime == "frozen" else train_finetuned
+            # Prefix activations stay where they are (RAM or file): views of the rows, per batch.
+            take = (lambda rows: A.subset(rows)) if hasattr(A, "subset") else (lambda rows: A[rows])
+            X_tr, X_va = take(tr), take(va)
+        else:  # augmented: trained from images (the whole backbone runs on every batch)
+            from functools import partial
+
+            from aigen.training import train_from_images
+
+            train = partial(train_from_images, regime=regime)
+            X_tr, X_va = self._training_images(tr, seed, augment), self._training_images(va, seed)
+        clf, history = train(backbone, X_tr, self.y_used[tr], X_va, self.y_used[va],
                              epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
                              seed=seed, device=self.device, progress=self.progress,
                              checkpoint=hp["checkpoint"])
         model_name = f"{name}_{regime}"
-        clf.save(self.work / "checkpoints" / f"{model_name}_seed{seed}.pt",
-                 metadata={**identity(model_name, regime, name, seed), **hp})
+        clf.save(self._checkpoint(model_name, seed),
+                 metadata={**identity(self.run_name(model_name), regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
             weights_source=backbone.weights_source, pretrained=backbone.pretrained,
             n_params=total, trainable_params=trainable, hyperparameters=hp)
         self._record(model_name, seed, clf, history, clf.predict_proba_from_prefix(A))
+
+    def _training_images(self, rows: np.ndarray, seed: int, augment: str = "none"):
+        """The images of `rows` (rows of self.used) as the backbones' inputs under the current
+        protocol, made per batch from the unharmonised store: augmented (seeded per seed, epoch
+        and image) and then harmonised (aigen.data.augment.AugmentedImages)."""
+        from aigen.data.augment import AugmentedImages
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.preprocess import BACKBONE
+
+        return AugmentedImages(dataset_inputs(self.dataset, BACKBONE), self.specs["backbone"],
+                               self.used[rows], augment, seed)
 
     # -- learning-rate study ------------------------------------------------------------------
 
@@ -574,7 +677,6 @@ class Study:
     def _robustness(self) -> None:
         from tqdm import tqdm
 
-        from aigen.data.preprocess import BACKBONE, SCRATCH
         from aigen.study.robustness import PERTURBATIONS, perturbed_inputs, summarize_robustness
 
         self.robustness: dict[str, Any] = {}
@@ -582,11 +684,11 @@ class Study:
             return
         union = sorted({int(i) for s in self.splits.values() for i in s.indices("test")})
         union_pos = {i: k for k, i in enumerate(union)}
-        specs = {}
+        specs = {}  # the current protocol's inputs: perturbed, then harmonised like any input
         if SCRATCH_NAME in self.models:
-            specs["scratch"] = SCRATCH
-        if self.backbones:
-            specs["backbone"] = BACKBONE
+            specs["scratch"] = self._input_specs()["scratch"]
+        if any(info["backbone"] for info in self.models.values()):
+            specs["backbone"] = self._input_specs()["backbone"]
         images = [self.dataset.images[i] for i in union]
         test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
                     for seed in self.seeds}
@@ -650,36 +752,43 @@ class Study:
                 rows = self._rows(seed, "val")
                 val[(name, seed)] = (self.y_used[rows], self.runs[(name, seed)]["prob"][rows])
         training = {im.sha256 for im in self.dataset.images}
-        # The same function `aigen evaluate` applies to a run's config.json.
-        preprocessing = run_preprocessing({"arguments": vars(self.args)})
+        # The same function `aigen evaluate` applies to a run's config.json, with the protocol's
+        # harmonisation.
+        preprocessing = run_preprocessing({"arguments": vars(self.args)}, self.protocol.harmonize)
+        # Another protocol's files are told apart by its tag: external/NAME@TAG/.
+        label = (lambda n: n) if self.protocol == self.protocols[0] else \
+            (lambda n: f"{n}@{self.protocol.tag}")  # noqa: E731
         for set_name, root in sets.items():
             try:
                 dataset = load_eval_dataset(root, None, preprocessing, regimes,
                                             self.args.workers, self.progress)
                 evaluation, rows, duplicates = evaluate_dataset(
                     dataset, make_scorer(models, regimes), regimes, self.seeds, val, training,
-                    progress=self.progress)
+                    progress=self.progress, harmonize=self.protocol.harmonize)
             except UserError as exc:
                 self.external_skipped[set_name] = str(exc)
                 self._log(f"evaluation set {set_name} skipped: {exc}")
                 continue
+            for row in rows:  # predictions.csv names the models as the run's files do
+                row[3] = self.run_name(row[3])
             self.external_figures[set_name] = write_evaluation(
-                self.work, f"external/{set_name}", set_name, dataset, evaluation, rows, duplicates)
-            self.external[set_name] = {"name": set_name, **evaluation,
-                                       "preprocessing": preprocessing}
+                self.work, f"external/{label(set_name)}", label(set_name), dataset, evaluation,
+                rows, duplicates)
+            self.external[set_name] = {"name": set_name, "protocol": self.protocol.key,
+                                       **evaluation, "preprocessing": preprocessing}
     def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
         """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
         import torch
 
-        from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
+        from aigen.data.preprocess import to_model_input
 
         probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
         if "scratch" in specs:
-            X = to_model_input(u8["scratch"], SCRATCH)
+            X = to_model_input(u8["scratch"], specs["scratch"])
             for seed in self.seeds:
                 probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"].predict_proba(X)
         if "backbone" in specs:
-            X = to_model_input(u8["backbone"], BACKBONE)
+            X = to_model_input(u8["backbone"], specs["backbone"])
             for name, backbone in self.backbones.items():
                 # Once per backbone and perturbation, shared by both regimes and all seeds.
                 A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
@@ -713,6 +822,11 @@ class Study:
         result = {
             "regime": info["regime"],
             "backbone": info["backbone"],
+            # Its input protocol; the name of its checkpoints and of its rows in predictions.csv.
+            "protocol": self.protocol.key,
+            "harmonize": self.protocol.harmonize,
+            "augment": "none" if info["regime"] == "scratch" else self.protocol.augment,
+            "run_name": self.run_name(name),
             "weights_source": info["weights_source"],
             "pretrained": info["pretrained"],
             "n_params": info["n_params"],
@@ -727,8 +841,7 @@ class Study:
                                   "aggregate": aggregate_metrics(per_split["test"])}
         result["val_metrics"] = {"per_seed": per_split["val"],
                                  "aggregate": aggregate_metrics(per_split["val"])}
-        result["checkpoints"] = {str(seed): f"checkpoints/{name}_seed{seed}."
-                                 + ("npz" if info["regime"] == "scratch" else "pt")
+        result["checkpoints"] = {str(seed): self._checkpoint(name, seed, relative=True).as_posix()
                                  for seed in self.seeds}
         # Checked before a checkpoint is loaded again (aigen.study.checkpoints).
         result["checkpoint_sha256"] = {seed: file_sha256(self.work / rel)
@@ -767,9 +880,12 @@ class Study:
         from aigen import io
 
         with self.timer.stage("evaluate"):
+            protocols = self._protocol_results()
+            self._enter_protocol(self.protocols[0])
             self.results = {
                 "seeds": self.seeds,
-                "models": {name: self._model_results(name) for name in self.models},
+                # The first protocol's, as in a run with one protocol; every protocol's below.
+                "models": protocols[self.protocols[0].key]["models"],
                 "skipped_models": dict(self.skipped_models),
                 "data": self._data_results(),
                 "shortcut_audit": self.shortcut_audit,
@@ -777,6 +893,7 @@ class Study:
                 "lr_study": self.lr_study,
                 "ci_method": CI_METHOD_TEXT,
                 "threshold": 0.5,
+                "protocols": protocols,
             }
             if self.args.eval_data:
                 self.results["external"] = self.external
@@ -796,17 +913,42 @@ class Study:
         self.config["wall_seconds"] = {**self.timer.seconds, "total": self.timer.total()}
         io.write_json(self.work / "config.json", self.config)
 
+    def _protocol_results(self) -> dict[str, Any]:
+        """results.json["protocols"]: per protocol key, what it is, its models (the per-model
+        records of results["models"]), skipped models, robustness and external evaluations."""
+        out = {}
+        for protocol in self.protocols:
+            self._enter_protocol(protocol)
+            record = {**protocol.record(),
+                      "models": {name: self._model_results(name) for name in self.models},
+                      "skipped_models": dict(self.skipped_models),
+                      "robustness": self.robustness}
+            if "scratch" in self.args.models and not self._trains_scratch():
+                first = next(p for p in self.protocols if p.harmonize == protocol.harmonize)
+                record["scratch_not_augmented"] = (
+                    "the scratch CNN is not augmented: it is trained once per harmonisation, "
+                    f"see protocol {first.key}")
+            if self.args.eval_data:
+                record["external"] = self.external
+                record["external_skipped"] = self.external_skipped
+            out[protocol.key] = record
+        return out
+
     def _write_predictions(self) -> None:
         from aigen import io
 
         rows = []
-        for (name, seed), run_ in self.runs.items():
-            assignment = self.splits[seed].assignment
-            for r, i in enumerate(self.used):
-                part = assignment[int(i)]
-                if part in ("train", "val", "test"):
-                    im = self.dataset.images[int(i)]
-                    rows.append([im.rel_path, name, seed, part, im.label, repr(float(run_["prob"][r]))])
+        for protocol in self.protocols:  # every protocol's models, under their run names
+            self._enter_protocol(protocol)
+            for (name, seed), run_ in self.runs.items():
+                assignment = self.splits[seed].assignment
+                for r, i in enumerate(self.used):
+                    part = assignment[int(i)]
+                    if part in ("train", "val", "test"):
+                        im = self.dataset.images[int(i)]
+                        rows.append([im.rel_path, self.run_name(name), seed, part, im.label,
+                                     repr(float(run_["prob"][r]))])
+        self._enter_protocol(self.protocols[0])
         io.write_csv(self.work / "predictions.csv",
                      ["path", "model", "seed", "split", "label", "prob_ai"], rows)
 
@@ -821,10 +963,12 @@ class Study:
         keys = ("model", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc")
         for row in self.history_rows:
             history[row[0]].append(dict(zip(keys, row)))
-        for name in self.models:
-            path = fdir / f"curves_{name}.png"
-            fig.training_curves(history[name], f"{name}: training curves", path)
-            out["curves"][name] = rel(path)
+        for protocol in self.protocols:  # every protocol's models, under their run names
+            for name, info in self.by_protocol[protocol.key]["models"].items():
+                run_name = name if protocol == self.protocols[0] else f"{name}@{protocol.tag}"
+                path = fdir / f"curves_{run_name}.png"
+                fig.training_curves(history[run_name], f"{run_name}: training curves", path)
+                out["curves"][run_name] = rel(path)
         if self.models:
             matrices = {name: m["test_metrics"]["aggregate"]["confusion_matrix"]
                         for name, m in self.results["models"].items()}
@@ -862,7 +1006,8 @@ class Study:
             "argv": sys.argv,
             "arguments": arguments,
             "resolved": {"seeds": self.seeds, "hyperparameters": self.hp,
-                         "scratch_lrs": self.lrs, "out": str(self.out)},
+                         "scratch_lrs": self.lrs, "out": str(self.out),
+                         "protocols": [p.record() for p in self.protocols]},
             "started": self.started,
             "device": str(self.device),
             "data": {"root": str(self.data_root), "kind": self.data_kind,
@@ -881,9 +1026,11 @@ class Study:
         from aigen.study.metrics import format_summary
         from aigen.study.report import audit_cells
 
-        rows = [(name, format_summary(m["train_accuracy"]), format_summary(m["val_accuracy"]),
-                 format_summary(m["test_accuracy"]))
-                for name, m in self.results["models"].items()]
+        several = len(self.protocols) > 1  # then each model is named with its protocol
+        rows = [(f"{name} [{key}]" if several else name, format_summary(m["train_accuracy"]),
+                 format_summary(m["val_accuracy"]), format_summary(m["test_accuracy"]))
+                for key, record in self.results["protocols"].items()
+                for name, m in record["models"].items()]
         audit = self.results["shortcut_audit"] or {}
         rows.append(("metadata only (audit)", "–", "–", audit_cells(audit)["accuracy"]))
         # The audit's forest can sit below the majority rate on imbalanced data: show both.
