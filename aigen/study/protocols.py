@@ -127,8 +127,14 @@ def protocol_models(results: Mapping[str, Any], key: str | None = None
     except ValueError as exc:
         raise UserError(f"results.json: protocol {key!r}: {exc} (damaged, or written by another "
                         "version of aigen)") from None
-    models = {m.get("run_name", name): m for name, m in record["models"].items()
-              if isinstance(m, dict)}
+    # The first protocol's models are results["models"] (what a run with one protocol has and
+    # every reader of that key sees); the others are under their run names.
+    source = (results.get("models") or {}) if key == keys[0] else record["models"]
+    if not all(isinstance(m, dict) and isinstance(m.get("regime"), str)
+               and isinstance(m.get("checkpoints"), dict) for m in source.values()):
+        raise UserError(f"results.json: protocol {key!r} has models without their regime and "
+                        "checkpoints (damaged, or written by another version of aigen)")
+    models = {m.get("run_name", name): m for name, m in source.items()}
     return key, harmonize, models
 
 
