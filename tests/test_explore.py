@@ -105,6 +105,11 @@ def test_summary_counts_formats_and_sizes_by_content(tmp_path):
     text = explore.format_summary(summary)
     assert "9 images, 3 skipped" in text and "PNG 60%, JPEG 40%" in text and "JPEG 75%, WEBP 25%" in text
     md = explore.format_summary_markdown(summary)
+    # file sizes: the label's unit is the values' unit (kB), one unit per row
+    assert "file size (bytes)" not in md
+    row = next(line for line in md.splitlines() if line.startswith("| real") and "file size" in line)
+    assert "| file size (kB) |" in row and " B " not in row and "MB" not in row
+    assert row.rstrip(" |").endswith(f"{max(sizes) / 1e3:.1f}")  # the max, in kB
     assert "| AI-generated | PNG 60%, JPEG 40% | RGB 80%, L 20% |" in md
     assert "| real | JPEG 75%, WEBP 25% | RGB 100% |" in md
 
@@ -132,6 +137,17 @@ def test_audit_finds_metadata_that_separates_the_classes(separable_dataset):
         audit["accuracy_per_fold"]
     text = explore.format_audit(audit)
     assert "3-fold stratified CV grouped by content" in text and f"accuracy {audit['accuracy']:.3f}" in text
+    if audit["accuracy"] == 1.0:  # every fold perfect: not a zero-width interval
+        assert lo < hi == 1.0
+
+
+def test_accuracy_interval_never_has_zero_width():
+    from aigen.study.metrics import wilson_interval
+
+    assert explore._accuracy_interval([1.0, 1.0, 1.0], 12) == wilson_interval(12, 12)
+    lo, hi = explore._accuracy_interval([1.0, 1.0, 1.0], 12)
+    assert lo < 0.8 and hi == 1.0
+    assert explore._accuracy_interval([0.5, 0.75], 8) == explore._t_interval([0.5, 0.75])
 
 
 def test_audit_is_at_chance_when_metadata_is_identical(tmp_path):

@@ -215,3 +215,47 @@ def test_training_with_augmentation_is_reproducible_and_differs(lite0, tmp_path)
     assert ha == hb
     assert torch.equal(a.head.weight, b.head.weight)
     assert not torch.equal(a.head.weight, c.head.weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# Report: raw vs harmonised
+
+
+def _record(mean, ci, auc=0.9, regime="frozen"):
+    return {"regime": regime, "test_accuracy": {"mean": mean, "std": 0.01, "per_seed": [mean] * 3,
+                                                "ci95": ci},
+            "test_roc_auc": {"mean": auc, "std": 0.01, "per_seed": [auc] * 3, "ci95": [0.8, 0.95]}}
+
+
+def _results(harmonised_frozen, harmonised_tuned):
+    models = lambda frozen, tuned: {"m_frozen": frozen, "m_finetuned": tuned}  # noqa: E731
+    protocols = {
+        "none/none": {"harmonize": "none", "augment": "none",
+                      "models": models(_record(0.90, [0.85, 0.95]), _record(0.70, [0.65, 0.75]))},
+        "jpeg:96/none": {"harmonize": "jpeg:96", "augment": "none",
+                         "models": models(harmonised_frozen, harmonised_tuned)},
+    }
+    return {"protocols": protocols, "models": protocols["none/none"]["models"],
+            "shortcut_audit": {"majority_baseline": 0.6}, "ci_method": "t", "seeds": [0, 1, 2]}
+
+
+def test_shortcut_flags_name_a_collapse_under_harmonisation():
+    from aigen.study.report import protocols_section, shortcut_flags
+
+    # m_frozen falls by 0.15; m_finetuned by only 0.06, but its CI now reaches the majority rate.
+    results = _results(_record(0.75, [0.70, 0.80]), _record(0.64, [0.58, 0.70]))
+    flags = shortcut_flags(results)
+    assert len(flags) == 2
+    assert "`m_frozen`" in flags[0] and "falls from 0.900 to 0.750" in flags[0]
+    assert "`m_finetuned`" in flags[1] and "no longer above the majority-class rate 0.600" in flags[1]
+    assert "jpeg:96" in flags[0] and "shortcut" in flags[0]
+    section = "\n".join(protocols_section(results))
+    assert "| `m_frozen` | none | 0.900 ± 0.010 [0.850, 0.950] | 0.900 ± 0.010 [0.800, 0.950] | " \
+           "0.750 ± 0.010 [0.700, 0.800] |" in section
+    assert flags[0] in section
+    # Small changes that stay above the majority rate: nothing flagged, and the report says so.
+    calm = _results(_record(0.88, [0.83, 0.93]), _record(0.69, [0.64, 0.74]))
+    assert shortcut_flags(calm) == []
+    assert "none of them looks like it relied" in "\n".join(protocols_section(calm))
+    # One protocol: no section at all.
+    assert protocols_section({"protocols": {"none/none": calm["protocols"]["none/none"]}}) == []

@@ -159,7 +159,8 @@ def test_split_covers_exactly_the_loaded_images(run):
     good = sorted(escape_undecodable(p.relative_to(data).as_posix())
                   for p in data.rglob("*_[0-9][0-9].*"))
     rows = run["split"]
-    assert list(rows[0]) == ["path", "sha256", "label", "split"]
+    assert list(rows[0]) == ["set", "path", "sha256", "label", "split"]
+    assert {r["set"] for r in rows} == {data.name}  # one training set, named after its folder
     assert sorted(r["path"] for r in rows) == good
     assert "ai/caf\\xe9_19.jpg" in good  # the file name that is not UTF-8, its byte as \xNN
     for r in rows[:5]:
@@ -180,7 +181,7 @@ def test_skipped_csv_lists_the_broken_files(run):
 
 def test_predictions_cover_images_models_and_seeds(run):
     preds = run["predictions"]
-    assert list(preds[0]) == ["path", "model", "seed", "split", "label", "prob_ai"]
+    assert list(preds[0]) == ["set", "path", "model", "seed", "split", "label", "prob_ai"]
     assert len(preds) == 2 * N_PER_CLASS * len(MODELS) * 1
     split = {r["path"]: (r["split"], r["label"]) for r in run["split"]}
     for r in preds:
@@ -238,7 +239,7 @@ def test_robustness_and_lr_study(run):
         assert set(r["perturbed"]) == set(robustness.PERTURBATIONS)
         for p in r["perturbed"].values():
             assert 0.0 <= p["mean"] <= 1.0
-            assert p["drop"] == pytest.approx(r["clean"]["mean"] - p["mean"])
+            assert p["change"] == pytest.approx(p["mean"] - r["clean"]["mean"])
     runs = results["lr_study"]["runs"]
     assert set(runs) == {"0.01", "0.1"}
     # The main scratch run already used lr 0.01: the study reuses it rather than retraining.
@@ -549,14 +550,14 @@ def test_robustness_scores_each_seeds_own_test_images(tmp_path, make_study_image
     for name, r in models.items():
         assert r["perturbed"]["none"]["per_seed"] == r["clean"]["per_seed"], name
         assert r["clean"]["per_seed"] == results["models"][name]["test_accuracy"]["per_seed"]
-        assert r["perturbed"]["none"]["drop"] == 0.0
+        assert r["perturbed"]["none"]["change"] == 0.0
 
 
 def test_summarize_robustness():
     r = robustness.summarize_robustness([0.8, 0.9], {"jpeg_q50": [0.7, 0.7]})
     assert r["clean"]["mean"] == pytest.approx(0.85)
     assert r["perturbed"]["jpeg_q50"]["mean"] == pytest.approx(0.7)
-    assert r["perturbed"]["jpeg_q50"]["drop"] == pytest.approx(0.15)
+    assert r["perturbed"]["jpeg_q50"]["change"] == pytest.approx(-0.15)
 
 
 def test_figures_from_plain_data(tmp_path):

@@ -56,6 +56,9 @@ class Dataset:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     class_folders: dict[str, int] = field(default_factory=dict)
     n_files: int = 0  # candidate files found (usable + skipped for a file-level reason)
+    # {set name: root} when loaded as named sets (aigen.data.sets); several sets are joined, with
+    # paths NAME/path-in-set.
+    sets: dict[str, Path] = field(default_factory=dict)
 
     @property
     def labels(self) -> np.ndarray:
@@ -405,17 +408,30 @@ def _pixels(text: str) -> int:
     return int(value)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
-    """Add the data options: [ROOT] / --data ROOT, --classes, --max-pixels, --workers."""
+def add_data_arguments(parser: argparse.ArgumentParser, positional: bool = True,
+                       several: bool = False) -> None:
+    """Add the data options: [ROOT] / --data ROOT, --classes, --max-pixels, --workers.
+    several=True: --data takes one or more [NAME=]ROOT and may be repeated (a list of strings;
+    aigen.data.sets)."""
     from aigen.argtypes import positive_int
 
     group = parser.add_argument_group("data")
     if positional:
         group.add_argument("data_root", nargs="?", metavar="ROOT", default=None,
                            help="data folder (same as --data)")
-    group.add_argument("--data", dest="data", metavar="ROOT", default=None,
-                       help="data folder: Kaggle layout (AiArtData/AiArtData, RealArt/RealArt) "
-                            "or one subfolder per class (e.g. fake/ and real/)")
+    layout = ("Kaggle layout (AiArtData/AiArtData, RealArt/RealArt) or one subfolder per class "
+              "(e.g. fake/ and real/)")
+    if several:
+        group.add_argument("--data", dest="data", metavar="[NAME=]ROOT", nargs="+",
+                           action="extend", default=None,
+                           help=f"data folder(s): {layout}. Give several (or repeat --data) to "
+                                "train on several sets at once, each named NAME (default: its "
+                                "folder's name); splits are stratified by set and label and test "
+                                "metrics are also given per set (default: the embedded "
+                                "synthetic dataset)")
+    else:
+        group.add_argument("--data", dest="data", metavar="ROOT", default=None,
+                           help=f"data folder: {layout}")
     group.add_argument("--classes", nargs="+", metavar="LABEL=FOLDER", default=None,
                        help="name the class folders explicitly, e.g. --classes ai=AiArtData real=RealArt "
                             "(folders relative to ROOT)")

@@ -35,6 +35,8 @@ QUANTITY_LABELS = {
     "n_bytes": "file size (bytes)",
     "bytes_per_pixel": "bytes per pixel",
 }
+# The Markdown table gives every file size in kB (one unit per row, comparable across columns).
+TABLE_LABELS = {**QUANTITY_LABELS, "n_bytes": "file size (kB)"}
 STATISTICS = ("min", "q1", "median", "mean", "q3", "max")
 CLASS_KEYS = {LABEL_AI: "ai", LABEL_REAL: "real"}
 CLASS_COLOURS = {LABEL_AI: "tab:orange", LABEL_REAL: "tab:blue"}
@@ -206,6 +208,13 @@ def _fmt_number(value: float, quantity: str) -> str:
     return f"{value:.0f}"
 
 
+def _fmt_table_number(value: float, quantity: str) -> str:
+    """A cell of the Markdown table, in the unit TABLE_LABELS names (file sizes in kB)."""
+    if quantity == "n_bytes" and value == value:
+        return f"{value / 1e3:.1f}"
+    return _fmt_number(value, quantity)
+
+
 def _fmt_bytes(n: float) -> str:
     for unit, size in (("MB", 1e6), ("kB", 1e3)):
         if n >= size:
@@ -245,8 +254,8 @@ def format_summary_markdown(summary: dict) -> str:
     out.append("|---|---|" + "---:|" * len(STATISTICS))
     for c in classes:
         for q in NUMERIC:
-            out.append(f"| {c['name']} (n={c['count']}) | {QUANTITY_LABELS[q]} | "
-                       + " | ".join(_fmt_number(c[q][s], q) for s in STATISTICS) + " |")
+            out.append(f"| {c['name']} (n={c['count']}) | {TABLE_LABELS[q]} | "
+                       + " | ".join(_fmt_table_number(c[q][s], q) for s in STATISTICS) + " |")
     out += ["", "| class | formats (by content) | colour modes |", "|---|---|---|"]
     for c in classes:
         out.append(f"| {c['name']} | {_fmt_shares(c['formats'], c['count'])} | "
@@ -304,6 +313,13 @@ def _new_figure(width: float = 6.4, height: float = 4.0):
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
+def _legend_outside(ax):
+    """The legend to the right of the plot area, where it covers no bar (the constrained layout
+    makes room for it)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+                     fontsize="small")
+
+
 def _save(fig, path: Path) -> Path:
     from aigen.io import atomic_path
 
@@ -336,7 +352,7 @@ def _histogram(records: list[dict], quantity: str, path: Path, class_names) -> P
     ax.set_xlabel(QUANTITY_LABELS[quantity] + (" (log scale)" if log else ""))
     ax.set_ylabel("images")
     ax.set_title(f"{QUANTITY_LABELS[quantity].split(' (')[0].capitalize()} by class")
-    ax.legend()
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -358,7 +374,7 @@ def _bars(records: list[dict], field: str, path: Path, class_names) -> Path:
     ax.set_xlabel("file format (by content)" if field == "format" else "colour mode (by content)")
     ax.set_ylabel("share of the class's images (%)")
     ax.set_title(f"{'File formats' if field == 'format' else 'Colour modes'} by class")
-    ax.legend()
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -386,6 +402,17 @@ def _t_interval(values: Sequence[float]) -> list[float]:
 
     lo, hi = t_interval(values)
     return [max(0.0, lo), min(1.0, hi)]
+
+
+def _accuracy_interval(per_fold: Sequence[float], n: int) -> list[float]:
+    """95% CI of the cross-validated accuracy: the t-interval over folds, or, when every fold
+    scored the same (a zero-width interval, e.g. all correct on tiny data), the Wilson interval
+    over the n images, which says how few they are."""
+    from aigen.stats import wilson_interval
+
+    if np.ptp(per_fold) == 0:
+        return wilson_interval(round(float(np.mean(per_fold)) * n), n)
+    return _t_interval(per_fold)
 
 
 def _forest(seed: int):
@@ -416,7 +443,7 @@ def _cross_validate(make_model, X: np.ndarray, y: np.ndarray, folds) -> dict:
         if hasattr(model, "feature_importances_"):
             importances.append(model.feature_importances_)
     result = {
-        "accuracy": float(np.mean(acc)), "accuracy_ci95": _t_interval(acc),
+        "accuracy": float(np.mean(acc)), "accuracy_ci95": _accuracy_interval(acc, len(y)),
         "accuracy_per_fold": [float(a) for a in acc],
         "roc_auc": float(np.mean(auc)), "roc_auc_ci95": _t_interval(auc),
     }
@@ -434,8 +461,9 @@ def shortcut_audit(dataset, seed: int = 0, folds: int = 5,
     logistic regression on log-scaled, standardised features, the majority-class baseline, the
     accuracy of the forest on each feature group alone (which cue leaks most), and the forest's
     impurity importances summed per group. Accuracy and ROC-AUC are means over the folds with a
-    95% t-interval over folds (folds share training data, so the interval is somewhat narrow).
-    Folds are grouped by content hash, as the study's split is: an exact duplicate never sits on
+    95% t-interval over folds (folds share training data, so the interval is somewhat narrow); an
+    accuracy on which every fold scored the same gets the Wilson interval over all images instead
+    of a zero-width one. Folds are grouped by content hash, as the study's split is: an exact duplicate never sits on
     both sides of a fold, where its twin would give its metadata away.
     With `metadata` (rel_path -> dict), those values replace the ones read from the files.
     """

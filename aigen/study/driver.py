@@ -24,7 +24,7 @@ import numpy as np
 from aigen.errors import UserError
 from aigen.io import check_new_folder, new_results_folder, refuse_inside
 
-BACKBONE_NAMES = ("resnet18", "efficientnet_lite0")
+DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
 # Images per batch when computing prefix activations (bounds the float32 input held at once).
@@ -46,27 +46,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.data.stream import DEFAULT_MEMORY_BUDGET
     from aigen.argtypes import seed as seed_type
     from aigen.data.dataset import add_data_arguments
+    from aigen.models.backbones import BACKBONES
 
     parser.description = (
         "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
         "seeded splits, evaluate them, test their robustness, and write a results folder with "
         "results.json, CSVs, figures and report.md. See docs/study.md.")
-    add_data_arguments(parser, positional=False)
+    add_data_arguments(parser, positional=False, several=True)
     run = parser.add_argument_group("run")
     run.add_argument("--out", metavar="DIR", default=None,
                      help="results folder to create (must not exist or be empty; default: "
                           "results/<timestamp> in the current folder)")
     run.add_argument("--seeds", type=seed_type, nargs="+", default=[0], metavar="K",
                      help="seeds; each gives its own split and initialisations (default: 0)")
-    run.add_argument("--backbones", nargs="+", choices=BACKBONE_NAMES, default=list(BACKBONE_NAMES),
-                     help="backbones for the frozen and fine-tuned models (default: both; one "
-                          "whose weights are unavailable is reported as skipped)")
+    run.add_argument("--backbones", nargs="+", type=_backbone_name, metavar="NAME",
+                     default=list(DEFAULT_BACKBONES),
+                     help=f"backbones for the frozen and fine-tuned models: {', '.join(BACKBONES)}"
+                          ", or torchvision:ARCH for a torchvision classification CNN (e.g. "
+                          "torchvision:resnet50, with --weights resnet50=PATH) (default: "
+                          f"{' '.join(DEFAULT_BACKBONES)}; one whose weights are unavailable is "
+                          "reported as skipped)")
     run.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(MODEL_KINDS),
                      help="which models to train (default: all three)")
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                      help="torch device for the backbones (default: auto)")
-    run.add_argument("--weights", metavar="PATH", default=None,
-                     help="local resnet18 ImageNet weights file (resnet18-f37072fd.pth)")
+    run.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
+                     help="local weights files, NAME=PATH per backbone (NAME: resnet18, "
+                          "efficientnet_liteN, or ARCH of torchvision:ARCH; a torchvision file is "
+                          "a state_dict), or one bare PATH for resnet18 (resnet18-f37072fd.pth) "
+                          "(default: none: resnet18 and torchvision:ARCH look in torch's hub "
+                          "cache, the Lite backbones use their packages)")
     run.add_argument("--init", choices=("pretrained", "random"), default="pretrained",
                      help="backbone initialisation; random exercises the code path without "
                           "pretrained weights and is reported as NOT pretrained (default: "
@@ -149,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     args = runfolder.resolve_arguments(args, add_arguments)  # --resume, --config
     args.backbones = list(dict.fromkeys(args.backbones))  # a name given twice trains once
     # Paths recorded absolute, for `aigen predict`, --resume and --config from another folder.
-    for key in ("weights", "split_file", "metadata_csv"):
+    args.weights = _recorded_weights(args)
+    for key in ("split_file", "metadata_csv"):
         if getattr(args, key, None) is not None:
             setattr(args, key, str(Path(getattr(args, key)).expanduser().absolute()))
     if getattr(args, "tensorboard", False):
@@ -157,11 +167,12 @@ def run(args: argparse.Namespace) -> int:
     resume = getattr(args, "resume", None) is not None
     out = Path(args.resume) if resume else _resolve_out(args.out)
     args.out = str(out)
-    data_root = _check_data_option(args)
+    data_sets = _check_data_option(args)
     _check_weights_options(args)
-    if data_root is not None:
-        args.data = str(data_root)
-        refuse_inside(out, data_root)
+    if data_sets:  # recorded as NAME=ROOT with absolute roots, like the other paths
+        args.data = [f"{name}={root}" for name, root in data_sets.items()]
+        for root in data_sets.values():
+            refuse_inside(out, root)
     if getattr(args, "eval_data", None):  # recorded absolute, like the other paths
         from aigen.study.evaluate import parse_eval_data
 
@@ -182,13 +193,15 @@ def _resolve_out(out: str | None) -> Path:
     return new_results_folder() if out is None else check_new_folder(out)
 
 
-def _check_data_option(args: argparse.Namespace) -> Path | None:
-    """The --data folder, checked now so a typo fails before anything else happens."""
-    from aigen.data.discover import check_root
+def _check_data_option(args: argparse.Namespace) -> dict[str, Path]:
+    """The --data sets {NAME: ROOT} (none: the synthetic default), checked now so a typo fails
+    before anything else happens. A run recorded before --data took several sets has a string."""
+    from aigen.data.sets import parse_sets
 
-    if getattr(args, "data", None) is None:
-        return None
-    return check_root(args.data).resolve()
+    data = getattr(args, "data", None)
+    if not data:
+        return {}
+    return parse_sets([data] if isinstance(data, str) else data)
 
 
 def _check_eval_data(args: argparse.Namespace, out: Path) -> None:
@@ -202,16 +215,37 @@ def _check_eval_data(args: argparse.Namespace, out: Path) -> None:
         find_class_folders(root, both=False)
 
 
-def _check_weights_options(args: argparse.Namespace) -> None:
-    """An explicit --weights file is checked now (exists, right sha256 prefix): a typo in it is the
-    user's mistake to hear about at once, not a model quietly reported as skipped at the end."""
-    if args.weights is None or "resnet18" not in args.backbones:
-        return
-    if args.init == "random":
-        raise UserError("--init random and --weights contradict each other: give one")
-    from aigen.models.backbones import resolve_weights
+def _backbone_name(text: str) -> str:
+    """--backbones' type: a built-in backbone or torchvision:ARCH of a family aigen can split."""
+    from aigen.models.backbones import check_name
 
-    resolve_weights("resnet18", args.weights)
+    try:
+        return check_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _recorded_weights(args: argparse.Namespace) -> list[str] | None:
+    """--weights as NAME=PATH items with canonical backbone names and absolute paths (recorded so,
+    for `aigen predict`, --resume and --config from another folder)."""
+    from aigen.models.backbones import weights_by_backbone
+
+    weights = weights_by_backbone(args.weights, args.backbones)
+    return [f"{name}={Path(path).expanduser().absolute()}"
+            for name, path in weights.items()] or None
+
+
+def _check_weights_options(args: argparse.Namespace) -> None:
+    """Explicit --weights files are checked now (exist, right sha256 prefix; a torchvision one
+    fits its architecture): a typo in one is the user's mistake to hear about at once, not a
+    model quietly reported as skipped at the end."""
+    from aigen.models.backbones import check_weights, weights_by_backbone
+
+    weights = weights_by_backbone(args.weights, args.backbones)
+    if weights and args.init == "random":
+        raise UserError("--init random and --weights contradict each other: give one")
+    for name, path in weights.items():
+        check_weights(name, path)
 
 
 def lr_key(lr: float) -> str:
@@ -375,15 +409,18 @@ class Study:
         return "scratch" in self.args.models and self.protocol == first
 
     def _load_data(self) -> None:
-        from aigen.data.dataset import dataset_from_args, write_skipped
+        from aigen.data.dataset import write_skipped
         from aigen.data.preprocess import BACKBONE
 
-        default_root = None
-        if self.args.data is None:
+        from aigen.data.discover import parse_class_args
+        from aigen.data.sets import load_sets, parse_sets
+
+        sets = _check_data_option(self.args)
+        if not sets:
             from aigen.data.synth import default_dataset
 
             self._log("no --data given: using the embedded synthetic dataset")
-            default_root = default_dataset(progress=self.progress)
+            sets = parse_sets([str(default_dataset(progress=self.progress))])
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
                                                             & set(self.args.models))
         wanted = []  # every protocol's inputs, packed in one pass over the files
@@ -395,11 +432,22 @@ class Study:
                 if protocol.augment != "none":  # augmented from the unharmonised rows
                     wanted.append(BACKBONE)
         specs = tuple({spec.key: spec for spec in wanted}.values())
-        self.dataset = dataset_from_args(self.args, default_root=default_root,
-                                         progress=self.progress, specs=specs)
-        self.data_root = Path(self.dataset.root).resolve()
-        refuse_inside(self.out, self.data_root)
-        self.data_kind, self.data_description = data_kind(self.data_root)
+        self.dataset = load_sets(
+            sets, class_map=parse_class_args(self.args.classes) if self.args.classes else None,
+            max_pixels=self.args.max_pixels or None, workers=self.args.workers,
+            progress=self.progress, specs=specs, rehash=bool(getattr(self.args, "rehash", False)))
+        self.data_sets = {name: Path(root).resolve() for name, root in self.dataset.sets.items()}
+        for root in self.data_sets.values():
+            refuse_inside(self.out, root)
+        self.set_kinds = {name: data_kind(root) for name, root in self.data_sets.items()}
+        kinds = {kind for kind, _ in self.set_kinds.values()}
+        self.data_root = next(iter(self.data_sets.values())) if len(self.data_sets) == 1 else None
+        if len(self.set_kinds) == 1:
+            self.data_kind, self.data_description = next(iter(self.set_kinds.values()))
+        else:
+            self.data_kind = kinds.pop() if len(kinds) == 1 else "mixed"
+            self.data_description = "; ".join(f"{name}: {description}" for name, (_, description)
+                                              in self.set_kinds.items())
         self.labels = self.dataset.labels
         write_skipped(self.work / "skipped.csv", self.dataset.skipped)
 
@@ -471,9 +519,10 @@ class Study:
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
         """The backbone (loaded once for every protocol) and its prefix activations under the
         current protocol's input; False, with the reason recorded, when it is unavailable."""
-        from aigen.models.backbones import BackboneUnavailable, load_backbone
+        from aigen.models.backbones import (BackboneUnavailable, load_backbone,
+                                            weights_by_backbone)
 
-        weights = self.args.weights if name == "resnet18" else None
+        weights = weights_by_backbone(self.args.weights, self.args.backbones).get(name)
         if name not in self.backbones and name not in self._unavailable:
             with self.timer.stage(f"load_backbone:{name}"):
                 try:
@@ -618,8 +667,8 @@ class Study:
                  metadata={**identity(self.run_name(model_name), regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
-            weights_source=backbone.weights_source, pretrained=backbone.pretrained,
-            n_params=total, trainable_params=trainable, hyperparameters=hp)
+            architecture=backbone.architecture, weights_source=backbone.weights_source,
+            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256, n_params=total, trainable_params=trainable, hyperparameters=hp)
         self._record(model_name, seed, clf, history, clf.predict_proba_from_prefix(A))
 
     def _training_images(self, rows: np.ndarray, seed: int, augment: str = "none"):
@@ -646,6 +695,7 @@ class Study:
             accuracy = {part: [] for part in ("train", "val", "test")}
             counts = {part: [] for part in ("train", "val", "test")}
             final_loss = []
+            one_class = []  # seeds whose model answered one class for every test image
             for seed in self.seeds:
                 if lr == self.hp["scratch"]["lr"] and (SCRATCH_NAME, seed) in self.runs:
                     done = self.runs[(SCRATCH_NAME, seed)]  # the main run already trained this lr
@@ -662,11 +712,14 @@ class Study:
                     accuracy[part].append(correct / len(rows))
                     counts[part].append((correct, len(rows)))
                 final_loss.append(history[-1]["train_loss"])
+                if len(np.unique(prob[self._rows(seed, "test")] >= 0.5)) == 1:
+                    one_class.append(seed)
             runs[lr_key(lr)] = {
                 "lr": lr,
                 **{f"{part}_accuracy": summarize(accuracy[part], counts[part])
                    for part in accuracy},
                 "final_train_loss": summarize(final_loss, bounds=None),
+                "test_single_class_seeds": one_class,
             }
         hp = self.hp["scratch"]
         self.lr_study = {"epochs": hp["epochs"], "filters": hp["filters"],
@@ -746,11 +799,8 @@ class Study:
         regimes = {name: info["regime"] for name, info in self.models.items()}
         models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
                   for seed in self.seeds}
-        val = {}
-        for name in self.models:
-            for seed in self.seeds:
-                rows = self._rows(seed, "val")
-                val[(name, seed)] = (self.y_used[rows], self.runs[(name, seed)]["prob"][rows])
+        val = {(name, seed): self._val_scores(name, seed)
+               for name in self.models for seed in self.seeds}
         training = {im.sha256 for im in self.dataset.images}
         # The same function `aigen evaluate` applies to a run's config.json, with the protocol's
         # harmonisation.
@@ -776,6 +826,51 @@ class Study:
                 rows, duplicates)
             self.external[set_name] = {"name": set_name, "protocol": self.protocol.key,
                                        **evaluation, "preprocessing": preprocessing}
+
+    def _val_scores(self, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, prob_ai) of a model on its seed's validation split (for the threshold
+        chosen on validation)."""
+        rows = self._rows(seed, "val")
+        return self.y_used[rows], self.runs[(name, seed)]["prob"][rows]
+
+    def _test_evaluation(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The in-distribution test split scored like an evaluation set (threshold-aware,
+        calibration and per-source metrics with image-bootstrap CIs; aigen.study.evaluate), each
+        seed on its own test split: (all test images, {set: that set's test images}, the latter
+        only with several training sets). Sources are named SET/SOURCE with several sets."""
+        from aigen.data.discover import source_of
+        from aigen.data.sets import image_sets
+        from aigen.study.metrics import choose_threshold
+
+        if not hasattr(self, "sources_used"):
+            sets = image_sets(self.dataset)
+            self.sets_used = np.array([sets[int(i)] for i in self.used])
+            self.sources_used = np.array([source_of(self.dataset.images[int(i)].rel_path,
+                                                    self.dataset.class_folders)
+                                          for i in self.used])
+        several = len(self.data_sets) > 1
+        thresholds = [choose_threshold(*self._val_scores(name, seed)) for seed in self.seeds]
+        rows = [self._rows(seed, "test") for seed in self.seeds]
+        sources = (np.array([f"{a}/{b}" for a, b in zip(self.sets_used, self.sources_used)])
+                   if several else self.sources_used)
+        overall = self._scored(name, rows, sources, thresholds)
+        per_set = {set_name: self._scored(name, [r[self.sets_used[r] == set_name] for r in rows],
+                                          self.sources_used, thresholds)
+                   for set_name in self.data_sets} if several else {}
+        return overall, per_set
+
+    def _scored(self, name: str, rows: list[np.ndarray], sources: np.ndarray,
+                thresholds: list[float | None]) -> dict[str, Any]:
+        """model_evaluation of a model on the given rows of each seed."""
+        from aigen.study.evaluate import model_evaluation
+
+        probs = [self.runs[(name, seed)]["prob"][r] for seed, r in zip(self.seeds, rows)]
+        if all(np.array_equal(r, rows[0]) for r in rows):  # one seed, or one reused split
+            return model_evaluation(self.y_used[rows[0]], list(sources[rows[0]]), probs,
+                                    thresholds)
+        return model_evaluation([self.y_used[r] for r in rows], [list(sources[r]) for r in rows],
+                                probs, thresholds)
+
     def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
         """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
         import torch
@@ -827,6 +922,8 @@ class Study:
             "harmonize": self.protocol.harmonize,
             "augment": "none" if info["regime"] == "scratch" else self.protocol.augment,
             "run_name": self.run_name(name),
+            # backbones: which network and which weights file, exactly
+            **{key: info[key] for key in ("architecture", "weights_sha256") if key in info},
             "weights_source": info["weights_source"],
             "pretrained": info["pretrained"],
             "n_params": info["n_params"],
@@ -839,6 +936,9 @@ class Study:
         result["test_roc_auc"] = summarize([m["roc_auc"] for m in per_split["test"]])
         result["test_metrics"] = {"per_seed": per_split["test"],
                                   "aggregate": aggregate_metrics(per_split["test"])}
+        result["test_evaluation"], per_set = self._test_evaluation(name)
+        if per_set:
+            result["per_set"] = per_set
         result["val_metrics"] = {"per_seed": per_split["val"],
                                  "aggregate": aggregate_metrics(per_split["val"])}
         result["checkpoints"] = {str(seed): self._checkpoint(name, seed, relative=True).as_posix()
@@ -858,9 +958,10 @@ class Study:
                       for part in ("train", "val", "test", "excluded")}
             splits[str(seed)] = {"file": self.split_files[seed], **counts}
         return {
-            "root": str(self.data_root),
+            "root": str(self.data_root) if self.data_root is not None else None,
             "kind": self.data_kind,
             "description": self.data_description,
+            "sets": self._set_records(),
             "class_folders": dict(self.dataset.class_folders),
             "n_files": self.dataset.n_files,
             "n_images": len(self.dataset.images),
@@ -875,6 +976,19 @@ class Study:
             "splits": splits,
             "split_file_reused": str(self.args.split_file) if self.args.split_file else None,
         }
+
+    def _set_records(self) -> dict[str, Any]:
+        """{set: root, kind, images per class, test images per class per seed} of every
+        training set (one entry with one set)."""
+        from aigen.data.sets import set_counts
+
+        images = set_counts(self.dataset)
+        tests = {str(seed): set_counts(self.dataset, split.indices("test"))
+                 for seed, split in self.splits.items()}
+        return {name: {"root": str(root), "kind": self.set_kinds[name][0],
+                       "n_images": sum(images[name].values()), "n_per_class": images[name],
+                       "n_test_per_class": {seed: counts[name] for seed, counts in tests.items()}}
+                for name, root in self.data_sets.items()}
 
     def _write_results(self) -> None:
         from aigen import io
@@ -937,6 +1051,9 @@ class Study:
     def _write_predictions(self) -> None:
         from aigen import io
 
+        from aigen.data.sets import image_sets, path_in_set
+
+        sets = image_sets(self.dataset)
         rows = []
         for protocol in self.protocols:  # every protocol's models, under their run names
             self._enter_protocol(protocol)
@@ -946,11 +1063,12 @@ class Study:
                     part = assignment[int(i)]
                     if part in ("train", "val", "test"):
                         im = self.dataset.images[int(i)]
-                        rows.append([im.rel_path, self.run_name(name), seed, part, im.label,
+                        rows.append([sets[int(i)], path_in_set(self.dataset, im.rel_path),
+                                     self.run_name(name), seed, part, im.label,
                                      repr(float(run_["prob"][r]))])
         self._enter_protocol(self.protocols[0])
         io.write_csv(self.work / "predictions.csv",
-                     ["path", "model", "seed", "split", "label", "prob_ai"], rows)
+                     ["set", "path", "model", "seed", "split", "label", "prob_ai"], rows)
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
@@ -972,8 +1090,10 @@ class Study:
         if self.models:
             matrices = {name: m["test_metrics"]["aggregate"]["confusion_matrix"]
                         for name, m in self.results["models"].items()}
+            summed = ("summed over seeds" if len(self.seeds) > 1 else
+                      fig.seeds_words(self.seeds))
             fig.confusion_matrices(matrices, fdir / "confusion_matrices.png",
-                                   title="Test confusion matrices (summed over seeds)")
+                                   title=f"Test confusion matrices ({summed})")
             out["confusion"] = rel(fdir / "confusion_matrices.png")
             curves = {}
             for name in self.models:
@@ -981,18 +1101,23 @@ class Study:
                 for seed in self.seeds:
                     rows = self._rows(seed, "test")
                     curves[name].append((self.y_used[rows], self.runs[(name, seed)]["prob"][rows]))
-            fig.roc_curves(curves, fdir / "roc_curves.png")
+            per_seed = ("one line per seed" if len(self.seeds) > 1 else
+                        fig.seeds_words(self.seeds))
+            fig.roc_curves(curves, fdir / "roc_curves.png",
+                           title=f"ROC curves (test split, {per_seed})")
             out["roc"] = rel(fdir / "roc_curves.png")
         out["external"] = self.external_figures
         if self.robustness.get("models"):
-            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png")
+            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png",
+                                seeds=self.seeds)
             out["robustness"] = rel(fdir / "robustness.png")
         if self.lr_study.get("runs"):
             lr_history = []
             for lr in self.lr_study["runs"]:
                 for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
                     lr_history.append({**row, "lr": lr})
-            fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png")
+            fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png",
+                         seeds=self.seeds)
             out["lr_study"] = rel(fdir / "lr_study.png")
         return out
 
@@ -1010,9 +1135,11 @@ class Study:
                          "protocols": [p.record() for p in self.protocols]},
             "started": self.started,
             "device": str(self.device),
-            "data": {"root": str(self.data_root), "kind": self.data_kind,
-                     "manifest_sha256": self.dataset.manifest_sha256()},
-            "backbones": {name: {"weights_source": b.weights_source, "pretrained": b.pretrained,
+            "data": {"root": str(self.data_root) if self.data_root is not None else None,
+                     "sets": {name: str(root) for name, root in self.data_sets.items()},
+                     "kind": self.data_kind, "manifest_sha256": self.dataset.manifest_sha256()},
+            "backbones": {name: {"architecture": b.architecture,
+                                 "weights_source": b.weights_source, "pretrained": b.pretrained,
                                  "init": b.init, "weights_sha256": b.weights_sha256,
                                  "fingerprint": b.fingerprint}
                           for name, b in self.backbones.items()},
@@ -1039,8 +1166,9 @@ class Study:
         header = ("model", "train", "val", "test")
         widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(4)]
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
-        seeds = ", ".join(map(str, self.seeds))
-        print(f"accuracy (mean ± std over seeds {seeds}; data: {self.data_kind})")
+        from aigen.study.report import cell_words
+
+        print(f"accuracy, {cell_words(self.seeds)}; data: {self.data_kind}")
         print(line(header))
         print(line(["-" * w for w in widths]))
         for r in rows:

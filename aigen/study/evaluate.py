@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -61,8 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results folder to create (default: results/<timestamp>-eval-NAME)")
     parser.add_argument("--name", metavar="NAME", default=None,
                         help="name of the evaluation set (default: the data folder's name)")
-    parser.add_argument("--weights", metavar="PATH", default=None,
-                        help="resnet18 weights file, if it moved since the run")
+    parser.add_argument("--weights", action="append", metavar="NAME=PATH", default=None,
+                        help="a backbone's weights file, if it moved since the run: NAME=PATH "
+                             "(NAME: the backbone, or ARCH of torchvision:ARCH), or a bare PATH "
+                             "for resnet18; repeat for several (default: the --weights the run "
+                             "recorded)")
     parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda",
                         help="torch device for backbones (default: cpu)")
     parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
@@ -71,33 +73,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars on stderr")
 
 
-def set_name(text: str) -> str:
-    """An evaluation-set name: letters, digits, '.', '_' and '-' (it names files and keys)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", text or ""):
-        raise UserError(f"evaluation set name {text!r}: use letters, digits, '.', '_' or '-' "
-                        "(up to 64 characters)")
-    return text
-
-
 def parse_eval_data(items: Sequence[str]) -> dict[str, Path]:
     """`--eval-data NAME=ROOT ...` (or a bare ROOT, named after its folder) -> {NAME: ROOT}."""
-    from aigen.data.discover import check_root
+    from aigen.data.sets import parse_sets
 
-    sets: dict[str, Path] = {}
-    for item in items:
-        name, sep, root = item.partition("=")
-        if not sep:
-            name, root = Path(item).expanduser().resolve().name, item
-        name = set_name(name)
-        if name in sets:
-            raise UserError(f"--eval-data names the set {name!r} twice")
-        sets[name] = check_root(root).resolve()
-    return sets
+    return parse_sets(items, "--eval-data")
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate a run on a labelled folder; returns 0. Bad input is a UserError before any work."""
     from aigen.data.discover import check_root, parse_class_args
+    from aigen.data.sets import safe_name, set_name
     from aigen.device import resolve_device
     from aigen.io import atomic_folder, check_new_folder, new_results_folder, refuse_inside
     from aigen.study.predict import load_models, read_run
@@ -110,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     protocol, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
     seeds = check_run(run_dir, results)
     data_root = check_root(args.data).resolve()
-    name = set_name(args.name) if args.name else set_name(_safe_name(data_root.name))
+    name = set_name(args.name) if args.name else safe_name(data_root.name)
     out = (check_new_folder(args.out) if args.out
            else new_results_folder(suffix=f"-eval-{name}"))
     refuse_inside(out, data_root)
@@ -144,10 +130,6 @@ def run(args: argparse.Namespace) -> int:
     print(format_evaluation(evaluation))
     print(f"report: {out / 'report.md'}")
     return 0
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("._-")[:64] or "data"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,48 +311,68 @@ def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds:
     return evaluation, rows, [[dataset.images[i].rel_path] for i in duplicates]
 
 
-def model_evaluation(y: np.ndarray, sources: Sequence[str], probs: Sequence[np.ndarray],
+def _per_seed(values, n_seeds: int) -> list:
+    """`values` as a list with one entry per seed: a list is already one; anything else is shared
+    by every seed."""
+    return list(values) if isinstance(values, (list, tuple)) else [values] * n_seeds
+
+
+def _mean_count(counts: Sequence[int]) -> int:
+    return int(round(float(np.mean(counts)))) if len(counts) else 0
+
+
+def model_evaluation(y, sources, probs: Sequence[np.ndarray],
                      thresholds: Sequence[float | None]) -> dict[str, Any]:
     """The contract record of one model: each metric summarised over seeds with an
-    image-bootstrap CI, the threshold chosen on validation and its metrics, the per-source view."""
+    image-bootstrap CI, the threshold chosen on validation and its metrics, the per-source view.
+
+    `y` (labels) and `sources` are either shared by every seed (an evaluation set: every seed
+    scored the same images) or lists with one entry per seed (each seed's own test split); then
+    "n" is the mean number of images per seed and "n_per_seed" lists them."""
     from aigen.study.metrics import (bootstrap_cis, detector_metrics, summarize,
                                      summarize_bootstrap)
 
-    per_seed = [detector_metrics(y, p, t) for p, t in zip(probs, thresholds)]
+    ys = _per_seed(y, len(probs))
+    per_seed = [detector_metrics(yk, p, t) for yk, p, t in zip(ys, probs, thresholds)]
     cis = bootstrap_cis(y, probs, lambda yy, pp, k: detector_metrics(yy, pp, thresholds[k],
                                                                       fast=True))
-    n = {"accuracy": len(y), "accuracy_real": int((y == 0).sum()),
-         "accuracy_ai": int((y == 1).sum())}  # the proportions, for summarize_bootstrap
+    n_images = _mean_count([len(yk) for yk in ys])
+    n = {"accuracy": n_images, "accuracy_real": _mean_count([int((yk == 0).sum()) for yk in ys]),
+         "accuracy_ai": _mean_count([int((yk == 1).sum()) for yk in ys])}  # for the Wilson CIs
     record: dict[str, Any] = {
         key: summarize_bootstrap([m[key] for m in per_seed], cis.get(key), n.get(key))
         for key in METRIC_KEYS}
     record["at_val_threshold"] = {
         "threshold": summarize(thresholds, bounds=None),
         "accuracy": summarize_bootstrap([m["val_threshold_accuracy"] for m in per_seed],
-                                        cis.get("val_threshold_accuracy"), len(y)),
+                                        cis.get("val_threshold_accuracy"), n_images),
         "balanced_accuracy": summarize_bootstrap(
             [m["val_threshold_balanced_accuracy"] for m in per_seed],
             cis.get("val_threshold_balanced_accuracy")),
     }
-    record["n"] = int(len(y))
+    record["n"] = n_images
+    if isinstance(y, (list, tuple)):
+        record["n_per_seed"] = [int(len(yk)) for yk in ys]
     record["by_source"] = by_source(y, sources, probs)
     return record
 
 
-def by_source(y: np.ndarray, sources: Sequence[str], probs: Sequence[np.ndarray]
-              ) -> dict[str, Any]:
+def by_source(y, sources, probs: Sequence[np.ndarray]) -> dict[str, Any]:
     """{source: {"label", "n", "accuracy"[, "roc_auc"]}}; a source holding both classes (label
-    None) also gets ROC-AUC."""
+    None) also gets ROC-AUC. `y` and `sources` are shared by every seed or given per seed (as in
+    `model_evaluation`; then "n" is the mean number of the source's images per seed)."""
     from aigen.study.metrics import (bootstrap_cis, fast_ranking_metrics, ranking_metrics,
                                      summarize_bootstrap, threshold_metrics)
 
-    src = np.asarray(sources)
+    shared = not isinstance(y, (list, tuple))
+    ys = _per_seed(y, len(probs))
+    srcs = [np.asarray(s) for s in ([sources] * len(probs) if shared else sources)]
     out = {}
-    for name in sorted(set(sources)):
-        mask = src == name
-        ys = y[mask]
-        ps = [p[mask] for p in probs]
-        labels = sorted(set(int(v) for v in ys))
+    for name in sorted(set().union(*(set(s.tolist()) for s in srcs))):
+        masks = [s == name for s in srcs]
+        ys_k = [yk[m] for yk, m in zip(ys, masks)]
+        ps = [p[m] for p, m in zip(probs, masks)]
+        labels = sorted(set(int(v) for v in np.concatenate(ys_k)))
         mixed = len(labels) == 2
 
         def metrics(yy, pp, _k, fast=True):
@@ -380,9 +382,10 @@ def by_source(y: np.ndarray, sources: Sequence[str], probs: Sequence[np.ndarray]
                                 else ranking_metrics(yy, pp))["roc_auc"]
             return m
 
-        per_seed = [metrics(ys, p, k, fast=False) for k, p in enumerate(ps)]
-        cis = bootstrap_cis(ys, ps, metrics)
-        entry = {"label": None if mixed else labels[0], "n": int(mask.sum())}
+        per_seed = [metrics(yk, p, k, fast=False) for k, (yk, p) in enumerate(zip(ys_k, ps))]
+        cis = bootstrap_cis(ys_k[0] if shared else ys_k, ps, metrics)
+        entry = {"label": None if mixed else labels[0],
+                 "n": _mean_count([int(m.sum()) for m in masks])}
         for key in per_seed[0]:
             entry[key] = summarize_bootstrap([m[key] for m in per_seed], cis.get(key),
                                              entry["n"] if key == "accuracy" else None)

@@ -1,7 +1,9 @@
 """The study's figures (PNG, matplotlib's Agg renderer, no global pyplot state).
 
 Every function takes plain data (lists, dicts, arrays) and a path, so it can be drawn from the
-results folder alone.
+results folder alone, and returns the matplotlib Figure it saved. Legends sit outside the plot
+area, where they cover no data; curves of different models differ in colour, line style and
+marker; titles say "mean over N seeds" only when there are several seeds, else "seed K".
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def _save(fig, path: str | os.PathLike):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
@@ -34,8 +36,40 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+LINESTYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def _styles(n: int) -> list[dict[str, Any]]:
+    """Colour, line style and marker per curve, all three distinct between neighbours, so that
+    overlapping curves (e.g. two models with the same ROC) stay visible; markers every tenth of
+    the curve's length."""
+    return [{"color": c, "ls": LINESTYLES[k % len(LINESTYLES)], "marker": MARKERS[k % len(MARKERS)],
+             "markevery": 0.1, "markersize": 5, "fillstyle": "none"}
+            for k, c in enumerate(_colors(n))]
+
+
+def _legend_outside(ax, **kwargs):
+    """The axes' legend to the right of its plot area, where it can cover no data (the
+    constrained layout makes room for it)."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+                     fontsize="small", **kwargs)
+
+
+def seeds_words(seeds: Sequence[Any]) -> str:
+    """For figure titles: "mean over N seeds" with several seeds, "seed K" with one."""
+    seeds = list(seeds)
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(seeds)} seeds"
+
+
+def _n_seeds(summaries: Sequence[Mapping[str, Any]]) -> int:
+    """How many seeds a list of metrics.summarize records covers (the most defined values)."""
+    return max((len([v for v in s.get("per_seed", []) if v is not None]) for s in summaries),
+               default=0)
+
+
 def training_curves(history: Sequence[Mapping[str, Any]], title: str,
-                    path: str | os.PathLike) -> None:
+                    path: str | os.PathLike):
     """Loss and accuracy per epoch, train (solid) and validation (dashed), one colour per seed.
 
     `history` rows are dicts with "seed", "epoch", "train_loss", "val_loss", "train_acc", "val_acc".
@@ -57,13 +91,14 @@ def training_curves(history: Sequence[Mapping[str, Any]], title: str,
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax_acc.legend(fontsize="small", ncols=2 if len(seeds) > 2 else 1)
+    _legend_outside(ax_acc, ncols=2 if len(seeds) > 4 else 1)
     fig.suptitle(title)
     _save(fig, path)
+    return fig
 
 
 def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], path: str | os.PathLike,
-                       class_names: Sequence[str] = ("real", "ai"), title: str = "") -> None:
+                       class_names: Sequence[str] = ("real", "ai"), title: str = ""):
     """One panel per model side by side; rows true class, columns predicted, counts annotated."""
     n = max(1, len(matrices))
     fig = _figure(min(3.2 * n + 0.5, 20), 3.6)
@@ -81,39 +116,44 @@ def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], path: st
     if title:
         fig.suptitle(title)
     _save(fig, path)
+    return fig
 
 
 def roc_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
-               path: str | os.PathLike, title: str = "ROC curves (test split)") -> None:
-    """ROC per model (one colour) and seed (one line); the legend gives the mean AUC over seeds.
+               path: str | os.PathLike, title: str = "ROC curves (test split)"):
+    """ROC per model (one colour, line style and marker) and seed (one line; the seeds after the
+    first paler); the legend, outside the plot, gives the mean AUC over seeds.
 
     `curves` maps model name -> [(y_true, prob_ai) for each seed].
     """
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    fig = _figure(5.2, 4.8)
+    fig = _figure(7.6, 4.6)
     ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
-    for (name, per_seed), color in zip(curves.items(), _colors(len(curves))):
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
+    for (name, per_seed), style in zip(curves.items(), _styles(len(curves))):
         usable = [(y, p) for y, p in per_seed if len(np.unique(y)) == 2]  # AUC needs both classes
         if not usable:
             continue
         auc = np.mean([roc_auc_score(y, p) for y, p in usable])
-        seeds = f", {len(usable)} seeds" if len(usable) > 1 else ""
+        seeds = f", mean of {len(usable)} seeds" if len(usable) > 1 else ""
         for k, (y, p) in enumerate(usable):
             fpr, tpr, _ = roc_curve(y, p)
-            ax.plot(fpr, tpr, color=color, alpha=0.9 if k == 0 else 0.4,
+            ax.plot(fpr, tpr, alpha=0.9 if k == 0 else 0.4, **style,
                     label=f"{name} (AUC {auc:.3f}{seeds})" if k == 0 else None)
     ax.set(xlabel="false positive rate (real called ai)", ylabel="true positive rate (ai found)",
-           xlim=(0, 1), ylim=(0, 1.01), title=title)
+           xlim=(-0.01, 1), ylim=(0, 1.01), title=title, aspect="equal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower right")
+    _legend_outside(ax)
     _save(fig, path)
+    return fig
 
 
 def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
-                    title: str = "Test accuracy under perturbations (mean over seeds)") -> None:
-    """Grouped bars: per model, the clean accuracy then each perturbation's (std as error bar).
+                    title: str | None = None, seeds: Sequence[Any] | None = None):
+    """Grouped bars: per model, the clean accuracy then each perturbation's (with several seeds
+    their mean, the std as error bar; with one seed that seed's value, no error bar). The default
+    title says which (`seeds` names the seed of a one-seed run).
 
     `models` is results.json's robustness["models"]: {name: {"clean": summary,
     "perturbed": {perturbation: summary}}}.
@@ -121,7 +161,12 @@ def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.Path
     names = list(models)
     perturbations = list(next(iter(models.values()))["perturbed"]) if models else []
     conditions = ["clean", *perturbations]
-    fig = _figure(max(6.0, 1.2 * len(names) * len(conditions) / 3 + 2), 4.2)
+    n_seeds = _n_seeds([models[n]["clean"] for n in names])
+    if title is None:
+        which = seeds_words(seeds) if seeds else (
+            f"mean over {n_seeds} seeds" if n_seeds > 1 else "one seed")
+        title = f"Test accuracy under perturbations ({which})"
+    fig = _figure(max(7.0, 1.2 * len(names) * len(conditions) / 3 + 3), 4.2)
     ax = fig.subplots()
     width = 0.8 / max(1, len(conditions))
     x = np.arange(len(names))
@@ -129,40 +174,47 @@ def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.Path
         summaries = [models[n]["clean"] if cond == "clean" else models[n]["perturbed"][cond]
                      for n in names]
         means = [s["mean"] if s["mean"] is not None else np.nan for s in summaries]
-        stds = [s["std"] or 0.0 for s in summaries]
+        stds = [s["std"] or 0.0 for s in summaries] if n_seeds > 1 else None
         ax.bar(x + (k - (len(conditions) - 1) / 2) * width, means, width, yerr=stds,
                color=color, label=cond, capsize=2)
     ax.axhline(0.5, color="grey", ls=":", lw=1)
     ax.set_xticks(x, names, rotation=15 if len(names) > 3 else 0, fontsize="small")
     ax.set(ylabel="test accuracy", ylim=(0, 1.05), title=title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", ncols=min(3, len(conditions)), loc="lower right")
+    _legend_outside(ax)
     _save(fig, path)
+    return fig
 
 
 def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
              history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-             title: str = "Scratch CNN: learning-rate sensitivity") -> None:
-    """Left: train/val/test accuracy per learning rate (mean ± std over seeds).
-    Right: validation loss per epoch per learning rate (mean over seeds).
+             title: str = "Scratch CNN: learning-rate sensitivity",
+             seeds: Sequence[Any] | None = None):
+    """Left: train/val/test accuracy per learning rate (mean ± std over seeds as error bar; one
+    seed: its value, no error bar). Right: train and validation loss per epoch per learning rate
+    (mean over seeds). The panel titles say "mean over N seeds" or "seed K".
 
     `lr_results` is results.json's lr_study["runs"]: {lr string: {"train_accuracy", ...}};
     `history` rows carry an "lr" key besides the training_curves fields.
     """
     lrs = list(lr_results)
-    fig = _figure(9.5, 3.8)
+    n_seeds = _n_seeds([lr_results[lr]["test_accuracy"] for lr in lrs])
+    which = seeds_words(seeds) if seeds else (
+        f"mean over {n_seeds} seeds" if n_seeds > 1 else "one seed")
+    fig = _figure(11, 3.8)
     ax_bar, ax_curve = fig.subplots(1, 2)
     x = np.arange(len(lrs))
     splits = ("train", "val", "test")
     width = 0.8 / len(splits)
     for k, (split, color) in enumerate(zip(splits, _colors(len(splits)))):
         summaries = [lr_results[lr][f"{split}_accuracy"] for lr in lrs]
+        stds = [s["std"] or 0.0 for s in summaries] if n_seeds > 1 else None
         ax_bar.bar(x + (k - 1) * width, [s["mean"] for s in summaries], width,
-                   yerr=[s["std"] or 0.0 for s in summaries], color=color, label=split, capsize=2)
+                   yerr=stds, color=color, label=split, capsize=2)
     ax_bar.axhline(0.5, color="grey", ls=":", lw=1)
     ax_bar.set_xticks(x, [f"lr {lr}" for lr in lrs])
-    ax_bar.set(ylabel="accuracy", ylim=(0, 1.05), title="accuracy per learning rate")
-    ax_bar.legend(fontsize="small", loc="lower right")
+    ax_bar.set(ylabel="accuracy", ylim=(0, 1.05), title=f"accuracy per learning rate ({which})")
+    _legend_outside(ax_bar)
     for lr, color in zip(lrs, _colors(len(lrs))):
         rows = [r for r in history if str(r["lr"]) == lr]
         epochs = sorted({r["epoch"] for r in rows})
@@ -171,66 +223,69 @@ def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
             ax_curve.plot(epochs, means, color=color, ls=ls,
                           marker="o" if len(epochs) < 3 else None,
                           label=f"lr {lr} {key.split('_')[0]}")
-    ax_curve.set(xlabel="epoch", ylabel="loss (BCE)", title="loss per epoch (mean over seeds)")
+    ax_curve.set(xlabel="epoch", ylabel="loss (BCE)", title=f"loss per epoch ({which})")
     ax_curve.xaxis.get_major_locator().set_params(integer=True)
-    ax_curve.legend(fontsize="small")
+    _legend_outside(ax_curve)
     for ax in (ax_bar, ax_curve):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     _save(fig, path)
+    return fig
 
 
 def precision_recall_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
                             path: str | os.PathLike,
-                            title: str = "Precision-recall curves") -> None:
+                            title: str = "Precision-recall curves"):
     """Precision-recall (ai = positive class) per model (one colour) and seed (one line); the
     legend gives the mean average precision over seeds; the dotted line is the share of ai images
     (what a random ranking reaches)."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    fig = _figure(5.2, 4.8)
+    fig = _figure(7.6, 4.6)
     ax = fig.subplots()
     base = None
-    for (name, per_seed), color in zip(curves.items(), _colors(len(curves))):
+    for (name, per_seed), style in zip(curves.items(), _styles(len(curves))):
         usable = [(y, p) for y, p in per_seed if len(np.unique(y)) == 2]
         if not usable:
             continue
         base = float(np.mean(usable[0][0] == 1))
         ap = np.mean([average_precision_score(y, p) for y, p in usable])
-        seeds = f", {len(usable)} seeds" if len(usable) > 1 else ""
+        seeds = f", mean of {len(usable)} seeds" if len(usable) > 1 else ""
         for k, (y, p) in enumerate(usable):
             precision, recall, _ = precision_recall_curve(y, p)
-            ax.step(recall, precision, where="post", color=color, alpha=0.9 if k == 0 else 0.4,
-                    label=f"{name} (AP {ap:.3f}{seeds})" if k == 0 else None)
+            ax.plot(recall, precision, drawstyle="steps-post", alpha=0.9 if k == 0 else 0.4,
+                    **style, label=f"{name} (AP {ap:.3f}{seeds})" if k == 0 else None)
     if base is not None:
         ax.axhline(base, color="grey", ls=":", lw=1, label=f"random ({base:.2f})")
-    ax.set(xlabel="recall (ai found)", ylabel="precision (ai calls that are ai)", xlim=(0, 1),
-           ylim=(0, 1.01), title=title)
+    ax.set(xlabel="recall (ai found)", ylabel="precision (ai calls that are ai)",
+           xlim=(0, 1.01), ylim=(0, 1.01), title=title, aspect="equal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="lower left")
+    _legend_outside(ax)
     _save(fig, path)
+    return fig
 
 
 def reliability_diagram(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
-                        path: str | os.PathLike, title: str = "Reliability diagram") -> None:
+                        path: str | os.PathLike, title: str = "Reliability diagram"):
     """Share of ai images against mean prob_ai per equal-width bin (all seeds pooled), one line per
     model; the diagonal is perfect calibration; the legend gives the mean ECE over seeds."""
     from aigen.study.metrics import expected_calibration_error, reliability_bins
 
-    fig = _figure(5.2, 4.8)
+    fig = _figure(7.6, 4.6)
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfectly calibrated")
-    for (name, per_seed), color in zip(curves.items(), _colors(len(curves))):
+    for (name, per_seed), style in zip(curves.items(), _styles(len(curves))):
         if not per_seed:
             continue
         y = np.concatenate([y for y, _ in per_seed])
         p = np.concatenate([p for _, p in per_seed])
         bins = [b for b in reliability_bins(y, p) if b["n"]]
         ece = np.mean([expected_calibration_error(y_, p_) for y_, p_ in per_seed])
-        ax.plot([b["mean_prob_ai"] for b in bins], [b["fraction_ai"] for b in bins], "o-",
-                color=color, label=f"{name} (ECE {ece:.3f})")
+        ax.plot([b["mean_prob_ai"] for b in bins], [b["fraction_ai"] for b in bins],
+                **{**style, "markevery": 1}, label=f"{name} (ECE {ece:.3f})")
     ax.set(xlabel="mean predicted prob_ai (bin)", ylabel="share of ai images (bin)",
-           xlim=(0, 1), ylim=(-0.01, 1.01), title=title)
+           xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), title=title, aspect="equal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left")
+    _legend_outside(ax)
     _save(fig, path)
+    return fig

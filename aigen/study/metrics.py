@@ -14,32 +14,19 @@ Conventions used throughout the results folder:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
-from aigen.stats import t_interval  # noqa: F401  (used below; also imported from here)
+from aigen.stats import Z95, t_interval, wilson_interval  # noqa: F401  (also imported from here)
 
 THRESHOLD = 0.5
 CLASS_NAMES = {0: "real", 1: "ai"}  # keys of the per-class metrics; matches LABEL_REAL / LABEL_AI
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
 def predict_labels(prob_ai: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     """Hard labels (1 = ai) from probabilities; a tie at the threshold counts as ai."""
     return (np.asarray(prob_ai, dtype=np.float64) >= threshold).astype(np.int64)
-
-
-def wilson_interval(correct: int, total: int, z: float = Z95) -> list[float] | None:
-    """Wilson score interval for a proportion correct/total (None when total is 0)."""
-    if total <= 0:
-        return None
-    p = correct / total
-    denom = 1.0 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def summarize(
@@ -156,10 +143,13 @@ def format_summary(summary: dict[str, Any] | None, digits: int = 3) -> str:
 
 
 def format_ci(summary: dict[str, Any] | None, digits: int = 3) -> str:
-    """'[0.780, 0.850]' or '–'."""
+    """'[0.780, 0.850]' or '–'; an interval of zero width (e.g. a ROC-AUC of 1.0 on every seed)
+    is said to be not informative rather than shown as a certainty."""
     if not summary or not summary.get("ci95"):
         return "–"
     lo, hi = summary["ci95"]
+    if lo == hi:
+        return f"[{lo:.{digits}f}, {hi:.{digits}f}] (zero width: not informative)"
     return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
@@ -297,23 +287,28 @@ def detector_metrics(y_true, prob_ai, val_threshold: float | None = None,
 def bootstrap_cis(y_true, probs: Sequence[np.ndarray], metrics, n_resamples: int =
                   BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, list[float] | None]:
     """{key: 95% percentile interval} of the mean over seeds of each value of metrics(y, prob, k),
-    when the images are resampled with replacement (numpy default_rng(seed); the same resample for
-    every seed k, since the seeds scored the same images).
+    when the images are resampled with replacement (numpy default_rng(seed)).
 
-    `probs` holds one prob_ai array per seed, aligned with y_true; `metrics` returns a dict of
-    floats (or None when undefined). Resamples on which a value is undefined for some seed (e.g. a
-    single class drawn) are left out for that key; its interval is None when fewer than half of
-    the resamples define it.
+    `probs` holds one prob_ai array per seed. `y_true` is either one label array shared by every
+    seed (the seeds scored the same images: the same resample for every seed k), or a list with
+    one label array per seed (each seed scored its own images, e.g. its own test split: each is
+    resampled on its own). `metrics` returns a dict of floats (or None when undefined).
+    Resamples on which a value is undefined for some seed (e.g. a single class drawn) are left out
+    for that key; its interval is None when fewer than half of the resamples define it.
     """
-    y = np.asarray(y_true)
-    if y.size == 0 or not len(probs):
+    shared = not isinstance(y_true, (list, tuple))
+    ys = [np.asarray(y_true)] * len(probs) if shared else [np.asarray(y) for y in y_true]
+    if not len(probs) or any(y.size == 0 for y in ys):
         return {}
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {}
     keys: list[str] = []
     for _ in range(n_resamples):
-        idx = rng.integers(0, y.size, y.size)
-        per_seed = [metrics(y[idx], p[idx], k) for k, p in enumerate(probs)]
+        if shared:
+            idx = [rng.integers(0, ys[0].size, ys[0].size)] * len(probs)
+        else:
+            idx = [rng.integers(0, y.size, y.size) for y in ys]
+        per_seed = [metrics(y[i], p[i], k) for k, (y, p, i) in enumerate(zip(ys, probs, idx))]
         keys = list(per_seed[0])
         for key in keys:
             v = [m[key] for m in per_seed]

@@ -33,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "jpeg:96/none; see docs/study.md; default: the run's first)")
     parser.add_argument("--seed", type=seed, default=None, metavar="K",
                         help="which seed's checkpoint (default: the run's first seed)")
-    parser.add_argument("--weights", metavar="PATH", default=None,
-                        help="resnet18 weights file, if it moved since the run (default: the "
-                             "--weights the run recorded)")
+    parser.add_argument("--weights", action="append", metavar="NAME=PATH", default=None,
+                        help="a backbone's weights file, if it moved since the run: NAME=PATH "
+                             "(NAME: the backbone, or ARCH of torchvision:ARCH), or a bare PATH "
+                             "for resnet18; repeat for several (default: the --weights the run "
+                             "recorded)")
     parser.add_argument("--device", default="cpu", metavar="auto|cpu|cuda",
                         help="torch device for backbones (default: cpu)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
@@ -84,8 +86,10 @@ def _layout_problem(results: Any, config: Any) -> str | None:
     arguments = config.get("arguments", {}) if isinstance(config, dict) else None
     if not isinstance(arguments, dict):
         return "config.json has no arguments mapping"
-    if not isinstance(arguments.get("weights"), (str, type(None))):
-        return "the recorded --weights is not a path"
+    weights = arguments.get("weights")
+    if not (weights is None or isinstance(weights, str)
+            or (isinstance(weights, list) and all(isinstance(w, str) for w in weights))):
+        return "the recorded --weights is not a list of paths"
     max_pixels = arguments.get("max_pixels")
     if max_pixels is not None and (type(max_pixels) is not int or max_pixels < 0):
         return "the recorded max_pixels is not a whole number"
@@ -113,10 +117,12 @@ def iter_files(paths: list[str]) -> Iterator[Path]:
 
 
 def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | None,
-                seed: int | None, weights: str | None, device,
+                seed: int | None, weights: list[str] | str | None, device,
                 backbones: dict[str, Any] | None = None) -> dict[str, Any]:
     """{model name: loaded model} for the chosen models and seed of a run, each checkpoint
     verified first (aigen.study.checkpoints.load_run_model).
+
+    `weights` (--weights items, NAME=PATH) replace the weights files the run recorded.
 
     `backbones` ({backbone name: loaded backbone}) is filled and reused, so the models of several
     seeds can share one backbone."""
@@ -137,15 +143,18 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
     if seed not in seeds:
         raise UserError(f"the run {run_dir} has no seed {seed}; its seeds: "
                         f"{', '.join(map(str, seeds))}")
-    run_args = config.get("arguments", {})
-    weights = weights or run_args.get("weights")
+    from aigen.models.backbones import weights_by_backbone
+
+    run_backbones = sorted({m.get("backbone") for m in results["models"].values()} - {None})
+    weights = {**weights_by_backbone(config.get("arguments", {}).get("weights"), run_backbones),
+               **weights_by_backbone(weights, run_backbones)}
     # One backbone per name, shared by its frozen/finetuned models (and seeds, when passed in).
     backbones = {} if backbones is None else backbones
     models = {}
     for name in chosen:
         backbone_name = results["models"][name].get("backbone")
         model = load_run_model(run_dir, results, name, seed,
-                               weights=weights if backbone_name == "resnet18" else None,
+                               weights=weights.get(backbone_name),
                                device=device, backbone=backbones.get(backbone_name))
         if backbone_name:
             backbones[backbone_name] = model.backbone

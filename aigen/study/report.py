@@ -23,6 +23,198 @@ def _figure(path: str | None, alt: str) -> str:
     return f"![{alt}]({path})" if path else ""
 
 
+def seed_words(seeds: Sequence[Any]) -> str:
+    """'one seed (seed 0)' or '3 seeds (0, 1, 2)'."""
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return f"one seed (seed {seeds[0]})"
+    return f"{len(seeds)} seeds ({', '.join(map(str, seeds))})"
+
+
+def cell_words(seeds: Sequence[Any]) -> str:
+    """What a table cell is: the mean ± std over seeds, or with one seed that seed's value."""
+    if len(list(seeds)) == 1:
+        return f"{seed_words(seeds)}, no spread over seeds: each value is that seed's"
+    return f"mean ± sample standard deviation over {seed_words(seeds)}"
+
+
+def robustness_change(perturbed: Mapping[str, Any]) -> float | None:
+    """perturbed − clean accuracy (negative = worse) of one robustness entry; results.json stores
+    it as "change" (runs written before that stored "drop" = clean − perturbed)."""
+    if perturbed.get("change") is not None:
+        return float(perturbed["change"])
+    if perturbed.get("drop") is not None:
+        return -float(perturbed["drop"]) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return None
+
+
+def majority_rate(results: Mapping[str, Any]) -> float | None:
+    """The share of the larger class (accuracy of always answering it), from the audit or the data."""
+    audit = results.get("shortcut_audit") or {}
+    if isinstance(audit.get("majority_baseline"), (int, float)):
+        return float(audit["majority_baseline"])
+    counts = (results.get("data") or {}).get("n_per_class") or {}
+    n = sum(counts.values())
+    return max(counts.values()) / n if n else None
+
+
+# ---- the Summary at the top of report.md -------------------------------------------------------
+
+MAJORITY_TOLERANCE = 0.01  # an accuracy this close to the majority-class rate learnt nothing
+SHORTCUT_CHANGE = -0.05  # a robustness change at or below this is called a loss in the Summary
+
+
+def _interval(summary: Mapping[str, Any] | None) -> list[float] | None:
+    ci = (summary or {}).get("ci95")
+    if ci and all(isinstance(v, (int, float)) and v == v for v in ci):  # v == v: not NaN
+        return [float(ci[0]), float(ci[1])]
+    return None
+
+
+def _with_ci(value: float, ci: Sequence[float] | None) -> str:
+    return f"{value:.3f}" + (f" (95% CI [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else "")
+
+
+def _ci_source(results: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
+    """How the best model's CI was computed, in words, with the number of test images."""
+    seeds = list(results["seeds"])
+    splits = (results.get("data") or {}).get("splits") or {}
+    n_test = sum(int(splits[str(s)]["test"]) for s in seeds if str(s) in splits)
+    images = f"{n_test} test images" if n_test else "test images"
+    if len(seeds) == 1:
+        return f"{seed_words(seeds)}; CI: Wilson interval over its {images}"
+    if summary.get("ci_method") == "wilson":
+        return (f"mean over {seed_words(seeds)}; every seed scored the same, so the CI is the "
+                f"Wilson interval over all seeds' {images}")
+    return f"mean over {seed_words(seeds)}; CI: Student-t interval over the seeds"
+
+
+def _compare(ci: Sequence[float] | None, value: float, other: float,
+             other_ci: Sequence[float] | None) -> str:
+    """'clearly beats' / 'is clearly below' / 'does not clearly beat' (95% CIs overlap)."""
+    lo, hi = ci if ci else (value, value)
+    olo, ohi = other_ci if other_ci else (other, other)
+    if lo > ohi:
+        return "clearly beats"
+    if hi < olo:
+        return "is clearly below"
+    return "does not clearly beat"
+
+
+def _robustness_sentence(results: Mapping[str, Any]) -> str | None:
+    rob = results.get("robustness") or {}
+    changes = []
+    for model, r in (rob.get("models") or {}).items():
+        for name, p in r["perturbed"].items():
+            change = robustness_change(p)
+            if change is not None:
+                changes.append((change, model, name, r["clean"].get("mean"), p.get("mean")))
+    if not changes:
+        return None
+    change, model, name, clean, perturbed = min(changes, key=lambda c: (c[0], c[1], c[2]))
+    if change > 0:  # no perturbation made anything worse: report the largest move instead
+        change, model, name, clean, perturbed = max(changes, key=lambda c: abs(c[0]))
+    text = (f"**Robustness** ({rob.get('n_images', '?')} test images re-encoded or downscaled): "
+            f"the largest change vs clean accuracy (perturbed − clean, negative = worse) is "
+            f"{change:+.3f}, `{model}` under `{name}` ({clean:.3f} → {perturbed:.3f})")
+    if change <= SHORTCUT_CHANGE:
+        return text + ("; a model that loses accuracy when only compression or resolution change "
+                       "may rely on such file-level cues.")
+    return text + (f"; every change is above {SHORTCUT_CHANGE:+.2f}: no sign that a model "
+                   "relies on compression or resolution cues.")
+
+
+def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
+    external = results.get("external") or {}
+    entries = []  # (external mean, ci, model, set, in-distribution mean, chance)
+    for set_name, evaluation in external.items():
+        counts = (evaluation.get("data") or {}).get("n_per_class") or {}
+        n = sum(counts.values())
+        chance = max(counts.values()) / n if n else 0.5
+        for model, m in (evaluation.get("models") or {}).items():
+            acc = m.get("accuracy") or {}
+            test = ((results.get("models") or {}).get(model) or {}).get("test_accuracy") or {}
+            if acc.get("mean") is not None:
+                entries.append((acc["mean"], _interval(acc), model, set_name, test.get("mean"),
+                                chance))
+    if not entries:
+        skipped = results.get("external_skipped") or {}
+        return (f"**Transfer**: no evaluation set could be scored ({', '.join(skipped)} skipped)."
+                if skipped else None)
+    best = max(entries, key=lambda e: e[0])
+    mean, ci, model, set_name, test, chance = best
+    beats = "clearly beats" if ci and ci[0] > chance else "does not clearly beat"
+    text = (f"**Transfer to other data**: the best is `{model}` on `{set_name}`, accuracy "
+            f"{_with_ci(mean, ci)}" + (f" against {test:.3f} in distribution" if test is not None
+                                       else "") + f", which {beats} the larger class's share "
+            f"({chance:.3f})")
+    falls = [(e[4] - e[0], e) for e in entries if e[4] is not None and e[4] > e[0]]
+    if falls:
+        fall, (mean, _, model, set_name, test, _) = max(falls, key=lambda f: f[0])
+        text += (f"; the largest fall is `{model}` on `{set_name}`, {test:.3f} → {mean:.3f} "
+                 f"(change {mean - test:+.3f})")
+    return text + (". A model that keeps its in-distribution accuracy on other sources has "
+                   "learnt more than the quirks of one data set.")
+
+
+def summary_section(results: Mapping[str, Any]) -> list[str]:
+    """The report's first section, from results.json alone: the best model with its CI, whether
+    it clearly beats the metadata-only audit and the majority-class rate, the largest robustness
+    change, the transfer results (when there are any) and a flag when the metadata alone does as
+    well as the best model. "Clearly beats" means the 95% CIs do not overlap."""
+    out = ["## Summary", ""]
+    if (results.get("data") or {}).get("kind") == "synthetic":
+        out.append("- **Synthetic proxy data**: these numbers say how the pipeline behaves on "
+                   "the embedded proxy dataset and nothing about real AI-generated images.")
+    models = {n: m for n, m in (results.get("models") or {}).items()
+              if (m.get("test_accuracy") or {}).get("mean") is not None}
+    if not models:
+        out.append("- No model was scored on a test split.")
+        return out + [""]
+    ranked = sorted(models, key=lambda n: -models[n]["test_accuracy"]["mean"])
+    best = ranked[0]
+    acc = models[best]["test_accuracy"]
+    mean, ci = acc["mean"], _interval(acc)
+    text = (f"- **Best model: `{best}`**, test accuracy {_with_ci(mean, ci)} "
+            f"({_ci_source(results, acc)})")
+    if len(ranked) > 1:
+        nxt = models[ranked[1]]["test_accuracy"]
+        text += (f"; it {_compare(ci, mean, nxt['mean'], _interval(nxt))} the next best, "
+                 f"`{ranked[1]}` ({_with_ci(nxt['mean'], _interval(nxt))})")
+    out.append(text + ".")
+    audit = results.get("shortcut_audit") or {}
+    majority = majority_rate(results)
+    parts = []
+    audit_acc = audit.get("accuracy")
+    audit_ci = _interval({"ci95": audit.get("accuracy_ci95")})
+    if isinstance(audit_acc, (int, float)):
+        parts.append(f"{_compare(ci, mean, audit_acc, audit_ci)} the metadata-only audit "
+                     f"(accuracy {_with_ci(audit_acc, audit_ci)}, from file metadata alone)")
+    if majority is not None:
+        parts.append(f"{_compare(ci, mean, majority, None)} the majority-class rate "
+                     f"({majority:.3f}, always answering the larger class)")
+    if parts:
+        out.append(f"- **Against the baselines**, `{best}` " + " and ".join(parts)
+                   + " (\"clearly\": the 95% intervals do not overlap).")
+    sentence = _robustness_sentence(results)
+    if sentence:
+        out.append(f"- {sentence}")
+    sentence = _transfer_sentence(results)
+    if sentence:
+        out.append(f"- {sentence}")
+    lo = ci[0] if ci else mean
+    if isinstance(audit_acc, (int, float)) and audit_acc >= lo:
+        out.append(f"- **Possible shortcut**: the metadata-only audit ({audit_acc:.3f}) reaches "
+                   f"the best model's 95% CI or beyond: file metadata alone (size, format, "
+                   "resolution) separates these classes about as well, so the models' accuracy "
+                   "may rest on such cues rather than on image content.")
+    if majority is not None and (ci[0] if ci else mean) <= majority:
+        out.append("- **No model clearly beats the majority-class rate**: nothing here shows "
+                   "that the classes can be told apart.")
+    out += [f"- {flag}" for flag in shortcut_flags(results)]  # raw vs harmonised inputs
+    return out + [""]
+
+
 def audit_cells(audit: Mapping[str, Any] | None) -> dict[str, str]:
     """Accuracy, its 95% CI and ROC-AUC of the metadata-only classifier (shortcut_audit), as
     table cells: cross-validated over folds of the whole dataset, not over seeds."""
@@ -69,10 +261,14 @@ def _data_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> lis
             "simulated \"camera\" and \"generator\" images. The numbers below say how the pipeline "
             "behaves on that proxy and **nothing about real AI-generated images**."
         )
+    elif data.get("root") is None and data.get("sets"):
+        out.append(f"**The data was {len(data['sets'])} data sets trained on together** "
+                   f"({data.get('kind')}), each image keeping the name of its set:")
     else:
         out.append(f"**The data was a user-supplied image folder** at `{data['root']}` (not the "
                    "synthetic proxy), taken as real AI-generated and real images.")
     out.append("")
+    out += data_sets_lines(data)
     counts = data.get("n_per_class", {})
     out.append(
         f"{data['n_images']} usable images ({counts.get('ai', '?')} AI-generated, "
@@ -155,10 +351,14 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
                   "the spread covers initialisation and shuffling only")
     else:
         varies = "each seed has its own split and initialisation"
-    out.append(
-        f"Accuracy on each split, mean ± sample standard deviation over {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}); {varies}. " + results["ci_method"]
-    )
+    if len(seeds) == 1:
+        varies = ("with more seeds the spread over splits and initialisations would show; the "
+                  "test CI below covers only the finite number of test images")
+    ci_method = results["ci_method"]
+    if len(seeds) == 1:
+        ci_method = ("95% CI of the test accuracy: the Wilson score interval over the test "
+                     "images of that one seed.")
+    out.append(f"Accuracy on each split, {cell_words(seeds)}; {varies}. {ci_method}")
     out.append("")
     out += _protocol_lines(results)
     rows = []
@@ -184,7 +384,7 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
         per_class_rows.append([f"`{name}`"] + [format_summary(agg[c][k]) for c in ("ai", "real")
                                                for k in ("precision", "recall", "f1")])
     if per_class_rows:
-        out.append("Per class on the test split (mean over seeds):")
+        out.append(f"Per class on the test split ({cell_words(seeds)}):")
         out.append("")
         out.append(_table(["model", "ai precision", "ai recall", "ai F1", "real precision",
                            "real recall", "real F1"], per_class_rows))
@@ -194,8 +394,9 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
             out.append(_figure(figures[key], alt))
             out.append("")
     if figures.get("confusion"):
-        out.append("Confusion matrices are summed over seeds (rows: true class, columns: "
-                   "predicted).")
+        out.append(("Confusion matrices are summed over seeds" if len(seeds) > 1 else
+                    f"Confusion matrices of {seed_words(seeds)}")
+                   + " (rows: true class, columns: predicted).")
         out.append("")
     curves = figures.get("curves", {})
     if curves:
@@ -215,7 +416,7 @@ def _lr_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[
     out.append(
         f"The scratch CNN trained with each learning rate (plain SGD, batch size "
         f"{study['batch_size']}, {study['epochs']} epoch(s), {study['filters']} filters), same "
-        "seeds and splits as above; mean ± std over seeds."
+        f"seeds and splits as above; {cell_words(results['seeds'])}."
     )
     out.append("")
     rows = [[lr, format_summary(r["train_accuracy"]), format_summary(r["val_accuracy"]),
@@ -223,8 +424,38 @@ def _lr_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[
             for lr, r in study["runs"].items()]
     out.append(_table(["learning rate", "train", "val", "test", "final train loss"], rows))
     out.append("")
+    out += lr_failures(results)
     if figures.get("lr_study"):
         out.append(_figure(figures["lr_study"], "learning-rate study"))
+        out.append("")
+    return out
+
+
+def lr_failures(results: Mapping[str, Any]) -> list[str]:
+    """One sentence per learning rate whose scratch CNN did not learn: a test accuracy within
+    MAJORITY_TOLERANCE of the majority-class rate, or one class answered for every test image."""
+    study = results.get("lr_study") or {}
+    majority = majority_rate(results)
+    out = []
+    for lr, r in (study.get("runs") or {}).items():
+        mean = (r.get("test_accuracy") or {}).get("mean")
+        single = list(r.get("test_single_class_seeds") or [])
+        at_majority = (mean is not None and majority is not None
+                       and abs(mean - majority) <= MAJORITY_TOLERANCE)
+        if not (at_majority or single):
+            continue
+        why = []
+        if at_majority:
+            why.append(f"its test accuracy ({mean:.3f}) is at the majority-class rate "
+                       f"({majority:.3f}, always answering the larger class)")
+        if single:
+            which = "every seed" if len(single) == len(results.get("seeds") or ()) else \
+                "seed" + ("s " if len(single) > 1 else " ") + ", ".join(map(str, single))
+            why.append(f"it answered one class for every test image ({which})")
+        out.append(f"**Learning rate {lr} did not learn**: " + " and ".join(why) + ". Training at this "
+                   "rate produced no classifier (plain SGD diverging or collapsing to a constant "
+                   "answer, or too few epochs), so this row says nothing about what the "
+                   "architecture can learn.")
         out.append("")
     return out
 
@@ -238,8 +469,9 @@ def _robustness_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
     out.append(
         f"Test accuracy after perturbing the test images ({rob['n_images']} distinct test "
         "images over all seeds, perturbed in memory, then preprocessed exactly like the "
-        "data); mean over seeds, with the change from the clean accuracy in parentheses. A model "
-        "that relied on compression or resolution cues would lose accuracy here."
+        f"data); {cell_words(results['seeds'])}, then in parentheses the change vs clean "
+        "(perturbed − clean accuracy; negative = worse). A model that relied on compression or "
+        "resolution cues would lose accuracy here."
     )
     out.append("")
     out += [f"- `{n}`: {d}" for n, d in rob["perturbations"].items()]
@@ -249,11 +481,10 @@ def _robustness_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
         cells = [f"`{model}`", format_summary(r["clean"])]
         for n in names:
             p = r["perturbed"][n]
-            drop = p.get("drop")
-            change = None if drop is None else -drop + 0.0  # + 0.0 turns -0.0 into 0.0
+            change = robustness_change(p)
             cells.append(format_summary(p) + ("" if change is None else f" ({change:+.3f})"))
         rows.append(cells)
-    out.append(_table(["model", "clean", *names], rows))
+    out.append(_table(["model", "clean", *[f"{n} (change vs clean)" for n in names]], rows))
     out.append("")
     if figures.get("robustness"):
         out.append(_figure(figures["robustness"], "robustness"))
@@ -273,7 +504,7 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
     commit = git.get("commit")
     out = ["# aigen study report", ""]
     out.append(
-        f"Run {config.get('started', '')}; seeds {', '.join(map(str, results['seeds']))}; device "
+        f"Run {config.get('started', '')}; {seed_words(results['seeds'])}; device "
         f"`{config.get('device', '?')}`; aigen {env.get('packages', {}).get('aigen', '?')}, "
         + (f"commit `{commit[:12]}`{' (with local changes)' if git.get('dirty') else ''}"
            if commit else "not from a git checkout")
@@ -281,6 +512,7 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
            if config.get("arguments", {}).get("quick") else ".")
     )
     out.append("")
+    out += summary_section(results)
     out.append("Everything here is in this folder: `results.json` (all numbers), `predictions.csv`, "
                "`history.csv`, the split files, `skipped.csv`, `config.json` (arguments, versions, "
                "timings) and `checkpoints/`.")
@@ -288,6 +520,8 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
     out += _data_section(results, figures)
     out += _models_section(results)
     out += _comparison_section(results, figures)
+    out += test_metrics_section(results)
+    out += per_set_section(results)
     out += protocols_section(results)
     out += _lr_section(results, figures)
     out += _robustness_section(results, figures)
@@ -302,6 +536,108 @@ def _cell(summary: Mapping[str, Any] | None) -> str:
     text = format_summary(summary)
     ci = format_ci(summary)
     return text if ci == "–" else f"{text} {ci}"
+
+
+def detector_tables(models: Mapping[str, Mapping[str, Any]], val_text: str) -> list[str]:
+    """The tables of one set of images scored by every model (records of
+    aigen.study.evaluate.model_evaluation): accuracy at 0.5, balanced and per-class accuracy,
+    ROC-AUC, AP and ECE; the same at the threshold chosen on `val_text`; the per-source view."""
+    if not models:
+        return []
+    out = [_table(["model", "accuracy (0.5)", "balanced accuracy", "accuracy real", "accuracy ai",
+                   "ROC-AUC", "average precision", "ECE"],
+                  [[f"`{name}`", _cell(m["accuracy"]), _cell(m["balanced_accuracy"]),
+                    format_summary(m["accuracy_real"]), format_summary(m["accuracy_ai"]),
+                    _cell(m["roc_auc"]), format_summary(m["average_precision"]),
+                    format_summary(m["ece"])] for name, m in models.items()]), ""]
+    out.append(f"At the threshold chosen on {val_text} (maximising balanced accuracy there, per "
+               "seed):")
+    out.append("")
+    out.append(_table(["model", "threshold", "accuracy", "balanced accuracy"],
+                      [[f"`{name}`", format_summary(m["at_val_threshold"]["threshold"]),
+                        _cell(m["at_val_threshold"]["accuracy"]),
+                        _cell(m["at_val_threshold"]["balanced_accuracy"])]
+                       for name, m in models.items()]))
+    out.append("")
+    first = next(iter(models.values()))["by_source"]
+    sources = sorted({s for m in models.values() for s in m["by_source"]})
+    if sources:
+        out.append("Per source (accuracy at 0.5; ROC-AUC too for a source holding both classes):")
+        out.append("")
+        rows = []
+        for name, m in models.items():
+            cells = []
+            for s in sources:
+                entry = m["by_source"].get(s, {})
+                text = format_summary(entry.get("accuracy"))
+                if "roc_auc" in entry:
+                    text += f", AUC {format_summary(entry['roc_auc'])}"
+                cells.append(text)
+            rows.append([f"`{name}`", *cells])
+        out.append(_table(["model", *[f"`{s}` (n={first.get(s, {}).get('n', '?')})"
+                                      for s in sources]], rows))
+        out.append("")
+    return out
+
+
+def data_sets_lines(data: Mapping[str, Any]) -> list[str]:
+    """With several training sets: one row per set (its folder, kind, images per class)."""
+    sets = data.get("sets") or {}
+    if len(sets) < 2:
+        return []
+    rows = [[f"`{name}`", f"`{s['root']}`", s["kind"], s["n_per_class"]["ai"],
+             s["n_per_class"]["real"]] for name, s in sets.items()]
+    return [_table(["set", "folder", "kind", "ai images", "real images"], rows), "",
+            "The splits are stratified by set and label (exact duplicates kept together, also "
+            "across sets); split.csv and predictions.csv name each image's set.", ""]
+
+
+def per_set_section(results: Mapping[str, Any]) -> list[str]:
+    """With several training sets: every model's test metrics on each set's test images."""
+    sets = (results.get("data") or {}).get("sets") or {}
+    models = {name: m["per_set"] for name, m in results["models"].items() if m.get("per_set")}
+    if len(sets) < 2 or not models:
+        return []
+    out = ["### Test split per training set", ""]
+    out.append(
+        "Each model on the test images of each training set (the threshold 0.5, and the one "
+        "chosen on the whole validation split); mean ± std over seeds, then a 95% bootstrap CI "
+        "over that set's test images. A model that does well on one set only has learnt that "
+        "set rather than what AI images share.")
+    out.append("")
+    names = list(sets)
+    first = next(iter(models.values()))
+    header = ["model", *[f"`{s}` (n={first[s]['n']})" for s in names if s in first]]
+    for title, key in (("Accuracy (threshold 0.5)", "accuracy"),
+                       ("Balanced accuracy", "balanced_accuracy"), ("ROC-AUC", "roc_auc")):
+        rows = [[f"`{model}`", *[_cell(per_set[s][key]) for s in names if s in per_set]]
+                for model, per_set in models.items()]
+        out += [f"{title}:", "", _table(header, rows), ""]
+    return out
+
+
+def test_metrics_section(results: Mapping[str, Any]) -> list[str]:
+    """The in-distribution test split scored like an evaluation set (results.json
+    models.MODEL.test_evaluation): threshold-aware, calibration and per-source metrics."""
+    models = {name: m["test_evaluation"] for name, m in results["models"].items()
+              if m.get("test_evaluation")}
+    if not models:
+        return []
+    cm = next(iter(results["models"].values()))["test_metrics"]["aggregate"]["confusion_matrix"]
+    n_real, n_ai = sum(cm[0]), sum(cm[1])  # rows: true class, summed over seeds
+    n = n_ai + n_real
+    out = ["### Test split: threshold-aware metrics, calibration, sources", ""]
+    out.append(
+        "Each model on its seed's test split, with the metrics of the external evaluations: mean "
+        "± std over seeds, then a 95% CI from 1000 bootstrap resamples of the test images (each "
+        "seed's own test images resampled; numpy seed 0). Baselines: always answering the larger "
+        f"class reaches accuracy {max(n_ai, n_real) / n:.3f} and balanced accuracy 0.500; a "
+        f"random ranking has ROC-AUC 0.500 and average precision {n_ai / n:.3f} (the share of ai "
+        "images). ECE: expected calibration error of prob_ai over 10 equal-width bins (0 = "
+        "calibrated). A source is the folder below the class folder.")
+    out.append("")
+    out += detector_tables(models, "the seed's validation split")
+    return out
 
 
 def evaluation_section(evaluation: Mapping[str, Any], figures: Mapping[str, str],
@@ -322,45 +658,19 @@ def evaluation_section(evaluation: Mapping[str, Any], figures: Mapping[str, str]
                       [[f"`{s}`", {1: "ai", 0: "real"}.get(v["label"], "both"), v["n"]]
                        for s, v in data["sources"].items()]))
     out.append("")
-    out.append(evaluation["ci_method"] + " Baselines: always answering the larger class reaches "
+    ci_method = evaluation["ci_method"]
+    seeds = evaluation.get("seeds") or []
+    if len(seeds) == 1:
+        ci_method = (f"Each figure is that of {seed_words(seeds)}. 95% CI: percentile interval "
+                     "over 1000 bootstrap resamples of the evaluated images (numpy seed 0), so it "
+                     "reflects how many images were evaluated.")
+    out.append(ci_method + " Baselines: always answering the larger class reaches "
                f"accuracy {max(n_ai, n_real) / n:.3f} and balanced accuracy 0.500; a random "
                f"ranking has ROC-AUC 0.500 and average precision {n_ai / n:.3f} (the share of ai "
                "images). ECE: expected calibration error of prob_ai over 10 equal-width bins "
                "(0 = calibrated).")
     out.append("")
-    rows = [[f"`{name}`", _cell(m["accuracy"]), _cell(m["balanced_accuracy"]),
-             format_summary(m["accuracy_real"]), format_summary(m["accuracy_ai"]),
-             _cell(m["roc_auc"]), format_summary(m["average_precision"]), format_summary(m["ece"])]
-            for name, m in evaluation["models"].items()]
-    out.append(_table(["model", "accuracy (0.5)", "balanced accuracy", "accuracy real",
-                       "accuracy ai", "ROC-AUC", "average precision", "ECE"], rows))
-    out.append("")
-    out.append("At the threshold chosen on the run's validation split (maximising balanced "
-               "accuracy there, per seed):")
-    out.append("")
-    out.append(_table(["model", "threshold", "accuracy", "balanced accuracy"],
-                      [[f"`{name}`", format_summary(m["at_val_threshold"]["threshold"]),
-                        _cell(m["at_val_threshold"]["accuracy"]),
-                        _cell(m["at_val_threshold"]["balanced_accuracy"])]
-                       for name, m in evaluation["models"].items()]))
-    out.append("")
-    sources = list(data["sources"])
-    if sources and evaluation["models"]:
-        out.append("Per source (accuracy at 0.5; ROC-AUC too for a source holding both classes):")
-        out.append("")
-        rows = []
-        for name, m in evaluation["models"].items():
-            cells = []
-            for s in sources:
-                entry = m["by_source"].get(s, {})
-                text = format_summary(entry.get("accuracy"))
-                if "roc_auc" in entry:
-                    text += f", AUC {format_summary(entry['roc_auc'])}"
-                cells.append(text)
-            rows.append([f"`{name}`", *cells])
-        out.append(_table(["model", *[f"`{s}` (n={data['sources'][s]['n']})" for s in sources]],
-                          rows))
-        out.append("")
+    out += detector_tables(evaluation["models"], "the run's validation split")
     for key, alt in (("roc", "ROC curves"), ("precision_recall", "precision-recall curves"),
                      ("reliability", "reliability diagram")):
         if figures.get(key):
@@ -391,7 +701,8 @@ def transfer_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> 
     out.append(
         "Every model (every seed) scored on data it never saw, from other sources (`--eval-data`). "
         "In-distribution: the test split (95% CI as in the comparison above); external sets: "
-        "mean ± std over seeds, then a 95% bootstrap CI over the evaluated images. A model that "
+        f"{cell_words(results['seeds'])}, then a 95% bootstrap CI over the evaluated images. "
+        "A model that "
         "learnt what tells AI images from real ones, rather than the quirks of one data set, "
         "keeps its in-distribution figures here; chance is accuracy ~0.5 (the larger class's "
         "share) and ROC-AUC 0.5.")
@@ -451,7 +762,7 @@ def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> l
     harmonize, _, rows = protocol_rows(results)
     if "none" not in harmonize:
         return []
-    majority = (results.get("shortcut_audit") or {}).get("majority_baseline")
+    majority = majority_rate(results)
     flags = []
     for name, aug, by_h in rows:
         raw = by_h.get("none")
@@ -518,7 +829,7 @@ def protocols_section(results: Mapping[str, Any]) -> list[str]:
         table.append(cells)
     out.append(_table(header, table))
     out.append("")
-    majority = (results.get("shortcut_audit") or {}).get("majority_baseline")
+    majority = majority_rate(results)
     out.append("Mean ± standard deviation over seeds, then the 95% CI of the mean (" +
                results.get("ci_method", "") + ")" +
                (f"; the majority-class rate to beat is {majority:.3f}."

@@ -127,16 +127,17 @@ def summarize_robustness(
 ) -> dict[str, Any]:
     """One model's robustness record from per-seed accuracies.
 
-    Returns {"clean": summary, "perturbed": {name: summary + {"drop": clean mean - mean}}}, where
-    a summary is metrics.summarize's {"mean", "std", "per_seed", "ci95", ...}.
+    Returns {"clean": summary, "perturbed": {name: summary + {"change": mean - clean mean}}},
+    where a summary is metrics.summarize's {"mean", "std", "per_seed", "ci95", ...}. The sign
+    convention (also the report's): change = perturbed − clean accuracy, negative = worse.
     """
     clean_summary = summarize(clean)
     out: dict[str, Any] = {"clean": clean_summary, "perturbed": {}}
     for name, values in perturbed.items():
         summary = summarize(values)
-        summary["drop"] = (
+        summary["change"] = (
             None if summary["mean"] is None or clean_summary["mean"] is None
-            else clean_summary["mean"] - summary["mean"]
+            else summary["mean"] - clean_summary["mean"] + 0.0  # + 0.0: no -0.0
         )
         out["perturbed"][name] = summary
     return out

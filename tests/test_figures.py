@@ -1,0 +1,120 @@
+"""The study's figures and the exploration histograms: legends outside the plot area, distinct
+line styles per model, seed wording in titles, no error bars with one seed."""
+
+import numpy as np
+import pytest
+
+from aigen.data import explore
+from aigen.study import figures
+from aigen.study.metrics import summarize
+
+
+def assert_legends_outside(fig):
+    """Every legend of `fig` lies outside its axes' plot area (it can cover no data)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the figures are bare Figures, saved through Agg
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        legends += 1
+        box, area = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+        assert box.x0 >= area.x1, (ax.get_title(), box, area)
+        assert not box.overlaps(area)
+        # and it is inside the saved image (the layout made room for it)
+        assert box.x1 <= fig.bbox.x1 + 1
+    assert legends, "no legend drawn"
+
+
+def history(seeds=(0,)):
+    return [{"seed": s, "epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
+             "train_acc": 1.0, "val_acc": 1.0} for s in seeds for e in (1, 2, 3)]
+
+
+def test_training_curves_legend_does_not_cover_accuracy_at_one(tmp_path):
+    fig = figures.training_curves(history((0, 1)), "model", tmp_path / "c.png")
+    assert_legends_outside(fig)
+
+
+def test_roc_curves_have_distinct_styles_and_an_outside_legend(tmp_path):
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.6, 0.4, 0.8, 0.9])
+    curves = {name: [(y, p)] for name in ("a", "b", "c")}  # identical curves: all must show
+    fig = figures.roc_curves(curves, tmp_path / "roc.png")
+    lines = [line for line in fig.axes[0].get_lines() if line.get_label() in
+             {f"{n} (AUC 0.833)" for n in curves}]
+    assert len(lines) == 3
+    assert len({line.get_linestyle() for line in lines}) == 3
+    assert len({line.get_marker() for line in lines}) == 3
+    assert_legends_outside(fig)
+
+
+def test_precision_recall_and_reliability_curves(tmp_path):
+    y = np.array([0, 0, 1, 1, 1, 0])
+    curves = {"a": [(y, np.array([0.1, 0.6, 0.4, 0.8, 0.9, 0.2]))],
+              "b": [(y, np.array([0.2, 0.5, 0.4, 0.7, 0.9, 0.3]))]}
+    for draw in (figures.precision_recall_curves, figures.reliability_diagram):
+        fig = draw(curves, tmp_path / "f.png")
+        styles = {(line.get_linestyle(), line.get_marker()) for line in fig.axes[0].get_lines()
+                  if line.get_label().startswith(("a (", "b ("))}
+        assert len(styles) == 2
+        assert_legends_outside(fig)
+
+
+def rob_models(per_seed):
+    s = summarize(per_seed)
+    return {"a": {"clean": s, "perturbed": {"jpeg_q50": s, "jpeg_q95": s}},
+            "b": {"clean": s, "perturbed": {"jpeg_q50": s, "jpeg_q95": s}}}
+
+
+def error_bars(ax):
+    return [c for c in ax.containers if getattr(c, "errorbar", None) is not None]
+
+
+def test_robustness_one_seed_has_no_error_bars_and_says_the_seed(tmp_path):
+    fig = figures.robustness_bars(rob_models([0.8]), tmp_path / "r.png", seeds=[3])
+    ax = fig.axes[0]
+    assert ax.get_title() == "Test accuracy under perturbations (seed 3)"
+    assert not error_bars(ax)
+    assert_legends_outside(fig)
+
+    fig = figures.robustness_bars(rob_models([0.8, 0.9]), tmp_path / "r.png", seeds=[0, 1])
+    assert fig.axes[0].get_title() == "Test accuracy under perturbations (mean over 2 seeds)"
+    assert error_bars(fig.axes[0])
+
+
+def lr_runs(per_seed):
+    return {lr: {f"{p}_accuracy": summarize(per_seed) for p in ("train", "val", "test")}
+            for lr in ("0.01", "0.1")}
+
+
+def test_lr_study_titles_and_error_bars_follow_the_seeds(tmp_path):
+    rows = [{**h, "lr": lr} for h in history() for lr in ("0.01", "0.1")]
+    fig = figures.lr_study(lr_runs([0.6]), rows, tmp_path / "lr.png", seeds=[0])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "accuracy per learning rate (seed 0)" in titles
+    assert "loss per epoch (seed 0)" in titles
+    assert not any("mean over" in t for t in titles)
+    assert not error_bars(fig.axes[0])
+    assert_legends_outside(fig)
+
+    fig = figures.lr_study(lr_runs([0.6, 0.7]), rows, tmp_path / "lr.png", seeds=[0, 1])
+    assert "loss per epoch (mean over 2 seeds)" in [ax.get_title() for ax in fig.axes]
+    assert error_bars(fig.axes[0])
+
+
+@pytest.mark.parametrize("quantity", ["width", "n_bytes"])
+def test_exploration_histogram_legend_outside(tmp_path, quantity, monkeypatch):
+    records = [{"label": label, "width": w, "height": w, "n_bytes": 1000 * w}
+               for label in (0, 1) for w in range(40, 90, 5)]
+    saved = []
+    monkeypatch.setattr(explore, "_save", lambda fig, path: saved.append(fig) or path)
+    explore._histogram(records, quantity, tmp_path / "h.png", {0: "real", 1: "ai"})
+    explore._bars([{**r, "format": "PNG"} for r in records], "format", tmp_path / "b.png",
+                  {0: "real", 1: "ai"})
+    for fig in saved:
+        assert_legends_outside(fig)
