@@ -14,6 +14,12 @@ model *before* its update: free to compute, slightly pessimistic), "val_loss" an
 model at the end of the epoch, in eval mode). Checkpoint policy: "last" (default) returns the
 last epoch's weights; "best" returns the weights of the epoch with the highest validation accuracy
 (the earliest on ties).
+
+Epoch states (backbones): given `epoch_state=PATH`, `train_frozen` / `train_finetuned` write the
+trained modules, the optimiser, the shuffling generator and torch's random state to PATH at the
+end of every epoch (atomically), and a later call with the same PATH and arguments continues after
+the last epoch written there, ending with exactly the weights and history of an uninterrupted
+training. The caller removes PATH once it has stored the finished model.
 """
 
 from __future__ import annotations
@@ -47,10 +53,11 @@ def _check_common(epochs, batch_size, checkpoint, n_train):
         raise ValueError("no training samples")
 
 
-def _epoch_bar(epochs: int, desc: str, progress: bool):
+def _epoch_bar(epochs: int, desc: str, progress: bool, first: int = 1):
     from tqdm import tqdm
 
-    return tqdm(range(1, epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
+    return tqdm(range(first, epochs + 1), desc=desc, unit="epoch", disable=not progress,
+                leave=False, initial=first - 1, total=epochs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,42 +136,201 @@ def _labels_tensor(y):
     return torch.from_numpy(np.asarray(y, dtype=np.int64).reshape(-1))
 
 
-def _evaluate(logits_fn, A, y, batch_size: int, device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of logits_fn over A in batches (no grad)."""
+def _evaluate(logits_fn, A, y, batch_size: int, device, amp: str = "off") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of logits_fn over A in batches (no grad). Under torchrun
+    each process scores every K-th row and the sums are added up (aigen.distributed)."""
     import torch
     import torch.nn.functional as F
+
+    from aigen import distributed
 
     if len(y) == 0:
         return float("nan"), float("nan")
     loss_sum, correct = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            yb = y[start:start + batch_size].to(device)
-            logits = logits_fn(A[start:start + batch_size].to(device))
-            loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
+    with torch.no_grad(), autocast(device, amp):
+        if not distributed.world().distributed:
+            for start in range(0, len(y), batch_size):
+                yb = y[start:start + batch_size].to(device)
+                logits = logits_fn(A[start:start + batch_size].to(device))
+                loss_sum += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
+                correct += int((logits.argmax(1) == yb).sum())
+            return loss_sum / len(y), correct / len(y)
+        world = distributed.world()
+        rows = torch.arange(world.rank, len(y), world.world_size)
+        for start in range(0, len(rows), batch_size):
+            idx = rows[start:start + batch_size]
+            yb = y[idx].to(device)
+            logits = logits_fn(_to_device(A[idx], device))
+            loss_sum += float(F.cross_entropy(logits.float(), yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
+    loss_sum, correct = distributed.all_sum(loss_sum, correct)
     return loss_sum / len(y), correct / len(y)
 
 
+# ----------------------------------------------------------------------------------------------
+# Mixed precision (--amp) and host-to-GPU copies
+
+AMP_CHOICES = ("off", "bf16", "fp16")
+
+
+def check_amp(amp: str, device) -> None:
+    """A UserError when `amp` cannot run on `device`: fp16 needs CUDA (its loss scaling, torch's
+    GradScaler, is a CUDA feature here); bf16 needs a CPU or a GPU with bfloat16 support."""
+    import torch
+
+    from aigen.errors import UserError
+
+    if amp not in AMP_CHOICES:
+        raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+    kind = torch.device(device).type
+    if amp == "fp16" and kind != "cuda":
+        raise UserError(f"--amp fp16 needs a CUDA device (the run uses {kind}); use --amp bf16 "
+                        "on the CPU, or --amp off")
+    if amp == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16 or off")
+    if amp != "off" and kind not in ("cpu", "cuda"):
+        raise UserError(f"--amp {amp} is supported on the CPU and CUDA only, not {kind}")
+
+
+def autocast(device, amp: str):
+    """torch.autocast to bfloat16 / float16 for --amp bf16 / fp16; nothing for "off"."""
+    import torch
+
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def _to_device(batch, device):
+    """`batch` on `device`; on CUDA copied from pinned memory, without blocking."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    return batch.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# The backbones' training loop
+
+
+EPOCH_STATE_FORMAT = "aigen-epoch-state"
+EPOCH_STATE_VERSION = 1
+
+
+def _save_epoch_state(path, state: dict) -> None:
+    """`state` (tensors, numbers, lists and dicts of them) written atomically to `path`."""
+    import io
+
+    import torch
+
+    from aigen.io import write_bytes
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def _load_epoch_state(path, signature: dict) -> dict | None:
+    """The epoch state at `path` if it was written by a training with the same `signature`; None
+    when there is none (or one of another training, which is then started afresh)."""
+    from pathlib import Path
+
+    import torch
+
+    from aigen.errors import UserError
+
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise UserError(f"{path} is damaged ({str(exc).splitlines()[0][:200]}); delete it to "
+                        "train that model again from its first epoch") from None
+    if not isinstance(state, dict) or state.get("format") != EPOCH_STATE_FORMAT \
+            or state.get("signature") != signature:
+        return None
+    return state
+
+
+def _parallel(modules, forward, device):
+    """The trained modules as one DistributedDataParallel module calling `forward` (under
+    torchrun): each step's gradients are averaged over the processes."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    class Trained(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parts = torch.nn.ModuleList(modules)
+
+        def forward(self, batch):
+            return forward(batch)
+
+    device = torch.device(device)
+    return DistributedDataParallel(Trained(), device_ids=[device] if device.type == "cuda"
+                                   else None)
+
+
+def _train_batch(A, idx, epoch: int):
+    """Rows `idx` of the training set A for epoch `epoch`: augmented ones when A augments."""
+    return A.augmented(idx, epoch) if hasattr(A, "augmented") else A[idx]
+
+
 def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, seed, device,
-         progress, checkpoint, desc):
+         progress, checkpoint, desc, epoch_state=None, amp="off"):
     """Adam on cross-entropy over seeded shuffled batches; -> history (modules trained in place).
 
     `modules` are the trained nn.Modules (set to train mode for the updates and to eval mode for
-    validation); `forward(batch)` maps a batch of A to logits. A training set with an
-    `augmented(index, epoch)` method (aigen.data.augment.AugmentedImages) gives its batches
-    through it, so each epoch sees its own augmentation.
+    validation); `forward(batch)` maps a batch of A to logits. With `epoch_state` (a path), the
+    training state is written there after every epoch and read back first (module docstring).
+
+    Under torchrun (K processes, aigen.distributed) every process draws the same shuffled order
+    and takes every K-th row of each batch of `batch_size`; the modules are wrapped in
+    DistributedDataParallel and each process's summed loss is scaled by K / len(batch), so that
+    the averaged gradient is the one of the whole batch, as in one process (up to the order of
+    the float additions, and BatchNorm, which normalises with each process's share of the batch).
+    A training set with an `augmented(index, epoch)` method (aigen.data.augment.AugmentedImages)
+    gives its batches through it, so each epoch sees its own augmentation.
     """
     import torch
     import torch.nn.functional as F
 
+    from aigen import distributed
+
+    world = distributed.world()
+    K = world.world_size
     y_tr, y_val = _labels_tensor(y_tr), _labels_tensor(y_val)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seed)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     n = len(y_tr)
     history, best = [], None
-    bar = _epoch_bar(epochs, desc, progress)
+    cuda = torch.device(device).type == "cuda"
+    signature = {"version": EPOCH_STATE_VERSION, "desc": desc, "epochs": epochs, "lr": lr,
+                 "batch_size": batch_size, "seed": seed, "checkpoint": checkpoint,
+                 "n_train": n, "n_val": len(y_val), "world_size": K, "amp": amp,
+                 "shapes": [[k, list(v.shape)] for m in modules for k, v in m.state_dict().items()]}
+    first = 1
+    state = _load_epoch_state(epoch_state, signature)
+    if state is not None:  # continue where an interrupted training stopped
+        for m, saved in zip(modules, state["modules"]):
+            m.load_state_dict(saved)
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"][world.rank])
+        if cuda and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"][world.rank], device)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        best = (state["best"]["val_acc"], state["best"]["modules"]) if state["best"] else None
+        first = state["epoch"] + 1
+    step_forward = _parallel(modules, forward, device) if K > 1 else forward
+    bar = _epoch_bar(epochs, desc, progress, first)
     for epoch in bar:
         for m in modules:
             m.train()
@@ -172,44 +338,82 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
         loss_sum, correct = 0.0, 0
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            yb = y_tr[idx].to(device)
-            batch = A_tr.augmented(idx, epoch) if hasattr(A_tr, "augmented") else A_tr[idx]
-            logits = forward(batch.to(device))
-            loss = F.cross_entropy(logits, yb)
+            if K == 1:
+                yb = y_tr[idx].to(device)
+                with autocast(device, amp):
+                    batch = _train_batch(A_tr, idx, epoch)
+                    logits = forward(_to_device(batch, device) if cuda else batch.to(device))
+                    loss = F.cross_entropy(logits.float(), yb)
+                batch_loss = float(loss.detach()) * len(idx)
+            else:  # this process's share: rows rank, rank + K, ... of the batch
+                mine, weight = idx[world.rank::K], K / len(idx)
+                if len(mine) == 0:  # a last batch smaller than K: a row that counts for nothing
+                    mine, weight = idx[:1], 0.0
+                yb = y_tr[mine].to(device)
+                with autocast(device, amp):
+                    logits = step_forward(_to_device(_train_batch(A_tr, mine, epoch), device))
+                    summed = F.cross_entropy(logits.float(), yb, reduction="sum")
+                    loss = summed * weight
+                batch_loss = float(summed.detach()) if weight else 0.0
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == yb).sum())
+            if scaler is None:
+                loss.backward()
+                optimiser.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
+            loss_sum += batch_loss
+            if K == 1 or weight:
+                correct += int((logits.detach().argmax(1) == yb).sum())
+        if K > 1:  # every process ends the epoch with the first one's BatchNorm statistics
+            distributed.broadcast_buffers(step_forward.module)
+            loss_sum, correct = distributed.all_sum(loss_sum, correct)
         for m in modules:
             m.eval()
-        val_loss, val_acc = _evaluate(forward, A_val, y_val, max(batch_size, 64), device)
+        val_loss, val_acc = _evaluate(forward, A_val, y_val, max(batch_size, 64), device, amp)
         record = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
                   "val_loss": val_loss, "val_acc": val_acc}
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
         if checkpoint == "best" and (best is None or val_acc > best[0]):
             best = (val_acc, [copy.deepcopy(m.state_dict()) for m in modules])
+        if epoch_state is not None:
+            rng = distributed.gather_objects(torch.get_rng_state())
+            cuda_rng = distributed.gather_objects(torch.cuda.get_rng_state(device)) if cuda \
+                else None
+            if world.is_main:
+                _save_epoch_state(epoch_state, {
+                    "format": EPOCH_STATE_FORMAT, "signature": signature, "epoch": epoch,
+                    "modules": [m.state_dict() for m in modules],
+                    "optimiser": optimiser.state_dict(), "generator": generator.get_state(),
+                    "torch_rng": rng, "cuda_rng": cuda_rng,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "history": history,
+                    "best": {"val_acc": best[0], "modules": best[1]} if best is not None
+                    else None})
     if checkpoint == "best" and best is not None:
-        for m, state in zip(modules, best[1]):
-            m.load_state_dict(state)
+        for m, saved in zip(modules, best[1]):
+            m.load_state_dict(saved)
     for m in modules:
         m.eval()
     return history
 
 
-def _prepare(backbone, A_tr, y_tr, A_val, y_val, epochs, batch_size, checkpoint, device):
+def _prepare(backbone, A_tr, y_tr, A_val, y_val, epochs, batch_size, checkpoint, device, amp):
     from aigen.models.backbones import _as_device, _as_tensor
 
     y_tr = _check_xy(A_tr, y_tr, "training set")
     y_val = _check_xy(A_val, y_val, "validation set")
     _check_common(epochs, batch_size, checkpoint, len(y_tr))
-    return _as_tensor(A_tr), y_tr, _as_tensor(A_val), y_val, _as_device(device)
+    device = _as_device(device)
+    check_amp(amp, device)
+    return _as_tensor(A_tr), y_tr, _as_tensor(A_val), y_val, device
 
 
 def train_frozen(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 3, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device="cpu", progress: bool = True,
-                 checkpoint: str = "last"):
+                 checkpoint: str = "last", epoch_state=None, amp: str = "off"):
     """Frozen regime: only a new 2-class head is trained, on the frozen backbone's pooled features.
 
     A_tr / A_val are the backbone's prefix activations (N, C, H, W), or the pooled features
@@ -219,7 +423,7 @@ def train_frozen(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 3, lr: flo
     from aigen.models.backbones import BackboneClassifier, new_head
 
     A_tr, y_tr, A_val, y_val, device = _prepare(backbone, A_tr, y_tr, A_val, y_val, epochs,
-                                                batch_size, checkpoint, device)
+                                                batch_size, checkpoint, device, amp)
     # Nothing before the head trains, so its input is computed once, not once per epoch.
     F_tr = A_tr if A_tr.ndim == 2 else backbone.pooled_features(A_tr, device)
     F_val = A_val if A_val.ndim == 2 else backbone.pooled_features(A_val, device)
@@ -227,13 +431,14 @@ def train_frozen(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 3, lr: flo
     with deterministic_torch(seed):
         history = _fit([head], head, F_tr, y_tr, F_val, y_val, epochs=epochs, lr=lr,
                        batch_size=batch_size, seed=seed, device=device, progress=progress,
-                       checkpoint=checkpoint, desc=f"{backbone.name} frozen")
+                       checkpoint=checkpoint, desc=f"{backbone.name} frozen",
+                       epoch_state=epoch_state, amp=amp)
     return BackboneClassifier(backbone, "frozen", backbone.stage, head, device=device), history
 
 
 def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: float = 1e-4,
                     batch_size: int = 32, seed: int = 0, device="cpu", progress: bool = True,
-                    checkpoint: str = "last"):
+                    checkpoint: str = "last", epoch_state=None, amp: str = "off"):
     """Fine-tuned regime: a copy of the backbone's stage and a new head train together on the
     prefix activations A (N, C, H, W). The stage's BatchNorm layers train normally (batch
     statistics, running averages updated); the prefix is untouched. Returns (BackboneClassifier,
@@ -242,7 +447,7 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     from aigen.models.backbones import BackboneClassifier, new_head, pool, to_model_layout
 
     A_tr, y_tr, A_val, y_val, device = _prepare(backbone, A_tr, y_tr, A_val, y_val, epochs,
-                                                batch_size, checkpoint, device)
+                                                batch_size, checkpoint, device, amp)
     if A_tr.ndim != 4:
         raise ValueError("fine-tuning needs the prefix activations (N, C, H, W), not pooled features")
     stage = copy.deepcopy(backbone.stage).to(device)
@@ -256,7 +461,8 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     with deterministic_torch(seed):
         history = _fit([stage, head], forward, A_tr, y_tr, A_val, y_val, epochs=epochs, lr=lr,
                        batch_size=batch_size, seed=seed, device=device, progress=progress,
-                       checkpoint=checkpoint, desc=f"{backbone.name} fine-tuned")
+                       checkpoint=checkpoint, desc=f"{backbone.name} fine-tuned",
+                       epoch_state=epoch_state, amp=amp)
     for param in stage.parameters():
         param.requires_grad_(False)
     return BackboneClassifier(backbone, "finetuned", stage, head, device=device), history
@@ -264,15 +470,16 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
 
 def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs: int,
                       lr: float, batch_size: int = 32, seed: int = 0, device="cpu",
-                      progress: bool = True, checkpoint: str = "last"):
+                      progress: bool = True, checkpoint: str = "last", epoch_state=None,
+                      amp: str = "off"):
     """Either regime ("frozen" or "finetuned") trained from model-input images rather than
     cached activations: every batch runs the frozen prefix (and, frozen, the pretrained stage) in
     eval mode without gradients, then the trained part. X_tr / X_val give float32 (N, 3, H, W)
     batches when indexed (aigen.data.augment.AugmentedImages; X_tr's `augmented(index, epoch)`,
     if present, gives the training batches). Same head initialisation, optimiser, seeded batch
     order and checkpoint policy as train_frozen / train_finetuned, so without augmentation the
-    result matches theirs up to floating-point summation order. Returns (BackboneClassifier,
-    history).
+    result matches theirs up to floating-point summation order; `epoch_state` and `amp` as there.
+    Returns (BackboneClassifier, history).
     """
     import torch
 
@@ -285,6 +492,7 @@ def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs
     y_val = _check_xy(X_val, y_val, "validation set")
     _check_common(epochs, batch_size, checkpoint, len(y_tr))
     device = _as_device(device)
+    check_amp(amp, device)
     prefix = backbone.prefix.to(device).eval()
     head = new_head(backbone.n_features, seed).to(device)
     if regime == "frozen":
@@ -309,7 +517,8 @@ def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs
     with deterministic_torch(seed):
         history = _fit(modules, forward, X_tr, y_tr, X_val, y_val, epochs=epochs, lr=lr,
                        batch_size=batch_size, seed=seed, device=device, progress=progress,
-                       checkpoint=checkpoint, desc=f"{backbone.name} {regime} (from images)")
+                       checkpoint=checkpoint, desc=f"{backbone.name} {regime} (from images)",
+                       epoch_state=epoch_state, amp=amp)
     if regime == "finetuned":
         for param in stage.parameters():
             param.requires_grad_(False)

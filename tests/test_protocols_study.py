@@ -58,7 +58,7 @@ def test_every_protocol_has_its_own_key_and_the_default_stays_on_top(study):
     protocols = results["protocols"]
     assert list(protocols) == PROTOCOLS
     assert results["models"] == protocols["none/none"]["models"]
-    assert results["robustness"] == protocols["none/none"]["robustness"]
+    assert results["sweep"] == protocols["none/none"]["sweep"]
     for key, p in protocols.items():
         assert (p["harmonize"], p["augment"]) == tuple(key.split("/"))
         assert BACKBONE_MODELS <= set(p["models"])
@@ -68,7 +68,7 @@ def test_every_protocol_has_its_own_key_and_the_default_stays_on_top(study):
         for name, m in p["models"].items():
             assert (m["protocol"], m["harmonize"]) == (key, p["harmonize"])
             assert m["augment"] == ("none" if name == "scratch_cnn" else p["augment"])
-            assert name in p["robustness"]["models"]
+            assert name in p["sweep"]["models"]
             assert m["test_accuracy"]["mean"] is not None
     assert config["arguments"]["harmonize"] == ["none", "jpeg:96"]
     assert config["arguments"]["augment"] == ["none", "blurjpeg"]
@@ -186,7 +186,8 @@ def test_resume_with_protocols_trains_nothing_again(tmp_path, make_study_images,
     """Interrupted after the last protocol's models: the resumed run reads every protocol's
     models back and reproduces the uninterrupted run's numbers."""
     monkeypatch.setattr(explore, "shortcut_audit", lambda *a, **k: {})
-    monkeypatch.setattr(driver.Study, "_robustness", no_robustness)  # not under test here
+    monkeypatch.setattr(driver.Study, "_sweep", no_sweep)  # not under test here
+    monkeypatch.setattr(driver.Study, "_diagnostics", no_diagnostics)
     monkeypatch.setenv("AIGEN_OFFLINE", "1")
     data = make_study_images(tmp_path / "data", n_per_class=8)
     argv = lambda out: [  # noqa: E731
@@ -229,5 +230,9 @@ def test_resume_with_protocols_trains_nothing_again(tmp_path, make_study_images,
         "test_accuracy"]["mean"])
 
 
-def no_robustness(self):
-    self.robustness = {}
+def no_sweep(self):
+    self.sweep = {}
+
+
+def no_diagnostics(self):
+    self.diagnostics, self.diagnostic_figures = {}, {}

@@ -91,7 +91,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, make_study_
 
 def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_images,
                                                          audit_once, monkeypatch):
-    """Interrupted in the robustness stage, after every model: the resumed run trains nothing and
+    """Interrupted in the degradation sweep, after every model: the resumed run trains nothing and
     reproduces the uninterrupted run's numbers from the saved checkpoints."""
     data = make_study_images(tmp_path / "data", n_per_class=8)
     argv = lambda out: two_seed_argv(  # noqa: E731
@@ -100,12 +100,12 @@ def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_i
     code, _, err = run_cli(argv(tmp_path / "whole"))
     assert code == 0, err
 
-    real_robustness = driver.Study._robustness
+    real_sweep = driver.Study._sweep
 
     def interrupt(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver.Study, "_robustness", interrupt)
+    monkeypatch.setattr(driver.Study, "_sweep", interrupt)
     code, _, err = run_cli(argv(tmp_path / "out"))
     assert code == 130 and "Traceback" not in err
     assert f"aigen study --resume {tmp_path / 'out'}" in err
@@ -114,12 +114,50 @@ def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_i
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(driver.Study, "_robustness", real_robustness)
+    monkeypatch.setattr(driver.Study, "_sweep", real_sweep)
     monkeypatch.setattr(driver.Study, "_fit_scratch", no_training)
     monkeypatch.setattr(driver.Study, "_train_backbone", no_training)
     code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])
     assert code == 0, err
     assert numbers(tmp_path / "out") == numbers(tmp_path / "whole")
+
+
+def test_resume_continues_a_backbone_training_from_its_last_epoch(tmp_path, make_study_images,
+                                                                  audit_once, monkeypatch):
+    """Interrupted after the fine-tuned model's first epoch (of 2): the resumed run trains only
+    its second epoch and ends with the uninterrupted run's numbers; no epoch state is left."""
+    from aigen import training
+
+    data = make_study_images(tmp_path / "data", n_per_class=8)
+    argv = lambda out: scratch_argv(  # noqa: E731
+        data, out, "--models", "finetuned", "--backbones", "efficientnet_lite0", "--init",
+        "random", "--finetune-epochs", "2")
+    code, _, err = run_cli(argv(tmp_path / "whole"))
+    assert code == 0, err
+
+    real_save, written = training._save_epoch_state, []
+
+    def save_then_stop(path, state):
+        real_save(path, state)
+        written.append(state["epoch"])
+        if stop:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_epoch_state", save_then_stop)
+    stop = True
+    code, _, err = run_cli(argv(tmp_path / "out"))
+    assert code == 130 and written == [1]
+    work = runfolder.work_path(tmp_path / "out")
+    assert [p.name for p in (work / "resume" / "epochs").iterdir()] == [
+        "efficientnet_lite0_finetuned_seed0.pt"]
+    assert f"aigen study --resume {tmp_path / 'out'}" in err
+
+    stop, written[:] = False, []
+    code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0, err
+    assert written == [2]
+    assert numbers(tmp_path / "out") == numbers(tmp_path / "whole")
+    assert not work.exists() and not (tmp_path / "out" / "resume").exists()
 
 
 def test_sigterm_exits_143_and_keeps_finished_work(tmp_path, make_study_images):

@@ -11,6 +11,7 @@ from aigen.models.backbones import (
     load_classifier,
     new_head,
 )
+from aigen import training as training_module
 from aigen.training import train_finetuned, train_frozen, train_scratch
 
 torch = pytest.importorskip("torch")
@@ -187,3 +188,149 @@ def test_loading_with_different_backbone_weights_is_refused(images, tmp_path):
     assert "NOT pretrained" in load_classifier(path).backbone.weights_source
     with pytest.raises(UserError, match="different weights"):
         load_classifier(path, backbone=load_backbone("efficientnet_lite0"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Epoch states: an interrupted backbone training continues to the uninterrupted result
+
+
+REAL_SAVE_EPOCH_STATE = training_module._save_epoch_state
+
+
+def _interrupt_after(monkeypatch, epoch):
+    """Make the training stop (KeyboardInterrupt) right after writing epoch `epoch`'s state
+    (None: never); returns the list of epochs whose state gets written."""
+    from aigen import training
+
+    real_save, written = REAL_SAVE_EPOCH_STATE, []
+
+    def save(path, state):
+        real_save(path, state)
+        written.append(state["epoch"])
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_epoch_state", save)
+    return written
+
+
+@pytest.mark.parametrize("regime,checkpoint", [("finetuned", "last"), ("frozen", "best")])
+def test_an_interrupted_training_resumes_bitwise(lite0, images, activations, tmp_path, monkeypatch,
+                                                regime, checkpoint):
+    train = train_frozen if regime == "frozen" else train_finetuned
+    data = _split(activations, images)
+    kwargs = dict(epochs=3, lr=1e-2, seed=4, progress=False, checkpoint=checkpoint)
+    whole, history = train(lite0, *data, **kwargs)
+    state = tmp_path / "state.pt"
+
+    written = _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(lite0, *data, epoch_state=state, **kwargs)
+    assert written == [1, 2] and state.is_file()
+    written.clear()
+    resumed, resumed_history = train(lite0, *data, epoch_state=state, **kwargs)
+    assert written == [3]  # epochs 1 and 2 were read back, not trained again
+    assert resumed_history == history
+    assert _states_equal(resumed.head.state_dict(), whole.head.state_dict())
+    assert _states_equal(resumed.stage.state_dict(), whole.stage.state_dict())
+    np.testing.assert_array_equal(resumed.predict_proba_from_prefix(activations),
+                                  whole.predict_proba_from_prefix(activations))
+
+
+def test_an_epoch_state_of_another_training_is_not_used(lite0, images, activations, tmp_path,
+                                                        monkeypatch):
+    data = _split(activations, images)
+    state = tmp_path / "state.pt"
+    written = _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_frozen(lite0, *data, epochs=2, seed=1, progress=False, epoch_state=state)
+    written = _interrupt_after(monkeypatch, None)
+    train_frozen(lite0, *data, epochs=2, seed=2, progress=False, epoch_state=state)
+    assert written == [1, 2]  # another seed: trained from its first epoch
+    state.write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="damaged"):
+        train_frozen(lite0, *data, epochs=2, seed=2, progress=False, epoch_state=state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Mixed precision (--amp)
+
+
+def test_amp_off_is_the_plain_float32_loop(lite0, images, activations):
+    """amp="off" (the default) is exactly the float32 loop: Adam, one seeded permutation per
+    epoch, mean cross-entropy per batch."""
+    import torch.nn.functional as F
+
+    from aigen.training import deterministic_torch
+
+    features = lite0.pooled_features(activations)
+    y = torch.from_numpy(images[1].astype(np.int64))
+    model, _ = train_frozen(lite0, features[:16], images[1][:16], features[16:], images[1][16:],
+                            epochs=2, batch_size=5, seed=6, progress=False, amp="off")
+    head = new_head(lite0.n_features, 6)
+    optimiser = torch.optim.Adam(head.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(6)
+    with deterministic_torch(6):
+        for _ in range(2):
+            order = torch.randperm(16, generator=generator)
+            for start in range(0, 16, 5):
+                idx = order[start:start + 5]
+                loss = F.cross_entropy(head(features[idx]), y[idx])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+    assert _states_equal(model.head.state_dict(), head.state_dict())
+
+
+def test_amp_bf16_trains_on_the_cpu(lite0, images, activations):
+    data = _split(activations, images)
+    plain, _ = train_finetuned(lite0, *data, epochs=1, seed=2, progress=False)
+    model, history = train_finetuned(lite0, *data, epochs=1, seed=2, progress=False, amp="bf16")
+    assert np.isfinite(history[0]["train_loss"]) and np.isfinite(history[0]["val_loss"])
+    # Computed in bfloat16, so not the float32 weights, but close to them.
+    assert not _states_equal(model.head.state_dict(), plain.head.state_dict())
+    np.testing.assert_allclose(model.predict_proba_from_prefix(activations),
+                               plain.predict_proba_from_prefix(activations), atol=0.1)
+
+
+def test_amp_fp16_on_the_cpu_is_a_clear_error(lite0, images, activations):
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        train_frozen(lite0, *_split(activations, images), epochs=1, progress=False, amp="fp16")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        train_frozen(lite0, *_split(activations, images), epochs=1, progress=False, amp="fp8")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_training_on_cuda(lite0, images, activations, amp):
+    """The CUDA paths: pinned-memory copies, channels-last stage, autocast (fp16 with loss
+    scaling); the result is close to the CPU's float32 model."""
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    data = _split(activations, images)
+    cpu, _ = train_finetuned(lite0, *data, epochs=1, seed=2, progress=False)
+    model, history = train_finetuned(lite0, *data, epochs=1, seed=2, progress=False,
+                                     device="cuda", amp=amp)
+    assert np.isfinite(history[0]["train_loss"])
+    assert next(model.head.parameters()).device.type == "cuda"
+    np.testing.assert_allclose(model.predict_proba_from_prefix(activations),
+                               cpu.predict_proba_from_prefix(activations),
+                               atol=1e-3 if amp == "off" else 0.1)
+
+
+@cuda
+def test_an_interrupted_cuda_training_resumes_bitwise(lite0, images, activations, tmp_path,
+                                                     monkeypatch):
+    data = _split(activations, images)
+    kwargs = dict(epochs=2, seed=4, progress=False, device="cuda", amp="fp16")
+    whole, history = train_finetuned(lite0, *data, **kwargs)
+    state = tmp_path / "state.pt"
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        train_finetuned(lite0, *data, epoch_state=state, **kwargs)
+    resumed, resumed_history = train_finetuned(lite0, *data, epoch_state=state, **kwargs)
+    assert resumed_history == history
+    assert _states_equal(resumed.stage.state_dict(), whole.stage.state_dict())

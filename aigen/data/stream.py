@@ -166,41 +166,58 @@ def computed_features(folder: Path, key: str, n_rows: int, compute, *, budget: i
                       desc: str = "features", progress: bool = False) -> FeatureRows:
     """A feature array of `n_rows` rows, reused from `folder` when it holds `key`, else computed
     by `compute()` (an iterator of float32 batches, in row order) and stored there, one batch at
-    a time. Kept in RAM when it fits in `budget` bytes; otherwise read from the file per batch."""
-    from aigen.errors import UserError
-    from aigen.io import write_json
+    a time. Kept in RAM when it fits in `budget` bytes; otherwise read from the file per batch.
+
+    Under torchrun (aigen.distributed) every process runs `compute()` (each its share, gathered
+    into rank 0's batches) and rank 0 alone writes the file, which the others then read."""
+    from aigen import distributed
 
     stored = open_features(folder, key)
-    if stored is None:
-        from tqdm import tqdm
+    if not distributed.from_main(stored is not None):
+        def drain():
+            for _ in compute():
+                pass
 
-        writer = None
-        try:
-            with tqdm(total=n_rows, desc=desc, unit="img", disable=not progress,
-                      leave=False) as bar:
-                for batch in compute():
-                    batch = np.ascontiguousarray(np.asarray(batch, dtype=np.float32))
-                    if writer is None:
-                        writer = RowWriter(folder / f"{key}.f32")
-                        row_shape = batch.shape[1:]
-                    writer.file.write(batch.tobytes())
-                    writer.n_rows += len(batch)
-                    bar.update(len(batch))
-            if writer is None or writer.n_rows != n_rows:
-                raise ValueError(f"expected {n_rows} feature rows, got {writer and writer.n_rows}")
-            writer.commit()
-            writer = None
-            write_json(folder / f"{key}.json", {"row_shape": list(row_shape), "n_rows": n_rows})
-        except OSError as exc:
-            raise UserError(f"cannot write features in {folder}: {exc.strerror or exc} (free some "
-                            "space, or set AIGEN_CACHE_DIR to a folder with room)") from None
-        finally:
-            if writer is not None:
-                writer.discard()
-        stored = open_features(folder, key)
+        stored = distributed.main_first(
+            lambda: _store_features(folder, key, n_rows, compute, desc, progress)
+            if distributed.is_main() else open_features(folder, key), meanwhile=drain)
     if n_rows * stored.row_bytes <= budget:
         return FeatureRows(stored.read(np.arange(n_rows)))  # one read; the file stays for reuse
     return FeatureRows(stored)
+
+
+def _store_features(folder: Path, key: str, n_rows: int, compute, desc: str,
+                    progress: bool) -> RowFile:
+    """compute()'s batches written to `folder`/`key`.f32 (+ .json), then opened."""
+    from tqdm import tqdm
+
+    from aigen.errors import UserError
+    from aigen.io import write_json
+
+    writer = None
+    try:
+        with tqdm(total=n_rows, desc=desc, unit="img", disable=not progress,
+                  leave=False) as bar:
+            for batch in compute():
+                batch = np.ascontiguousarray(np.asarray(batch, dtype=np.float32))
+                if writer is None:
+                    writer = RowWriter(folder / f"{key}.f32")
+                    row_shape = batch.shape[1:]
+                writer.file.write(batch.tobytes())
+                writer.n_rows += len(batch)
+                bar.update(len(batch))
+        if writer is None or writer.n_rows != n_rows:
+            raise ValueError(f"expected {n_rows} feature rows, got {writer and writer.n_rows}")
+        writer.commit()
+        writer = None
+        write_json(folder / f"{key}.json", {"row_shape": list(row_shape), "n_rows": n_rows})
+    except OSError as exc:
+        raise UserError(f"cannot write features in {folder}: {exc.strerror or exc} (free some "
+                        "space, or set AIGEN_CACHE_DIR to a folder with room)") from None
+    finally:
+        if writer is not None:
+            writer.discard()
+    return open_features(folder, key)
 
 
 def features_folder() -> Path:
@@ -226,14 +243,28 @@ def prefix_features(backbone, store: RowFile, spec: Spec, rows: np.ndarray, *, m
     weights, input spec and device type (docs/scale.md)."""
     import torch
 
+    from aigen import distributed
+
     key = feature_key("prefix", manifest, np.asarray(rows, dtype=np.int64), backbone.name,
                       backbone.fingerprint, spec.key, getattr(device, "type", str(device)),
                       torch.__version__)
 
     def compute():
-        for x in batches(StoreImages(store, spec, rows), batch_size, device=device,
+        if not distributed.world().distributed:
+            for x in batches(StoreImages(store, spec, rows), batch_size, device=device,
+                             workers=workers):
+                yield backbone.prefix_activations(x, device, batch_size).contiguous().numpy()
+            return
+        # Each process its share of the rows; each batch gathered back into row order.
+        done = 0
+        mine = np.asarray(rows)[distributed.shard(len(rows))]
+        for x in batches(StoreImages(store, spec, mine), batch_size, device=device,
                          workers=workers):
-            yield backbone.prefix_activations(x, device, batch_size).contiguous().numpy()
+            gathered = distributed.gather_rows(
+                backbone.prefix_activations(x, device, batch_size).contiguous())
+            part = gathered[:len(rows) - done].contiguous().numpy()
+            done += len(part)
+            yield part
 
     return computed_features(features_folder(), key, len(rows), compute, budget=budget,
                              desc=f"{backbone.name} prefix", progress=progress)

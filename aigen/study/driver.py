@@ -4,15 +4,17 @@ Stages: load + check the data -> exploration and metadata shortcut audit -> one 
 for each input protocol (--harmonize x --augment, aigen.study.protocols; one by default):
 backbone prefix activations (once per backbone, shared by both regimes and every seed) -> train
 every model for every seed -> evaluate each once on train/val/test -> (first protocol) scratch
-learning-rate study -> robustness of every model to re-encoded / downscaled test images; then
-results.json, CSVs, figures, report.md. Everything is written into a hidden folder beside --out
-that is renamed to --out only when complete (docs/study.md describes the folder).
+learning-rate study -> degradation sweep of every model (test images re-encoded, blurred,
+downscaled, noised) -> (first protocol) diagnostics; then results.json, CSVs, figures, report.md.
+Everything is written into a hidden folder beside --out that is renamed to --out only when
+complete (docs/study.md describes the folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as _dt
 import sys
 import time
@@ -27,8 +29,7 @@ from aigen.io import check_new_folder, new_results_folder, refuse_inside
 DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
-# Images per batch when computing prefix activations (bounds the float32 input held at once).
-PREFIX_CHUNK = 128
+MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
     "two or more seeds (the Wilson score interval over all seeds' test images when every seed "
@@ -50,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = (
         "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
-        "seeded splits, evaluate them, test their robustness, and write a results folder with "
+        "seeded splits, evaluate them, sweep degradations of the test images, and write a results folder with "
         "results.json, CSVs, figures and report.md. See docs/study.md.")
     add_data_arguments(parser, positional=False, several=True)
     run = parser.add_argument_group("run")
@@ -96,13 +97,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.study import runfolder
 
     runfolder.add_arguments(run)
+    from aigen.data.spectra import add_argument as add_spectrum_argument
+
+    add_spectrum_argument(run)
     from aigen.study.protocols import augment_arg, harmonize_arg
 
     protocol = parser.add_argument_group("input protocols (docs/study.md)")
     protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
                           metavar="none|jpeg:Q",
                           help="jpeg:Q: every input of both classes (training, evaluation, "
-                               "robustness, prediction) is JPEG-encoded at quality Q after the "
+                               "degradation sweep, prediction) is JPEG-encoded at quality Q after the "
                                "resize to the model's size and decoded again; several values: "
                                "each is a protocol trained on the same splits (default: none)")
     protocol.add_argument("--augment", nargs="+", type=augment_arg, default=["none"],
@@ -116,6 +120,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="RAM for the backbones' prefix activations, reused by every seed and "
                           "regime (e.g. 512M, 4G; default 1G); above it they are read from their "
                           "file in the cache folder batch by batch (docs/scale.md)")
+    from aigen import distributed
+    from aigen.training import AMP_CHOICES
+
+    run.add_argument("--amp", choices=AMP_CHOICES, default="off",
+                     help="mixed precision for training the backbones: bf16 (CPU or GPU), fp16 "
+                          "(CUDA, with loss scaling) or off (default: off, float32 throughout)")
+    distributed.add_arguments(run)
     hyper = parser.add_argument_group("training")
     hyper.add_argument("--scratch-epochs", type=positive_int, default=20, metavar="N",
                        help="epochs of the scratch CNN (default: 20)")
@@ -178,11 +189,31 @@ def run(args: argparse.Namespace) -> int:
 
         args.eval_data = [f"{name}={root}" for name, root in parse_eval_data(args.eval_data).items()]
     _check_eval_data(args, out)
-    with runfolder.claim(out, runfolder.saved_arguments(args), resume=resume) as work:
-        study = Study(args, out=out, work=work)
-        study.run()
-    study.print_summary()
+    from aigen import distributed
+
+    with distributed.session(args.device, getattr(args, "dist_timeout",
+                                                  distributed.DEFAULT_TIMEOUT_MINUTES)) as world:
+        with _run_folder(out, args, resume) as work:
+            study = Study(args, out=out, work=work)
+            study.run()
+    if world.is_main:
+        study.print_summary()
     return 0
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, args: argparse.Namespace, resume: bool):
+    """The work folder (aigen.study.runfolder.claim); under torchrun only rank 0 claims it, and
+    the other processes get its path, to read (aigen.distributed)."""
+    from aigen import distributed
+    from aigen.study import runfolder
+
+    if not distributed.is_main():
+        yield distributed.main_first(lambda: None, others=False)
+        return
+    with contextlib.ExitStack() as stack:
+        yield distributed.main_first(lambda: stack.enter_context(
+            runfolder.claim(out, runfolder.saved_arguments(args), resume=resume)), others=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +332,10 @@ class Study:
         self.args = args
         self.out = out
         self.work = work
-        self.progress = bool(getattr(args, "progress", True))
+        from aigen import distributed
+
+        self.world = distributed.world()  # under torchrun: this process's rank (docs/scale.md)
+        self.progress = bool(getattr(args, "progress", True)) and self.world.is_main
         self.timer = StageTimer()
         self.started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self.seeds = list(dict.fromkeys(args.seeds))[: 1 if args.quick else None]
@@ -326,7 +360,7 @@ class Study:
                                          getattr(args, "augment", None))
         self.by_protocol: dict[str, dict[str, Any]] = {}  # key -> that protocol's state
         # The current protocol's state: models (name -> model info, filled by training), runs
-        # ((name, seed) -> trained run), skipped models, robustness, external evaluations.
+        # ((name, seed) -> trained run), skipped models, degradation sweep, external evaluations.
         self._enter_protocol(self.protocols[0])
         self.backbones: dict[str, Any] = {}  # loaded once, shared by every protocol
         self._unavailable: dict[str, str] = {}  # backbone name -> why it could not be loaded
@@ -339,46 +373,60 @@ class Study:
             self.metadata = read_metadata_csv(args.metadata_csv)
 
     def _log(self, message: str) -> None:
-        print(f"aigen study: {message}", file=sys.stderr, flush=True)
+        if self.world.is_main:
+            print(f"aigen study: {message}", file=sys.stderr, flush=True)
 
     # -- stages -------------------------------------------------------------------------------
 
     def run(self) -> None:
-        from aigen.device import resolve_device
+        from aigen.distributed import process_device
+        from aigen.training import check_amp
 
-        self.device = resolve_device(self.args.device)
-        (self.work / "figures").mkdir(exist_ok=True)  # exist_ok: a resumed run
-        (self.work / "checkpoints").mkdir(exist_ok=True)
+        self.device = process_device(self.args.device, self.world)
+        check_amp(getattr(self.args, "amp", "off"), self.device)
+        main = self.world.is_main  # under torchrun, only rank 0 writes files
+        if main:
+            (self.work / "figures").mkdir(exist_ok=True)  # exist_ok: a resumed run
+            (self.work / "checkpoints").mkdir(exist_ok=True)
         with self.timer.stage("load_data"):
             self._load_data()
         from aigen.study import runfolder
 
-        runfolder.check_same_data(self.work, self.dataset.manifest_sha256())
-        with self.timer.stage("exploration"):
-            self._explore()
+        if main:
+            runfolder.check_same_data(self.work, self.dataset.manifest_sha256())
+            with self.timer.stage("exploration"):
+                self._explore()
         with self.timer.stage("split"):
             self._make_splits()
         for protocol in self.protocols:
             self._enter_protocol(protocol)
             self._train_all()
-            if protocol == self.protocols[0]:
+            if not main:  # the other processes' part ends with training (docs/scale.md)
+                continue
+            first = protocol == self.protocols[0]
+            if first:
                 if not self.models:
                     reasons = "; ".join(f"{n}: {r.splitlines()[0]}"
                                         for n, r in self.skipped_models.items())
                     raise UserError(f"no model could be trained ({reasons})")
                 with self.timer.stage("lr_study"):
                     self._lr_study()
-            with self.timer.stage("robustness"):
-                self._robustness()
+            with self.timer.stage("sweep"):
+                self._sweep()
+            if first:  # the first protocol's models (the spectra are the data's)
+                with self.timer.stage("diagnostics"):
+                    self._diagnostics()
             with self.timer.stage("external"):
                 self._external()
             self._save_protocol()
+        if not main:
+            return
         self._enter_protocol(self.protocols[0])
         self._write_results()
 
     # -- protocols ----------------------------------------------------------------------------
 
-    _PROTOCOL_STATE = ("models", "skipped_models", "runs", "robustness", "external",
+    _PROTOCOL_STATE = ("models", "skipped_models", "runs", "sweep", "external",
                        "external_skipped", "external_figures")
 
     def _enter_protocol(self, protocol) -> None:
@@ -393,11 +441,6 @@ class Study:
             setattr(self, attr, saved.get(attr, {}))
         self.prefix, self.pooled = {}, {}  # activations: one protocol's at a time
 
-    def _input_specs(self) -> dict[str, Any]:
-        """{"scratch"/"backbone": Spec}: the current protocol's model inputs (harmonised as it
-        says); every stage that turns images into model inputs takes its specs from here."""
-        return self.specs
-
     def _save_protocol(self) -> None:
         self.by_protocol[self.protocol.key] = {attr: getattr(self, attr)
                                                for attr in self._PROTOCOL_STATE}
@@ -409,18 +452,14 @@ class Study:
         return "scratch" in self.args.models and self.protocol == first
 
     def _load_data(self) -> None:
+        from aigen import distributed
         from aigen.data.dataset import write_skipped
-        from aigen.data.preprocess import BACKBONE
-
         from aigen.data.discover import parse_class_args
+        from aigen.data.preprocess import BACKBONE, SCRATCH
         from aigen.data.sets import load_sets, parse_sets
 
+        main = self.world.is_main
         sets = _check_data_option(self.args)
-        if not sets:
-            from aigen.data.synth import default_dataset
-
-            self._log("no --data given: using the embedded synthetic dataset")
-            sets = parse_sets([str(default_dataset(progress=self.progress))])
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
                                                             & set(self.args.models))
         wanted = []  # every protocol's inputs, packed in one pass over the files
@@ -432,10 +471,21 @@ class Study:
                 if protocol.augment != "none":  # augmented from the unharmonised rows
                     wanted.append(BACKBONE)
         specs = tuple({spec.key: spec for spec in wanted}.values())
-        self.dataset = load_sets(
-            sets, class_map=parse_class_args(self.args.classes) if self.args.classes else None,
-            max_pixels=self.args.max_pixels or None, workers=self.args.workers,
-            progress=self.progress, specs=specs, rehash=bool(getattr(self.args, "rehash", False)))
+
+        def load():  # rank 0 writes the cache (store, index); the others then only read it
+            nonlocal sets
+            if not sets:
+                from aigen.data.synth import default_dataset
+
+                self._log("no --data given: using the embedded synthetic dataset")
+                sets = parse_sets([str(default_dataset(progress=self.progress))])
+            return load_sets(
+                sets, class_map=parse_class_args(self.args.classes) if self.args.classes else None,
+                max_pixels=self.args.max_pixels or None, workers=self.args.workers,
+                progress=self.progress, specs=specs if main else (),
+                rehash=main and bool(getattr(self.args, "rehash", False)))
+
+        self.dataset = distributed.main_first(load)
         self.data_sets = {name: Path(root).resolve() for name, root in self.dataset.sets.items()}
         for root in self.data_sets.values():
             refuse_inside(self.out, root)
@@ -449,7 +499,8 @@ class Study:
             self.data_description = "; ".join(f"{name}: {description}" for name, (_, description)
                                               in self.set_kinds.items())
         self.labels = self.dataset.labels
-        write_skipped(self.work / "skipped.csv", self.dataset.skipped)
+        if main:
+            write_skipped(self.work / "skipped.csv", self.dataset.skipped)
 
     def _explore(self) -> None:
         from aigen.data import explore
@@ -473,7 +524,8 @@ class Study:
         for k, seed in enumerate(self.seeds):
             split = fixed if fixed is not None else make_split(self.dataset, seed)
             name = "split.csv" if k == 0 else f"split_seed{seed}.csv"
-            write_split(self.work / name, self.dataset, split)
+            if self.world.is_main:
+                write_split(self.work / name, self.dataset, split)
             self.splits[seed] = split
             self.split_files[seed] = name
         used = set()
@@ -494,7 +546,8 @@ class Study:
         from aigen.data.dataset import dataset_arrays
 
         self.y_used = self.labels[self.used]
-        if self._trains_scratch():
+        # The scratch CNN (CPU, Cython kernels) trains in the first process alone (docs/scale.md).
+        if self._trains_scratch() and self.world.is_main:
             with self.timer.stage("scratch_inputs"):
                 self.X_scratch = dataset_arrays(self.dataset, self.specs["scratch"], self.used)
             self.models[SCRATCH_NAME] = {"regime": "scratch", "backbone": None}
@@ -513,7 +566,7 @@ class Study:
                 self.models[model_name] = {"regime": regime, "backbone": name}
                 for seed in self.seeds:
                     with self.timer.stage(f"train:{self.run_name(model_name)}"):
-                        if not self._restore(model_name, seed):
+                        if not self._restored_by_main(model_name, seed):
                             self._train_backbone(name, regime, seed)
 
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
@@ -522,25 +575,60 @@ class Study:
         from aigen.models.backbones import (BackboneUnavailable, load_backbone,
                                             weights_by_backbone)
 
+        from aigen import distributed
+
         weights = weights_by_backbone(self.args.weights, self.args.backbones).get(name)
-        if name not in self.backbones and name not in self._unavailable:
-            with self.timer.stage(f"load_backbone:{name}"):
-                try:
-                    self.backbones[name] = load_backbone(name, weights=weights,
-                                                         init=self.args.init)
-                except BackboneUnavailable as exc:
-                    self._unavailable[name] = str(exc)
-                    self._log(f"{name} skipped: {exc}")
         if name in self._unavailable:
             for regime in regimes:
                 self.skipped_models[f"{name}_{regime}"] = self._unavailable[name]
             return False
+
+        def load():  # rank 0 first: it alone may download weights into torch's cache
+            try:
+                return load_backbone(name, weights=weights, init=self.args.init)
+            except BackboneUnavailable as exc:
+                return exc
+
+        if name not in self.backbones:  # loaded once, for every protocol
+            with self.timer.stage(f"load_backbone:{name}"):
+                backbone = distributed.main_first(load)
+                if isinstance(backbone, BackboneUnavailable) or distributed.from_main(
+                        isinstance(backbone, BackboneUnavailable)):
+                    reason = str(backbone) if isinstance(backbone, BackboneUnavailable) else \
+                        "unavailable in the first process"
+                    self._unavailable[name] = reason
+                    for regime in regimes:
+                        self.skipped_models[f"{name}_{regime}"] = reason
+                    self._log(f"{name} skipped: {reason}")
+                    return False
+            self.backbones[name] = backbone
         backbone = self.backbones[name]
         with self.timer.stage(f"prefix_activations:{name}"):
             self.prefix[name] = self._prefix_activations(backbone, self.used, f"{name} prefix")
             if "frozen" in regimes:  # the frozen head's input, computed once for every seed
-                self.pooled[name] = backbone.pooled_features(self.prefix[name], self.device)
+                self.pooled[name] = self._pooled_features(backbone, self.prefix[name])
         return True
+
+    def _pooled_features(self, backbone, prefix):
+        """The frozen backbone's pooled features of every used image; under torchrun each
+        process computes its share (aigen.distributed.sharded_map)."""
+        from aigen import distributed
+
+        if not self.world.distributed:
+            return backbone.pooled_features(prefix, self.device)
+        return distributed.sharded_map(
+            lambda rows: backbone.pooled_features(_take(prefix, rows), self.device), len(prefix),
+            PREFIX_CHUNK)
+
+    def _probabilities(self, clf, A) -> np.ndarray:
+        """P(AI) of every used image for a trained classifier (A: its prefix activations or
+        pooled features); under torchrun each process scores its share."""
+        from aigen import distributed
+
+        if not self.world.distributed:
+            return clf.predict_proba_from_prefix(A)
+        return distributed.sharded_map(lambda rows: clf.predict_proba_from_prefix(_take(A, rows)),
+                                       len(A), PREFIX_CHUNK)
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
         """Prefix activations of dataset images, streamed from the store in batches, or reused
@@ -596,6 +684,13 @@ class Study:
         path = Path("checkpoints") / f"{self.run_name(name)}_seed{seed}.{suffix}"
         return path if relative else self.work / path
 
+    def _restored_by_main(self, name: str, seed: int) -> bool:
+        """`_restore` in the first process, its answer in every process (under torchrun the
+        others skip what it restored; they keep no models)."""
+        from aigen import distributed
+
+        return distributed.from_main(self._restore(name, seed) if self.world.is_main else None)
+
     def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
         """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
         from aigen.study import runfolder
@@ -637,6 +732,7 @@ class Study:
 
     def _train_backbone(self, name: str, regime: str, seed: int) -> None:
         from aigen.repro import seed_everything
+        from aigen.study import runfolder
         from aigen.study.checkpoints import identity
         from aigen.training import train_finetuned, train_frozen
 
@@ -646,11 +742,10 @@ class Study:
         A = self.pooled[name] if regime == "frozen" else self.prefix[name]
         tr, va = self._rows(seed, "train"), self._rows(seed, "val")
         seed_everything(seed)
+        model_name = f"{name}_{regime}"
         if augment == "none":
             train = train_frozen if regime == "frozen" else train_finetuned
-            # Prefix activations stay where they are (RAM or file): views of the rows, per batch.
-            take = (lambda rows: A.subset(rows)) if hasattr(A, "subset") else (lambda rows: A[rows])
-            X_tr, X_va = take(tr), take(va)
+            X_tr, X_va = _take(A, tr), _take(A, va)  # views of the cached activations
         else:  # augmented: trained from images (the whole backbone runs on every batch)
             from functools import partial
 
@@ -661,15 +756,21 @@ class Study:
         clf, history = train(backbone, X_tr, self.y_used[tr], X_va, self.y_used[va],
                              epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
                              seed=seed, device=self.device, progress=self.progress,
-                             checkpoint=hp["checkpoint"])
-        model_name = f"{name}_{regime}"
+                             checkpoint=hp["checkpoint"],
+                             epoch_state=runfolder.epoch_state_path(
+                                 self.work, self.run_name(model_name), seed),
+                             amp=getattr(self.args, "amp", "off"))
+        prob = self._probabilities(clf, A)
+        if not self.world.is_main:
+            return
         clf.save(self._checkpoint(model_name, seed),
                  metadata={**identity(self.run_name(model_name), regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
             architecture=backbone.architecture, weights_source=backbone.weights_source,
-            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256, n_params=total, trainable_params=trainable, hyperparameters=hp)
-        self._record(model_name, seed, clf, history, clf.predict_proba_from_prefix(A))
+            pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256,
+            n_params=total, trainable_params=trainable, hyperparameters=hp)
+        self._record(model_name, seed, clf, history, prob)
 
     def _training_images(self, rows: np.ndarray, seed: int, augment: str = "none"):
         """The images of `rows` (rows of self.used) as the backbones' inputs under the current
@@ -725,62 +826,92 @@ class Study:
         self.lr_study = {"epochs": hp["epochs"], "filters": hp["filters"],
                          "batch_size": hp["batch_size"], "runs": runs}
 
-    # -- robustness ---------------------------------------------------------------------------
+    # -- degradation sweep --------------------------------------------------------------------
 
-    def _robustness(self) -> None:
-        from tqdm import tqdm
+    def _sweep(self) -> None:
+        """Every model scored on its seed's test images degraded step by step (aigen.study.sweep):
+        the union of the seeds' test images, each degraded once and scored by every seed's models."""
+        from aigen.study.evaluate import make_scorer
+        from aigen.study.sweep import run_sweep
 
-        from aigen.study.robustness import PERTURBATIONS, perturbed_inputs, summarize_robustness
-
-        self.robustness: dict[str, Any] = {}
+        self.sweep: dict[str, Any] = {}
         if not self.models:
             return
         union = sorted({int(i) for s in self.splits.values() for i in s.indices("test")})
-        union_pos = {i: k for k, i in enumerate(union)}
-        specs = {}  # the current protocol's inputs: perturbed, then harmonised like any input
-        if SCRATCH_NAME in self.models:
-            specs["scratch"] = self._input_specs()["scratch"]
-        if any(info["backbone"] for info in self.models.values()):
-            specs["backbone"] = self._input_specs()["backbone"]
-        images = [self.dataset.images[i] for i in union]
-        test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
-                    for seed in self.seeds}
-        y_union = self.labels[union]
-        # The test images are perturbed a chunk at a time (never all at once); chunks are a
-        # multiple of PREFIX_CHUNK, so every batch is the one a whole-array pass would make.
-        parts: dict[str, dict[str, dict[int, list[np.ndarray]]]] = {
-            p: collections.defaultdict(lambda: collections.defaultdict(list)) for p in PERTURBATIONS}
-        chunk = 2 * PREFIX_CHUNK
-        bar = tqdm(total=len(images), desc="robustness", unit="img", disable=not self.progress,
-                   leave=False)
-        for start in range(0, len(images), chunk):
-            u8 = perturbed_inputs(images[start:start + chunk], specs,
-                                  max_pixels=self.dataset.max_pixels,
-                                  perturbations=tuple(PERTURBATIONS), progress=False)
-            for pert in PERTURBATIONS:
-                for model_name, per_seed in self._robustness_probs(u8[pert], specs).items():
-                    for seed, p in per_seed.items():
-                        parts[pert][model_name][seed].append(p)
-            bar.update(len(images[start:start + chunk]))
-        bar.close()
-        accuracy: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
-        for pert in PERTURBATIONS:
-            probs = {m: {s: np.concatenate(ps) for s, ps in per_seed.items()}
-                     for m, per_seed in parts[pert].items()}
-            for model_name, per_seed in probs.items():
-                accuracy[model_name][pert] = [
-                    float(((p[test_pos[s]] >= 0.5) == (y_union[test_pos[s]] == 1)).mean())
-                    for s, p in per_seed.items()]
-        models = {}
-        for model_name in self.models:
-            clean = []
-            for seed in self.seeds:
-                rows = self._rows(seed, "test")
-                prob = self.runs[(model_name, seed)]["prob"][rows]
-                clean.append(float(((prob >= 0.5) == (self.y_used[rows] == 1)).mean()))
-            models[model_name] = summarize_robustness(clean, accuracy[model_name])
-        self.robustness = {"perturbations": dict(PERTURBATIONS), "n_images": len(union),
-                           "models": models}
+        position = {i: k for k, i in enumerate(union)}
+        test_pos = {seed: np.array([position[int(i)] for i in self.splits[seed].indices("test")],
+                                   dtype=np.int64) for seed in self.seeds}
+        regimes = {name: info["regime"] for name, info in self.models.items()}
+        models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
+                  for seed in self.seeds}
+        self.sweep = run_sweep([self.dataset.images[i] for i in union], self.labels[union],
+                               test_pos, self._input_specs(), make_scorer(models, regimes),
+                               list(self.models), self.seeds, max_pixels=self.dataset.max_pixels,
+                               workers=self._loader_workers(), progress=self.progress)
+
+    def _input_specs(self) -> dict[str, Any]:
+        """{"scratch"/"backbone": Spec} of the inputs the current protocol's models take
+        (harmonised as the protocol says); every stage that scores images takes them from here."""
+        from aigen.study.predict import needed_specs
+
+        return needed_specs({name: info["regime"] for name, info in self.models.items()},
+                            self.protocol.harmonize)
+
+    def _loader_workers(self) -> int:
+        """DataLoader processes for work that decodes image files (--workers; 0 = in-process)."""
+        from aigen.data.dataset import available_cores
+
+        workers = getattr(self.args, "workers", None) or available_cores()
+        # Each process holds a couple of batches of degraded images: a few are enough.
+        return 0 if workers <= 1 else min(int(workers), MAX_LOADER_WORKERS)
+
+    # -- diagnostics: frequency spectra, Grad-CAM, the scratch CNN's filters -------------------
+
+    def _diagnostics(self) -> None:
+        """results.json's "diagnostics" and their figures (aigen.data.spectra,
+        aigen.study.diagnostics): the classes' spectra on a sample of the study's images; for the
+        first seed, Grad-CAM of every backbone model and the scratch CNN's filters."""
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.spectra import class_spectra, spectra_figure
+        from aigen.study import diagnostics
+
+        self.diagnostics: dict[str, Any] = {}
+        self.diagnostic_figures: dict[str, Any] = {}
+        fdir = self.work / "figures"
+        per_class = getattr(self.args, "spectrum_images", 0)
+        if per_class:
+            spectra = class_spectra([self.dataset.images[int(i)] for i in self.used],
+                                    per_class=per_class, seed=self.seeds[0],
+                                    max_pixels=self.dataset.max_pixels,
+                                    workers=self._loader_workers(), progress=self.progress)
+            self.diagnostics["spectra"] = spectra.record
+            spectra_figure(spectra, fdir / "spectra.png", self.dataset.class_names)
+            self.diagnostic_figures["spectra"] = "figures/spectra.png"
+        if not self.models:
+            return
+        seed = self.seeds[0]
+        rows = self._rows(seed, "test")
+        indices = self.used[rows]
+        y = self.y_used[rows]
+        paths = [self.dataset.images[int(i)].rel_path for i in indices]
+        specs = self._input_specs()
+        self.diagnostics["gradcam"] = {}
+        self.diagnostic_figures["gradcam"] = {}
+        for name, info in self.models.items():
+            prob = self.runs[(name, seed)]["prob"][rows]
+            if info["regime"] == "scratch":
+                path = fdir / f"filters_{name}.png"
+                self.diagnostics["scratch_filters"] = diagnostics.scratch_diagnostic(
+                    self.runs[(name, seed)]["model"], self.X_scratch[rows], y, prob, paths, seed,
+                    path)
+                self.diagnostic_figures["scratch_filters"] = f"figures/{path.name}"
+                continue
+            path = fdir / f"gradcam_{name}.png"
+            self.diagnostics["gradcam"][name] = diagnostics.gradcam_diagnostic(
+                name, self.runs[(name, seed)]["model"], dataset_inputs(self.dataset,
+                                                                       specs["backbone"]),
+                specs["backbone"], indices, y, prob, paths, seed, path, device=self.device)
+            self.diagnostic_figures["gradcam"][name] = f"figures/{path.name}"
 
     # -- evaluation on other labelled data (--eval-data) ---------------------------------------
 
@@ -870,35 +1001,6 @@ class Study:
                                     thresholds)
         return model_evaluation([self.y_used[r] for r in rows], [list(sources[r]) for r in rows],
                                 probs, thresholds)
-
-    def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
-        """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
-        import torch
-
-        from aigen.data.preprocess import to_model_input
-
-        probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
-        if "scratch" in specs:
-            X = to_model_input(u8["scratch"], specs["scratch"])
-            for seed in self.seeds:
-                probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"].predict_proba(X)
-        if "backbone" in specs:
-            X = to_model_input(u8["backbone"], specs["backbone"])
-            for name, backbone in self.backbones.items():
-                # Once per backbone and perturbation, shared by both regimes and all seeds.
-                A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
-                               for s in range(0, len(X), PREFIX_CHUNK)])
-                pooled = None
-                for model_name, info in self.models.items():
-                    if info["backbone"] != name:
-                        continue
-                    if info["regime"] == "frozen" and pooled is None:
-                        pooled = backbone.pooled_features(A, self.device)
-                    inputs = pooled if info["regime"] == "frozen" else A
-                    for seed in self.seeds:
-                        clf = self.runs[(model_name, seed)]["model"]
-                        probs[model_name][seed] = clf.predict_proba_from_prefix(inputs)
-        return probs
 
     # -- results ------------------------------------------------------------------------------
 
@@ -1003,10 +1105,12 @@ class Study:
                 "skipped_models": dict(self.skipped_models),
                 "data": self._data_results(),
                 "shortcut_audit": self.shortcut_audit,
-                "robustness": self.robustness,
+                "sweep": self.sweep,
+                "diagnostics": self.diagnostics,
                 "lr_study": self.lr_study,
                 "ci_method": CI_METHOD_TEXT,
                 "threshold": 0.5,
+                "world_size": self.world.world_size,
                 "protocols": protocols,
             }
             if self.args.eval_data:
@@ -1029,14 +1133,14 @@ class Study:
 
     def _protocol_results(self) -> dict[str, Any]:
         """results.json["protocols"]: per protocol key, what it is, its models (the per-model
-        records of results["models"]), skipped models, robustness and external evaluations."""
+        records of results["models"]), skipped models, sweep and external evaluations."""
         out = {}
         for protocol in self.protocols:
             self._enter_protocol(protocol)
             record = {**protocol.record(),
                       "models": {name: self._model_results(name) for name in self.models},
                       "skipped_models": dict(self.skipped_models),
-                      "robustness": self.robustness}
+                      "sweep": self.sweep}
             if "scratch" in self.args.models and not self._trains_scratch():
                 first = next(p for p in self.protocols if p.harmonize == protocol.harmonize)
                 record["scratch_not_augmented"] = (
@@ -1107,10 +1211,13 @@ class Study:
                            title=f"ROC curves (test split, {per_seed})")
             out["roc"] = rel(fdir / "roc_curves.png")
         out["external"] = self.external_figures
-        if self.robustness.get("models"):
-            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png",
-                                seeds=self.seeds)
-            out["robustness"] = rel(fdir / "robustness.png")
+        out["diagnostics"] = self.diagnostic_figures
+        out["sweep"] = {}
+        for key, perturbation in (self.sweep.get("perturbations") or {}).items():
+            path = fdir / f"sweep_{key}.png"
+            fig.sweep_curves(perturbation, {m: per[key] for m, per in self.sweep["models"].items()},
+                             path, seeds=self.seeds)
+            out["sweep"][key] = rel(path)
         if self.lr_study.get("runs"):
             lr_history = []
             for lr in self.lr_study["runs"]:
@@ -1135,6 +1242,8 @@ class Study:
                          "protocols": [p.record() for p in self.protocols]},
             "started": self.started,
             "device": str(self.device),
+            "world_size": self.world.world_size,
+            "distributed_backend": self.world.backend,
             "data": {"root": str(self.data_root) if self.data_root is not None else None,
                      "sets": {name: str(root) for name, root in self.data_sets.items()},
                      "kind": self.data_kind, "manifest_sha256": self.dataset.manifest_sha256()},
@@ -1175,7 +1284,19 @@ class Study:
             print(line(r))
         for name, reason in self.results["skipped_models"].items():
             print(f"skipped {name}: {reason.splitlines()[0][:160]}")
+        from aigen.study.sweep import shortcut_flags
+
+        for flag in shortcut_flags(self.results.get("sweep") or {}):
+            print(f"possible shortcut: {flag['model']} under {flag['perturbation']} "
+                  f"{flag['strength']:g}: {'ROC-AUC' if flag['kind'] == 'ranking' else 'accuracy'}"
+                  f" {flag['clean']:.3f} -> {flag['perturbed']:.3f} (see the report)")
         print(f"report: {self.out / 'report.md'}")
+
+
+def _take(A, rows):
+    """Rows of prefix activations or features: a view when they are a FeatureRows (in RAM or read
+    from their file per batch), else an indexed copy."""
+    return A.subset(rows) if hasattr(A, "subset") else A[rows]
 
 
 def _parameter_counts(clf) -> tuple[int, int]:

@@ -149,39 +149,50 @@ def roc_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
     return fig
 
 
-def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
-                    title: str | None = None, seeds: Sequence[Any] | None = None):
-    """Grouped bars: per model, the clean accuracy then each perturbation's (with several seeds
-    their mean, the std as error bar; with one seed that seed's value, no error bar). The default
-    title says which (`seeds` names the seed of a one-seed run).
+def sweep_curves(perturbation: Mapping[str, Any], models: Mapping[str, Sequence[Mapping]],
+                 path: str | os.PathLike, chance: float | None = 0.5,
+                 seeds: Sequence[Any] | None = None):
+    """One perturbation of the degradation sweep: accuracy (left) and ROC-AUC (right) against
+    strength, mild to severe left to right; one line per model (its own colour, line style and
+    marker), a band for the 95% CI over seeds (none with one seed); legend outside the axes.
 
-    `models` is results.json's robustness["models"]: {name: {"clean": summary,
-    "perturbed": {perturbation: summary}}}.
+    `perturbation` is results.json's sweep["perturbations"][key]; `models` maps a model name to
+    its sweep points for that perturbation ([clean point, point per strength]); `seeds` names
+    the seed of a one-seed run in the title.
     """
-    names = list(models)
-    perturbations = list(next(iter(models.values()))["perturbed"]) if models else []
-    conditions = ["clean", *perturbations]
-    n_seeds = _n_seeds([models[n]["clean"] for n in names])
-    if title is None:
-        which = seeds_words(seeds) if seeds else (
-            f"mean over {n_seeds} seeds" if n_seeds > 1 else "one seed")
-        title = f"Test accuracy under perturbations ({which})"
-    fig = _figure(max(7.0, 1.2 * len(names) * len(conditions) / 3 + 3), 4.2)
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(conditions))
-    x = np.arange(len(names))
-    for k, (cond, color) in enumerate(zip(conditions, _colors(len(conditions)))):
-        summaries = [models[n]["clean"] if cond == "clean" else models[n]["perturbed"][cond]
-                     for n in names]
-        means = [s["mean"] if s["mean"] is not None else np.nan for s in summaries]
-        stds = [s["std"] or 0.0 for s in summaries] if n_seeds > 1 else None
-        ax.bar(x + (k - (len(conditions) - 1) / 2) * width, means, width, yerr=stds,
-               color=color, label=cond, capsize=2)
-    ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xticks(x, names, rotation=15 if len(names) > 3 else 0, fontsize="small")
-    ax.set(ylabel="test accuracy", ylim=(0, 1.05), title=title)
-    ax.grid(axis="y", alpha=0.3)
-    _legend_outside(ax)
+    fig = _figure(10.5, 3.9)
+    axes = fig.subplots(1, 2)
+    labels = ["clean"] + [f"{s:g}" for s in perturbation["strengths"]]
+    x = np.arange(len(labels))
+    n_seeds, n_images = 1, set()
+    for (name, points), style in zip(models.items(), _styles(len(models))):
+        style = {**style, "markevery": 1, "fillstyle": "full"}
+        for ax, metric in zip(axes, ("accuracy", "roc_auc")):
+            summaries = [p[metric] for p in points]
+            mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in summaries])
+            ax.plot(x, mean, **style, label=name if metric == "roc_auc" else None)
+            defined = _n_seeds(summaries)
+            n_seeds = max(n_seeds, defined)
+            if defined > 1:
+                lo = [np.nan if not s.get("ci95") else s["ci95"][0] for s in summaries]
+                hi = [np.nan if not s.get("ci95") else s["ci95"][1] for s in summaries]
+                ax.fill_between(x, lo, hi, color=style["color"], alpha=0.15, lw=0)
+        n_images.update(n for p in points for n in p["n"])
+    for ax, metric in zip(axes, ("accuracy", "ROC-AUC")):
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label="chance" if metric == "ROC-AUC"
+                       else None)
+        ax.set_xticks(x, labels)
+        ax.set(xlabel=f"{perturbation['parameter']} (mild → severe)", ylabel=f"test {metric}",
+               ylim=(0, 1.02), title=metric)
+        ax.grid(alpha=0.3)
+    band = (f"mean over {n_seeds} seeds, bands: 95% CI" if n_seeds > 1
+            else (seeds_words(seeds) if seeds else "one seed") + ", no band")
+    n_text = (f"n = {min(n_images)}" + (f"–{max(n_images)}" if len(n_images) > 1 else "")
+              + " test images per seed") if n_images else "no test image"
+    fig.suptitle(f"Degradation sweep: {perturbation['title']} ({n_text}; {band})",
+                 fontsize="medium")
+    _legend_outside(axes[1])
     _save(fig, path)
     return fig
 

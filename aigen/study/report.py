@@ -38,16 +38,6 @@ def cell_words(seeds: Sequence[Any]) -> str:
     return f"mean ± sample standard deviation over {seed_words(seeds)}"
 
 
-def robustness_change(perturbed: Mapping[str, Any]) -> float | None:
-    """perturbed − clean accuracy (negative = worse) of one robustness entry; results.json stores
-    it as "change" (runs written before that stored "drop" = clean − perturbed)."""
-    if perturbed.get("change") is not None:
-        return float(perturbed["change"])
-    if perturbed.get("drop") is not None:
-        return -float(perturbed["drop"]) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return None
-
-
 def majority_rate(results: Mapping[str, Any]) -> float | None:
     """The share of the larger class (accuracy of always answering it), from the audit or the data."""
     audit = results.get("shortcut_audit") or {}
@@ -61,7 +51,6 @@ def majority_rate(results: Mapping[str, Any]) -> float | None:
 # ---- the Summary at the top of report.md -------------------------------------------------------
 
 MAJORITY_TOLERANCE = 0.01  # an accuracy this close to the majority-class rate learnt nothing
-SHORTCUT_CHANGE = -0.05  # a robustness change at or below this is called a loss in the Summary
 
 
 def _interval(summary: Mapping[str, Any] | None) -> list[float] | None:
@@ -101,27 +90,34 @@ def _compare(ci: Sequence[float] | None, value: float, other: float,
     return "does not clearly beat"
 
 
-def _robustness_sentence(results: Mapping[str, Any]) -> str | None:
-    rob = results.get("robustness") or {}
+def _sweep_sentence(results: Mapping[str, Any]) -> str | None:
+    """The degradation sweep in one sentence: the shortcut flags, else the largest accuracy
+    change (perturbed − clean, negative = worse) at a mild strength."""
+    from aigen.study.sweep import MILD, PERTURBATIONS, flag_text, shortcut_flags
+
+    sweep = results.get("sweep") or {}
+    if not sweep.get("models"):
+        return None
+    head = (f"**Degradation sweep** ({sweep.get('n_images', '?')} test images of both classes "
+            "re-encoded, blurred, downscaled, noised)")
+    flags = shortcut_flags(sweep)
+    if flags:
+        more = f" ({len(flags) - 1} more in the sweep section)" if len(flags) > 1 else ""
+        return f"{head}: **possible shortcut**: {flag_text(flags[0])}{more}"
     changes = []
-    for model, r in (rob.get("models") or {}).items():
-        for name, p in r["perturbed"].items():
-            change = robustness_change(p)
-            if change is not None:
-                changes.append((change, model, name, r["clean"].get("mean"), p.get("mean")))
+    for model, per_pert in sweep["models"].items():
+        for key, points in per_pert.items():
+            for point in points[1:]:
+                change = point["accuracy"].get("change")
+                if change is not None and point["strength"] in MILD.get(key, ()):
+                    changes.append((change, model, key, point["strength"]))
     if not changes:
         return None
-    change, model, name, clean, perturbed = min(changes, key=lambda c: (c[0], c[1], c[2]))
-    if change > 0:  # no perturbation made anything worse: report the largest move instead
-        change, model, name, clean, perturbed = max(changes, key=lambda c: abs(c[0]))
-    text = (f"**Robustness** ({rob.get('n_images', '?')} test images re-encoded or downscaled): "
-            f"the largest change vs clean accuracy (perturbed − clean, negative = worse) is "
-            f"{change:+.3f}, `{model}` under `{name}` ({clean:.3f} → {perturbed:.3f})")
-    if change <= SHORTCUT_CHANGE:
-        return text + ("; a model that loses accuracy when only compression or resolution change "
-                       "may rely on such file-level cues.")
-    return text + (f"; every change is above {SHORTCUT_CHANGE:+.2f}: no sign that a model "
-                   "relies on compression or resolution cues.")
+    change, model, key, strength = min(changes, key=lambda c: (c[0], c[1], c[2]))
+    label = PERTURBATIONS[key].label(strength) if key in PERTURBATIONS else strength
+    return (f"{head}: at the mild strengths the largest accuracy change (perturbed − clean, "
+            f"negative = worse) is {change:+.3f}, `{model}` under {key} {label}; no model lost "
+            "more than half of its margin over chance there.")
 
 
 def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
@@ -159,8 +155,8 @@ def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
 
 def summary_section(results: Mapping[str, Any]) -> list[str]:
     """The report's first section, from results.json alone: the best model with its CI, whether
-    it clearly beats the metadata-only audit and the majority-class rate, the largest robustness
-    change, the transfer results (when there are any) and a flag when the metadata alone does as
+    it clearly beats the metadata-only audit and the majority-class rate, the degradation sweep's
+    shortcut flags (or its largest change at a mild strength), the transfer results (when there are any) and a flag when the metadata alone does as
     well as the best model. "Clearly beats" means the 95% CIs do not overlap."""
     out = ["## Summary", ""]
     if (results.get("data") or {}).get("kind") == "synthetic":
@@ -196,7 +192,7 @@ def summary_section(results: Mapping[str, Any]) -> list[str]:
     if parts:
         out.append(f"- **Against the baselines**, `{best}` " + " and ".join(parts)
                    + " (\"clearly\": the 95% intervals do not overlap).")
-    sentence = _robustness_sentence(results)
+    sentence = _sweep_sentence(results)
     if sentence:
         out.append(f"- {sentence}")
     sentence = _transfer_sentence(results)
@@ -460,35 +456,132 @@ def lr_failures(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _robustness_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
-    rob = results.get("robustness")
-    if not rob or not rob.get("models"):
+def _sweep_cell(point: Mapping[str, Any], metric: str) -> str:
+    """'0.850 (-0.030)': mean over seeds and change from the clean point (negative = worse)."""
+    summary = point[metric]
+    text = format_summary(summary)
+    change = summary.get("change")
+    if point["strength"] is None or change is None or text == "–":
+        return text
+    return f"{text} ({change:+.3f})"
+
+
+def sweep_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
+    """The degradation sweep: what it does, a table per metric, one figure per perturbation, and
+    plain flags where a model collapses under a mild degradation (sweep.shortcut_flags)."""
+    from aigen.study.sweep import flag_text, shortcut_flags
+
+    sweep = results.get("sweep")
+    if not sweep or not sweep.get("models"):
         return []
-    names = list(rob["perturbations"])
-    out = ["## Robustness", ""]
+    models = list(sweep["models"])
+    perts = sweep["perturbations"]
+    out = ["## Degradation sweep", ""]
     out.append(
-        f"Test accuracy after perturbing the test images ({rob['n_images']} distinct test "
-        "images over all seeds, perturbed in memory, then preprocessed exactly like the "
-        f"data); {cell_words(results['seeds'])}, then in parentheses the change vs clean "
-        "(perturbed − clean accuracy; negative = worse). A model that relied on compression or "
-        "resolution cues would lose accuracy here."
+        f"Every model scored again on its seed's test images ({sweep['n_images']} distinct test "
+        "images over all seeds, both classes alike), each image decoded at its stored resolution, "
+        "degraded in memory, then preprocessed like every other image. **How to read it:** a "
+        "model that learnt what the images show keeps most of its accuracy and ROC-AUC under the "
+        "mild strengths (left of each figure) and declines gradually; one that relied on "
+        "compression or resampling traces falls towards chance (0.5) as soon as they change. "
+        "A drop in accuracy with a steady ROC-AUC means the scores moved but still rank the "
+        "images (the threshold 0.5 no longer fits). The clean column is the same full-resolution "
+        "decode without degradation (it can differ slightly from the comparison table, whose "
+        "large JPEGs were decoded at reduced scale)."
     )
     out.append("")
-    out += [f"- `{n}`: {d}" for n, d in rob["perturbations"].items()]
+    out += [f"- **{p['title']}** ({p['parameter']} "
+            f"{', '.join(f'{s:g}' for s in p['strengths'])}): {p['description']}."
+            for p in perts.values()]
     out.append("")
-    rows = []
-    for model, r in rob["models"].items():
-        cells = [f"`{model}`", format_summary(r["clean"])]
-        for n in names:
-            p = r["perturbed"][n]
-            change = robustness_change(p)
-            cells.append(format_summary(p) + ("" if change is None else f" ({change:+.3f})"))
-        rows.append(cells)
-    out.append(_table(["model", "clean", *[f"{n} (change vs clean)" for n in names]], rows))
-    out.append("")
-    if figures.get("robustness"):
-        out.append(_figure(figures["robustness"], "robustness"))
+    for metric, title in (("accuracy", "Test accuracy"), ("roc_auc", "Test ROC-AUC")):
+        rows = []
+        for key, p in perts.items():
+            for k, point in enumerate(sweep["models"][models[0]][key]):
+                if k == 0 and key != "format_swap":
+                    if rows:
+                        continue  # every other perturbation shares the first one's clean point
+                    label = "clean"
+                elif k == 0:
+                    label = f"{p['title']}: clean, on its images only (n={_n_text(point['n'])})"
+                else:
+                    label = f"{p['title']}, {p['parameter']} {point['strength']:g}"
+                rows.append([label, *[_sweep_cell(sweep["models"][m][key][k], metric)
+                                      for m in models]])
+        out.append(f"{title} ({cell_words(results['seeds'])}); in parentheses the change vs "
+                   "clean (perturbed − clean; negative = worse):")
         out.append("")
+        out.append(_table(["condition", *[f"`{m}`" for m in models]], rows))
+        out.append("")
+    for key, path in (figures.get("sweep") or {}).items():
+        out.append(_figure(path, f"degradation sweep: {perts[key]['title']}"))
+    out.append("")
+    flags = shortcut_flags(sweep)
+    if flags:
+        out.append("**Possible shortcuts** (at a mild strength a model lost more than half of "
+                   "its margin over chance):")
+        out.append("")
+        out += [f"- {flag_text(f)}" for f in flags]
+    else:
+        out.append("No model lost more than half of its margin over chance under a mild "
+                   "degradation (JPEG quality ≥ 75, downscaling to ≥ 0.5, blur σ ≤ 1, noise "
+                   "σ ≤ 5, the format swap).")
+    out.append("")
+    return out
+
+
+def _n_text(n: Sequence[int]) -> str:
+    values = sorted(set(n))
+    return "–" if not values else str(values[0]) if len(values) == 1 else \
+        f"{values[0]}–{values[-1]}"
+
+
+def diagnostics_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
+    """What the models look at: the classes' frequency spectra, Grad-CAM of every backbone model,
+    the scratch CNN's filters and activation maps; each explained in a sentence or two."""
+    diag = results.get("diagnostics") or {}
+    figs = figures.get("diagnostics") or {}
+    if not diag:
+        return []
+    out = ["## What the models look at", ""]
+    from aigen.data.spectra import spectra_markdown
+
+    out += spectra_markdown(diag.get("spectra"), figs.get("spectra"))
+    gradcam = diag.get("gradcam") or {}
+    if gradcam:
+        seed = next(iter(gradcam.values()))["seed"]
+        out += ["### Grad-CAM heat maps", ""]
+        out.append(
+            f"For each backbone model (seed {seed}), test images of each class, classified "
+            "correctly and wrongly (the most confident first), with the Grad-CAM map of its "
+            "decision overlaid: the regions whose features in the last convolutional stage pushed "
+            "it towards the class it chose (red: most). The maps are coarse (the stage's 7×7 "
+            "grid, enlarged). **How to read it:** maps on the subject and its structures suggest "
+            "the model uses content; maps that hug borders or corners, text or watermarks, or "
+            "spread evenly over flat texture and sky suggest it uses something else (framing, "
+            "compression or noise texture). The wrong rows show what misleads it.")
+        out.append("")
+        for name in gradcam:
+            path = (figs.get("gradcam") or {}).get(name)
+            if path:
+                out.append(_figure(path, f"Grad-CAM {name}"))
+        out.append("")
+    scratch = diag.get("scratch_filters")
+    if scratch:
+        out += ["### The scratch CNN's filters", ""]
+        out.append(
+            f"The {scratch['filters']} learned 3×3 filters of `scratch_cnn` (seed "
+            f"{scratch['seed']}; red: positive weights, blue: negative) and each filter's "
+            "activation map (ReLU of the convolution) on test images of both classes. **How to "
+            "read it:** filters with a clear sign pattern detect edges or gradients in one "
+            "direction, and their maps outline shapes; a filter whose weights share one sign "
+            "measures local brightness, and one that lights up evenly over a whole image of one "
+            "class carries brightness or texture statistics rather than shapes. At 32×32 grey, "
+            "the model sees only coarse structure: no fine detail, no colour.")
+        out.append("")
+        if figs.get("scratch_filters"):
+            out.append(_figure(figs["scratch_filters"], "scratch CNN filters"))
+            out.append("")
     return out
 
 
@@ -496,8 +589,9 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
                  figures: Mapping[str, Any]) -> str:
     """The report as Markdown text.
 
-    `figures` maps "exploration" (list), "confusion", "roc", "robustness", "lr_study" (paths) and
-    "curves" ({model: path}) to paths relative to the results folder.
+    `figures` maps "exploration" (list), "confusion", "roc", "lr_study" (paths), "curves" ({model:
+    path}), "sweep" ({perturbation: path}) and "diagnostics" ({"spectra": path, "gradcam": {model:
+    path}, "scratch_filters": path}) to paths relative to the results folder.
     """
     env = config.get("environment", {})
     git = env.get("git") or {}
@@ -524,7 +618,8 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
     out += per_set_section(results)
     out += protocols_section(results)
     out += _lr_section(results, figures)
-    out += _robustness_section(results, figures)
+    out += sweep_section(results, figures)
+    out += diagnostics_section(results, figures)
     out += transfer_section(results, figures)
     return "\n".join(out).rstrip() + "\n"
 

@@ -4,8 +4,9 @@ OUT only when complete (docs/study.md, "Interrupted runs").
 
 Beside OUT, while a study runs:
   .OUT.lock     the claim: an exclusive lock (flock) held by the running study, with its pid
-  .OUT.partial  the work folder; its `resume/` subfolder holds the arguments and every finished
-                (model, seed), and goes away when the folder is renamed to OUT
+  .OUT.partial  the work folder; its `resume/` subfolder holds the arguments, every finished
+                (model, seed), and in `resume/epochs/` the last finished epoch of a backbone
+                training under way; it goes away when the folder is renamed to OUT
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 from aigen.errors import UserError
 
 RESUME_DIR = "resume"
+EPOCHS_DIR = "epochs"
 ARGUMENTS_FILE = "arguments.json"
 
 
@@ -104,8 +106,10 @@ def _lock(out: Path) -> Iterator[None]:
 
 
 def _has_finished_work(work: Path) -> bool:
-    state = work / RESUME_DIR
-    return state.is_dir() and any(p.suffix == ".npz" for p in state.iterdir())
+    """Whether `work` holds a finished (model, seed) or a finished epoch worth resuming."""
+    state, epochs = work / RESUME_DIR, work / RESUME_DIR / EPOCHS_DIR
+    return (state.is_dir() and any(p.suffix == ".npz" for p in state.iterdir())) or \
+        (epochs.is_dir() and any(p.suffix == ".pt" for p in epochs.iterdir()))
 
 
 @contextlib.contextmanager
@@ -148,10 +152,25 @@ def claim(out: Path, arguments: dict[str, Any] | None, resume: bool) -> Iterator
                 print(f"aigen study: the finished models are kept in {work}; continue with:\n"
                       f"  {resume_command(out)}", file=sys.stderr, flush=True)
             else:
-                shutil.rmtree(work, ignore_errors=True)
+                _remove_uninterrupted(work)
             raise
         shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
         _rename_folder(work, out, replace=False)
+
+
+def _remove_uninterrupted(folder: Path) -> None:
+    """shutil.rmtree(folder) with SIGTERM held back until it is done: a run that fails is often
+    sent SIGTERM next (torchrun stops the other processes), which must not leave half a folder."""
+    import signal
+
+    held = hasattr(signal, "pthread_sigmask")
+    if held:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if held:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,6 +202,11 @@ def _state_file(work: Path, name: str, seed: int) -> Path:
     return work / RESUME_DIR / f"{name}_seed{seed}.npz"
 
 
+def epoch_state_path(work: Path, name: str, seed: int) -> Path:
+    """Where a backbone training under way keeps its last finished epoch (aigen.training)."""
+    return work / RESUME_DIR / EPOCHS_DIR / f"{name}_seed{seed}.pt"
+
+
 def save_run(work: Path, name: str, seed: int, history: list[dict], prob: np.ndarray,
              info: dict[str, Any] | None = None) -> None:
     """Record a finished (model, seed): its history, its predictions on every used image and the
@@ -192,6 +216,7 @@ def save_run(work: Path, name: str, seed: int, history: list[dict], prob: np.nda
     header = json.dumps({"history": history, "info": info or {}}, default=json_default)
     with atomic_path(_state_file(work, name, seed)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, header=np.array(header), prob=np.asarray(prob))
+    epoch_state_path(work, name, seed).unlink(missing_ok=True)  # superseded by the finished run
 
 
 def load_run(work: Path, name: str, seed: int) -> tuple[list[dict], np.ndarray, dict] | None:
