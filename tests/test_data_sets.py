@@ -2,7 +2,6 @@
 and label, per-set test metrics, and the threshold-aware metrics of the in-distribution test split."""
 
 import collections
-import contextlib
 import csv
 import hashlib
 import io
@@ -13,23 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aigen import cli
 from aigen.data.dataset import Dataset, ImageInfo
 from aigen.errors import UserError
+from helpers import call, read_csv
 
 SPLITS = ("train", "val", "test")
-
-
-def call(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _image(rel, label, key):

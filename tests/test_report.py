@@ -83,8 +83,8 @@ def test_summary_is_the_first_section_and_names_the_best_model():
     assert sections[0] == "Summary"
     summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
     ci = report._interval(results_dict()["models"]["scratch_cnn"]["test_accuracy"])
-    assert f"**Best model: `scratch_cnn`**, test accuracy 0.900 (95% CI [{ci[0]:.3f}, " in summary
-    assert "one seed (seed 0); CI: Wilson interval over its 100 test images" in summary
+    assert f"**Best model: `scratch_cnn`**, test accuracy 0.900, 95% CI [{ci[0]:.3f}, " in summary
+    assert "(one seed, seed 0; CI: Wilson interval over its 100 test images)" in summary
     assert "clearly beats the next best, `resnet18_frozen`" in summary
 
 
@@ -99,8 +99,8 @@ def test_summary_best_model_with_several_seeds_names_the_t_interval():
 
 def test_summary_against_the_audit_and_the_majority_rate():
     text = summary_text(results_dict(audit=(0.6, [0.55, 0.65])))
-    assert ("`scratch_cnn` clearly beats the metadata-only audit (accuracy 0.600 (95% CI "
-            "[0.550, 0.650])") in text
+    assert ("`scratch_cnn` clearly beats the metadata-only audit (accuracy 0.600, 95% CI "
+            "[0.550, 0.650],") in text
     assert "clearly beats the majority-class rate (0.500" in text
     assert "Possible shortcut" not in text
 
@@ -133,6 +133,11 @@ def test_summary_sweep_sentence_flags_a_shortcut_or_gives_the_largest_mild_chang
     assert ("the largest accuracy change (perturbed − clean, negative = worse) is -0.010, "
             "`scratch_cnn` under jpeg quality 75") in text  # quality 30 is not mild
     assert "possible shortcut" not in text
+    assert "models judged: `scratch_cnn`." in text
+
+    models = {"scratch_cnn": jpeg_points([0.55], {90: [0.5]}, auc={None: [0.52]})}
+    text = summary_text(results_dict(sweep_models=models))
+    assert "no model is 0.1 or more above chance on clean images" in text
 
 
 def external_set(accuracies, n_ai=50, n_real=50):
@@ -147,7 +152,7 @@ def test_summary_transfer_sentence_only_with_external_results():
                 "other": external_set({"scratch_cnn": 0.60, "resnet18_frozen": 0.58})}
     text = summary_text(results_dict(external=external))
     assert ("**Transfer to other data**: the best is `resnet18_frozen` on `sd_coco`, accuracy "
-            "0.660 (95% CI [0.610, 0.710]) against 0.700 in distribution, which clearly beats the larger "
+            "0.660, 95% CI [0.610, 0.710] (in distribution: 0.700), which clearly beats the larger "
             "class's share (0.500)") in text
     assert "the largest fall is `scratch_cnn` on `sd_coco`, 0.900 → 0.520 (change -0.380)" in text
 
@@ -237,6 +242,9 @@ def test_lr_at_the_majority_rate_is_explained():
     assert "**Learning rate 0.1 did not learn**" in text
     assert "test accuracy (0.505) is at the majority-class rate (0.500" in text
     assert "0.01" not in text
+    one_class = results_dict(lr_runs={"0.1": lr_run(0.505, single=[0])})
+    assert "answered one class for every test image (seed 0)" in "\n".join(
+        report.lr_failures(one_class))
     assert text in "\n".join(report._lr_section(results, {}))
 
 

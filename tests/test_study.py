@@ -61,10 +61,10 @@ def audit_once(monkeypatch):
 
 
 def scratch_argv(data, out, *extra):
-    """A cheap study: the scratch CNN only, tiny epochs, no progress bars."""
+    """A cheap study: the scratch CNN only, tiny epochs, no progress bars, no spectra."""
     return ["study", "--data", str(data), "--out", str(out), "--models", "scratch",
             "--scratch-epochs", "1", "--scratch-lrs", "0.01", "--workers", "1", "--no-progress",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--spectrum-images", "0", *extra]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -192,6 +192,7 @@ def test_shortcut_flags_name_a_collapse_under_a_mild_degradation():
         "chance": {"jpeg": [_point(None, 0.55, 0.56), _point(100, 0.5, 0.5), _point(90, 0.5, 0.5),
                             _point(75, 0.5, 0.5), _point(50, 0.5, 0.5), _point(30, 0.5, 0.5)]},
     }}
+    assert sweep.judged_models(results) == ["shortcut", "robust", "shifted"]  # not "chance"
     flags = sweep.shortcut_flags(results)
     # A collapse only at severe strengths (robust) or from near chance (chance) is no flag.
     assert [(f["model"], f["perturbation"], f["strength"], f["kind"]) for f in flags] == [
@@ -224,18 +225,18 @@ def test_each_seeds_models_are_scored_on_their_own_test_images(tmp_path, make_st
                                                                monkeypatch):
     """The sweep's clean point (files decoded again, preprocessed, scored per backbone and seed)
     reproduces every model's test accuracy seed by seed, on two seeds with different test splits
-    (the tiny images are decoded at full size by the dataset too). One perturbation, to be quick."""
+    (the tiny images are decoded at full size by the dataset too). One perturbation (--sweep), to
+    be quick."""
     from aigen.data import explore
     from test_study import _memoised_audit, run_cli
 
     monkeypatch.setattr(explore, "shortcut_audit", _memoised_audit(explore.shortcut_audit))
-    monkeypatch.setattr(sweep, "PERTURBATIONS", {"blur": sweep.PERTURBATIONS["blur"]})
 
     data = make_study_images(tmp_path / "data", n_per_class=30)
     argv = ["study", "--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0", "1",
             "--models", "scratch", "frozen", "--backbones", "efficientnet_lite0",
             "--scratch-epochs", "6", "--scratch-lr", "0.05", "--scratch-lrs", "--workers", "1",
-            "--no-progress", "--device", "cpu", "--spectrum-images", "0"]
+            "--no-progress", "--device", "cpu", "--spectrum-images", "0", "--sweep", "blur"]
     before = snapshot(data)
     code, _, err = run_cli(argv)
     assert code == 0, err
@@ -256,3 +257,19 @@ def test_each_seeds_models_are_scored_on_their_own_test_images(tmp_path, make_st
     assert list(results["sweep"]["perturbations"]) == ["blur"]
     assert (tmp_path / "out" / "figures" / "sweep_blur.png").is_file()
     assert "spectra" not in results["diagnostics"]  # --spectrum-images 0
+
+
+def test_sweep_without_a_value_skips_the_sweep(tmp_path, make_study_images, monkeypatch):
+    from aigen.data import explore
+    from test_study import _memoised_audit, run_cli, scratch_argv
+
+    monkeypatch.setattr(explore, "shortcut_audit", _memoised_audit(explore.shortcut_audit))
+    data = make_study_images(tmp_path / "data", n_per_class=8)
+    code, stdout, err = run_cli(scratch_argv(data, tmp_path / "out", "--sweep"))
+    assert code == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["sweep"] == {}
+    assert not list((tmp_path / "out" / "figures").glob("sweep_*.png"))
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "## Degradation sweep" not in text and "Degradation sweep" not in text
+    assert "possible shortcut: " not in stdout

@@ -306,7 +306,7 @@ def _class_label(label: int, class_names: Mapping[int, str], n: int) -> str:
     return f"{LABEL_NAMES[label]} ({folder}, n={n})" if folder else f"{LABEL_NAMES[label]} (n={n})"
 
 
-def _new_figure(width: float = 6.4, height: float = 4.0):
+def _new_figure(width: float = 7.6, height: float = 4.0):
     from matplotlib.figure import Figure
 
     # A bare Figure renders with Agg and touches no global pyplot state.
@@ -324,7 +324,8 @@ def _save(fig, path: Path) -> Path:
     from aigen.io import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        # "tight": the saved image grows to hold what lies outside the axes (legends, labels)
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05)
     return path
 
 

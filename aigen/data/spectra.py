@@ -198,7 +198,7 @@ def class_spectra(images: Sequence[Any], *, size: int = SIZE, per_class: int = P
                         "radial_mean": mean.tolist(), "radial_std": np.sqrt(var).tolist()}
     out.record = {
         "size": size, "per_class": per_class, "seed": seed,
-        "highpass": f"grey centre crop minus its Gaussian blur (sigma {BLUR_SIGMA:g} px)",
+        "highpass": f"the crop minus its Gaussian blur, sigma {BLUR_SIGMA:g} px",
         "window": "2-D Hann",
         "frequencies": frequencies(size).tolist(),
         "classes": classes,
@@ -310,7 +310,7 @@ def spectra_figure(spectra: Spectra, path: str | os.PathLike, class_names: Mappi
         d = maps[0] - maps[1]
         v = float(np.percentile(np.abs(d), 99.5)) or 1.0
         im = ax.imshow(d, cmap="RdBu_r", vmin=-v, vmax=v, extent=extent, origin="lower")
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="log |F|, ai − real")
         ax.set(title="difference ai − real (red: more in ai)", xlabel="cycles/pixel (x)",
                ylabel="cycles/pixel (y)")
         ax.title.set_fontsize("small")
@@ -326,7 +326,8 @@ def spectra_figure(spectra: Spectra, path: str | os.PathLike, class_names: Mappi
         ax.fill_between(f[1:], (mean - std)[1:], (mean + std)[1:], color=colours[label], alpha=0.15,
                         lw=0)
     ax.axvspan(HIGH_FREQUENCY, 0.5, color="grey", alpha=0.08, lw=0)
-    ax.set(xlabel="spatial frequency (cycles/pixel; 0.5 = finest)",
+    ax.set(xlabel=f"spatial frequency (cycles/pixel; 0.5 = finest; shaded: > {HIGH_FREQUENCY:g}, "
+                  "the high frequencies)",
            ylabel="log10 power (azimuthal mean)", xlim=(0, 0.5),
            title="Azimuthally averaged power spectrum (mean ± 1 std over images)")
     ax.title.set_fontsize("small")

@@ -21,6 +21,7 @@ torchvision's published files for NAME in torch's hub cache. Nothing is download
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def architecture(name: str) -> str:
     return name[len(PREFIX):]
 
 
+@functools.cache
 def _classification_models() -> dict[str, str]:
     """{model name: family} of torchvision's classification models."""
     import torchvision

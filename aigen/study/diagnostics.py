@@ -158,7 +158,8 @@ def scratch_figure(model, X: np.ndarray, y: np.ndarray, prob_ai: np.ndarray, tit
         ax = axes[r + 1, 0]
         ax.imshow(X[r, 0], cmap="gray", vmin=0, vmax=1)
         cls = "ai" if y[r] == 1 else "real"
-        ax.set_title(f"{cls}, p(ai) {prob_ai[r]:.2f}", fontsize="x-small")
+        verdict = "right" if (prob_ai[r] >= 0.5) == (y[r] == 1) else "wrong"
+        ax.set_title(f"{cls} ({verdict}), p(ai) {prob_ai[r]:.2f}", fontsize="x-small")
         top = float(acts[r].max()) or 1.0
         for f in range(n_filters):
             shown = axes[r + 1, f + 1].imshow(acts[r, f], cmap="viridis", vmin=0, vmax=top)

@@ -340,9 +340,23 @@ TRACES = {
 MIN_MARGIN = 0.1  # a model closer than this to chance has no margin worth flagging
 
 
+def judged_models(sweep: Mapping[str, Any]) -> list[str]:
+    """Models the shortcut flags can judge: clean accuracy or ROC-AUC on all test images at
+    least MIN_MARGIN above chance (0.5); the format swap's clean point (on its subset) counts only
+    when it is the one perturbation swept."""
+    judged = []
+    for model, per_pert in (sweep.get("models") or {}).items():
+        whole = {k: p for k, p in per_pert.items() if k != "format_swap"} or per_pert
+        means = [points[0][m]["mean"] for points in whole.values()
+                 for m in ("accuracy", "roc_auc")]
+        if any(v is not None and v - 0.5 >= MIN_MARGIN for v in means):
+            judged.append(model)
+    return judged
+
+
 def shortcut_flags(sweep: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The sweep's warnings, for the report and the terminal: at a mild strength (MILD) a model
-    lost more than half its margin over chance (0.5) -
+    """The sweep's warnings, for the report and the terminal: at a mild strength (MILD) a judged
+    model (judged_models) lost more than half its margin over chance (0.5) -
     - "ranking": in ROC-AUC: its scores no longer rank AI above real images, so it likely relied
       on the traces that perturbation removes (TRACES);
     - "threshold": in accuracy only, its ROC-AUC keeping more than half its margin: the ranking
@@ -350,7 +364,10 @@ def shortcut_flags(sweep: Mapping[str, Any]) -> list[dict[str, Any]]:
     Each flag: {"model", "perturbation", "strength", "kind", "metric", "clean", "perturbed"}; the
     first (mildest) flagged strength per model, perturbation and kind."""
     flags = []
+    judged = set(judged_models(sweep))
     for model, per_pert in (sweep.get("models") or {}).items():
+        if model not in judged:
+            continue
         for key, points in per_pert.items():
             clean = points[0]
             seen = set()
@@ -388,3 +405,12 @@ def flag_text(flag: Mapping[str, Any]) -> str:
             f"{flag['perturbed']:.3f} while its ROC-AUC holds: its scores moved (the threshold "
             "0.5 no longer fits) though they still rank the images, so they depend partly on "
             f"{TRACES[flag['perturbation']]}.")
+
+
+def add_argument(parser) -> None:
+    """--sweep of `aigen study`: which perturbations (all by default; none skips the sweep)."""
+    parser.add_argument("--sweep", nargs="*", choices=list(PERTURBATIONS),
+                        default=list(PERTURBATIONS), metavar="KIND",
+                        help="degradations of the test images to sweep, each at every strength: "
+                             f"{' '.join(PERTURBATIONS)} (default: all; give the option no value "
+                             "to skip the sweep, which scores every test image about 17 times)")
