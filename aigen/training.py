@@ -4,6 +4,9 @@
 * `train_frozen`: a new 2-class head on the frozen backbone's pooled features (Adam 1e-3, 3 epochs).
 * `train_finetuned`: the backbone's last stage + a new head (Adam 1e-4, 8 epochs), from the cached
   prefix activations.
+* `train_from_images`: either backbone regime from images instead of cached activations (the whole
+  backbone runs on every batch), for train-time augmentation (aigen.data.augment); the same
+  optimiser, epochs, seeding and batch order, so without augmentation it trains the same model.
 
 Each returns `(model, history)`; history is one dict per epoch with "epoch" (1-based),
 "train_loss" and "train_acc" (running means over the epoch's batches, each batch scored by the
@@ -17,6 +20,9 @@ trained modules, the optimiser, the shuffling generator and torch's random state
 end of every epoch (atomically), and a later call with the same PATH and arguments continues after
 the last epoch written there, ending with exactly the weights and history of an uninterrupted
 training. The caller removes PATH once it has stored the finished model.
+
+Backbones under torchrun: DistributedDataParallel over the same batches as one process (see
+`_fit`); `amp` ("off", "bf16", "fp16") runs their steps under torch.autocast (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -271,6 +277,11 @@ def _parallel(modules, forward, device):
                                    else None)
 
 
+def _train_batch(A, idx, epoch: int):
+    """Rows `idx` of the training set A for epoch `epoch`: augmented ones when A augments."""
+    return A.augmented(idx, epoch) if hasattr(A, "augmented") else A[idx]
+
+
 def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, seed, device,
          progress, checkpoint, desc, epoch_state=None, amp="off"):
     """Adam on cross-entropy over seeded shuffled batches; -> history (modules trained in place).
@@ -284,6 +295,8 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
     DistributedDataParallel and each process's summed loss is scaled by K / len(batch), so that
     the averaged gradient is the one of the whole batch, as in one process (up to the order of
     the float additions, and BatchNorm, which normalises with each process's share of the batch).
+    A training set with an `augmented(index, epoch)` method (aigen.data.augment.AugmentedImages)
+    gives its batches through it, so each epoch sees its own augmentation.
     """
     import torch
     import torch.nn.functional as F
@@ -331,8 +344,8 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
             if K == 1:
                 yb = y_tr[idx].to(device)
                 with autocast(device, amp):
-                    logits = forward(_to_device(A_tr[idx], device) if cuda
-                                     else A_tr[idx].to(device))
+                    batch = _train_batch(A_tr, idx, epoch)
+                    logits = forward(_to_device(batch, device) if cuda else batch.to(device))
                     loss = F.cross_entropy(logits.float(), yb)
                 batch_loss = float(loss.detach()) * len(idx)
             else:  # this process's share: rows rank, rank + K, ... of the batch
@@ -341,7 +354,7 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
                     mine, weight = idx[:1], 0.0
                 yb = y_tr[mine].to(device)
                 with autocast(device, amp):
-                    logits = step_forward(_to_device(A_tr[mine], device))
+                    logits = step_forward(_to_device(_train_batch(A_tr, mine, epoch), device))
                     summed = F.cross_entropy(logits.float(), yb, reduction="sum")
                     loss = summed * weight
                 batch_loss = float(summed.detach()) if weight else 0.0
@@ -441,6 +454,10 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     if A_tr.ndim != 4:
         raise ValueError("fine-tuning needs the prefix activations (N, C, H, W), not pooled features")
     stage = copy.deepcopy(backbone.stage).to(device)
+    if device.type == "cuda":  # weights in the inputs' layout (to_model_layout): cuDNN's fast path
+        import torch
+
+        stage = stage.to(memory_format=torch.channels_last)
     for param in stage.parameters():
         param.requires_grad_(True)
     head = new_head(backbone.n_features, seed).to(device)
@@ -456,3 +473,60 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     for param in stage.parameters():
         param.requires_grad_(False)
     return BackboneClassifier(backbone, "finetuned", stage, head, device=device), history
+
+
+def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs: int,
+                      lr: float, batch_size: int = 32, seed: int = 0, device="cpu",
+                      progress: bool = True, checkpoint: str = "last", epoch_state=None,
+                      amp: str = "off"):
+    """Either regime ("frozen" or "finetuned") trained from model-input images rather than
+    cached activations: every batch runs the frozen prefix (and, frozen, the pretrained stage) in
+    eval mode without gradients, then the trained part. X_tr / X_val give float32 (N, 3, H, W)
+    batches when indexed (aigen.data.augment.AugmentedImages; X_tr's `augmented(index, epoch)`,
+    if present, gives the training batches). Same head initialisation, optimiser, seeded batch
+    order and checkpoint policy as train_frozen / train_finetuned, so without augmentation the
+    result matches theirs up to floating-point summation order; `epoch_state` and `amp` as there.
+    Returns (BackboneClassifier, history).
+    """
+    import torch
+
+    from aigen.models.backbones import (BackboneClassifier, _as_device, new_head, pool,
+                                        to_model_layout)
+
+    if regime not in ("frozen", "finetuned"):
+        raise ValueError(f"regime must be frozen or finetuned, got {regime!r}")
+    y_tr = _check_xy(X_tr, y_tr, "training set")
+    y_val = _check_xy(X_val, y_val, "validation set")
+    _check_common(epochs, batch_size, checkpoint, len(y_tr))
+    device = _as_device(device)
+    check_amp(amp, device)
+    prefix = backbone.prefix.to(device).eval()
+    head = new_head(backbone.n_features, seed).to(device)
+    if regime == "frozen":
+        stage = backbone.stage.to(device).eval()
+        modules = [head]
+
+        def forward(batch):
+            with torch.no_grad():
+                features = pool(stage(prefix(to_model_layout(batch, device))))
+            return head(features)
+    else:
+        stage = copy.deepcopy(backbone.stage).to(device)
+        for param in stage.parameters():
+            param.requires_grad_(True)
+        modules = [stage, head]
+
+        def forward(batch):
+            with torch.no_grad():
+                activations = prefix(to_model_layout(batch, device))
+            return head(pool(stage(activations)))
+
+    with deterministic_torch(seed):
+        history = _fit(modules, forward, X_tr, y_tr, X_val, y_val, epochs=epochs, lr=lr,
+                       batch_size=batch_size, seed=seed, device=device, progress=progress,
+                       checkpoint=checkpoint, desc=f"{backbone.name} {regime} (from images)",
+                       epoch_state=epoch_state, amp=amp)
+    if regime == "finetuned":
+        for param in stage.parameters():
+            param.requires_grad_(False)
+    return BackboneClassifier(backbone, regime, stage, head, device=device), history

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.work / "bench.json").write_text(json.dumps(
         {"study_args": study_args, "machine": os.uname().nodename, "cores": os.cpu_count(),
          "results": results}, indent=1))
-    print("\n| N | phase | wall s | peak RSS GiB | peak anon GiB | load | prefix | train | robustness |")
+    print("\n| N | phase | wall s | peak RSS GiB | peak anon GiB | load | prefix | train | sweep |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in results:
         for phase in ("cold", "warm"):
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             train = sum(v for k, v in st.items() if k.startswith("train:"))
             print(f"| {row['n']} | {phase} | {r['wall_s']} | {r['peak_rss_gib']} | "
                   f"{r['peak_rss_anon_gib']} | {st.get('load_data', '')} | {prefix:.1f} | "
-                  f"{train:.1f} | {st.get('robustness', '')} |")
+                  f"{train:.1f} | {st.get('sweep', '')} |")
     return 0
 
 

@@ -1,6 +1,24 @@
 """Small helpers shared by several test files."""
 
+import contextlib
+import csv
+import io
 from pathlib import Path
+
+from aigen import cli
+
+
+def call(argv):
+    """`aigen ARGV` in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def snapshot(root: Path) -> dict:

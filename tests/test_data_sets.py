@@ -2,7 +2,6 @@
 and label, per-set test metrics, and the threshold-aware metrics of the in-distribution test split."""
 
 import collections
-import contextlib
 import csv
 import hashlib
 import io
@@ -13,23 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aigen import cli
 from aigen.data.dataset import Dataset, ImageInfo
 from aigen.errors import UserError
+from helpers import call, read_csv
 
 SPLITS = ("train", "val", "test")
-
-
-def call(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _image(rel, label, key):
@@ -279,6 +266,22 @@ def test_evaluate_checks_duplicates_against_every_training_set(two_sets, make_st
     assert code == 0, err
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["overlap"]["exact_duplicates_of_training"] == 2
+
+
+def test_predict_on_a_two_set_run(two_sets):
+    """`aigen predict` with a two-set run gives an image the probability its predictions.csv
+    row (set A) records."""
+    assert two_sets["code"] == 0, two_sets["stderr"]
+    image = two_sets["first"] / "ai" / "gen_b" / "ai_00.png"
+    code, stdout, err = call(["predict", "--run", str(two_sets["out"]), str(image)])
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(stdout)))
+    recorded = {r["seed"]: float(r["prob_ai"]) for r in read_csv(two_sets["out"] /
+                                                                  "predictions.csv")
+                if (r["set"], r["path"]) == ("A", "ai/gen_b/ai_00.png")}
+    assert set(recorded) == {"0", "1"}
+    assert [r["seed"] for r in rows] == ["0"]  # predict's default: the first seed
+    assert float(rows[0]["prob_ai"]) == pytest.approx(recorded["0"])
 
 
 def test_config_reruns_with_the_same_sets(two_sets):

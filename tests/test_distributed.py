@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from aigen import distributed
+from aigen.study import runfolder
 from aigen.errors import UserError
 
 torch = pytest.importorskip("torch")
@@ -102,6 +103,26 @@ TRAIN_SCRIPT = """
             clf, history = train(lite0, A[:16], y[:16], A[16:], y[16:], **KWARGS[regime])
             out[regime] = {"head": clf.head.state_dict(), "stage": clf.stage.state_dict(),
                            "history": history, "prob": clf.predict_proba_from_prefix(A)}
+        # Interrupted in every process during epoch 2, then resumed from epoch 1's state.
+        from aigen import training
+        real_evaluate, calls = training._evaluate, []
+        def evaluate(*args, **kwargs):
+            result = real_evaluate(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return result
+        training._evaluate = evaluate
+        state = folder + "/state.pt"
+        try:
+            train_frozen(lite0, A[:16], y[:16], A[16:], y[16:], epoch_state=state, **KWARGS["frozen"])
+        except KeyboardInterrupt:
+            pass
+        later = []
+        training._evaluate = lambda *args, **kwargs: later.append(1) or real_evaluate(*args, **kwargs)
+        clf, history = train_frozen(lite0, A[:16], y[:16], A[16:], y[16:], epoch_state=state,
+                                    **KWARGS["frozen"])
+        out["resumed"] = {"head": clf.head.state_dict(), "history": history, "epochs": len(later)}
         torch.save(out, f"{folder}/rank{world.rank}.pt")
 """
 # Frozen: batches of 5 rows over 16, so the last holds one row and the second process none of
@@ -114,7 +135,8 @@ def test_ddp_training_matches_one_process(tmp_path, monkeypatch):
     """Two processes see the same batches as one; the gradient sums differ only in the order of
     their float additions (frozen head: weights within 1e-5), and BatchNorm in the fine-tuned
     stage normalises with each process's half of a batch (probabilities within 0.05). Both
-    processes end with identical weights."""
+    processes end with identical weights, and a 2-process training interrupted in its second
+    epoch resumes from the first epoch's state to the uninterrupted weights, bit for bit."""
     from aigen.models.backbones import load_backbone
     from aigen.training import train_finetuned, train_frozen
 
@@ -132,6 +154,10 @@ def test_ddp_training_matches_one_process(tmp_path, monkeypatch):
     done = torchrun([script, tmp_path], _env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for rank in ranks:  # an interrupted 2-process training resumes to the uninterrupted weights
+        resumed, whole = rank["resumed"], rank["frozen"]
+        assert resumed["epochs"] == 1 and resumed["history"] == whole["history"]
+        assert all(torch.equal(resumed["head"][k], whole["head"][k]) for k in whole["head"])
     for regime, train in (("frozen", train_frozen), ("finetuned", train_finetuned)):
         for key in ("head", "stage"):  # the processes agree exactly
             a, b = ranks[0][regime][key], ranks[1][regime][key]
@@ -248,4 +274,10 @@ def test_a_failing_process_ends_the_run(tmp_path, make_study_images):
     assert done.returncode != 0
     assert "training failed in the second process" in done.stderr
     assert not out.exists()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # Rank 0 removes its work folder unless torchrun kills it first (on a loaded machine it may
+    # SIGKILL it before the removal ends); what is left then holds no finished work, so the next
+    # run with the same --out clears it and starts afresh.
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in left] in ([], [".out.partial"])
+    if left:
+        assert not runfolder._has_finished_work(left[0])

@@ -2,9 +2,6 @@
 (the session's quick run, see the `quick_study` fixture in conftest.py), and the metrics behind
 them."""
 
-import contextlib
-import csv
-import io
 import json
 import shutil
 from pathlib import Path
@@ -12,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aigen import cli
-from helpers import snapshot
+from helpers import call, read_csv, snapshot
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SD_COCO = SHARED / "data" / "sd_coco"
@@ -21,18 +17,6 @@ MODELS = ["scratch_cnn", "efficientnet_lite0_frozen", "efficientnet_lite0_finetu
 SUMMARY_KEYS = {"mean", "std", "per_seed", "ci95"}
 MODEL_KEYS = {"accuracy", "balanced_accuracy", "accuracy_real", "accuracy_ai", "roc_auc",
               "average_precision", "ece", "at_val_threshold", "n", "by_source"}
-
-
-def call(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

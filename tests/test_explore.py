@@ -283,7 +283,7 @@ def test_cli_writes_to_out_and_never_into_the_data(separable, tmp_path, capsys, 
     assert list(work.iterdir()) == []  # no default results/ folder either
 
     expected = {"exploration.csv", "exploration.md", "exploration.json", "skipped.csv",
-                *(f"figures/{name}.png" for name in FIGURES)}
+                *(f"figures/{name}.png" for name in (*FIGURES, "spectra"))}
     assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == expected
     for name in FIGURES:
         with Image.open(out / "figures" / f"{name}.png") as im:
@@ -305,6 +305,16 @@ def test_cli_writes_to_out_and_never_into_the_data(separable, tmp_path, capsys, 
     assert "| AI-generated (n=20) | width (px) | 64 | 64 | 64 | 64 | 64 | 64 |" in \
         (out / "exploration.md").read_text()
     assert "metadata shortcut audit (3-fold" in stdout and f"to {out}" in stdout
+    # The frequency spectra: both classes, every image (fewer than the default 500 per class),
+    # all smaller than the 256-pixel crop so enlarged first; the figure, the numbers, the text.
+    spectra = result["spectra"]
+    assert {k: (c["n"], c["n_upscaled"]) for k, c in spectra["classes"].items()} == \
+        {"ai": (20, 20), "real": (20, 20)}
+    assert len(spectra["classes"]["ai"]["radial_mean"]) == len(spectra["frequencies"]) == 129
+    assert spectra["seed"] == 1 and result["files"]["figure_spectra"] == "figures/spectra.png"
+    md = (out / "exploration.md").read_text()
+    assert "## Frequency spectra of the two classes" in md and "(figures/spectra.png)" in md
+    assert "frequency spectra: " in stdout
     assert "skipped 1 of 41 files: 1 not an image" in err
 
 

@@ -1,11 +1,12 @@
 """report.md from hand-built results dicts: the Summary at the top (each of its sentences), the
-wording with one seed, the robustness sign convention and the learning-rate failures."""
+wording with one seed, the degradation sweep's sign convention and flags, and the learning-rate
+failures."""
 
 import re
 
 import pytest
 
-from aigen.study import report, robustness
+from aigen.study import report, sweep
 from aigen.study.metrics import summarize
 
 
@@ -25,8 +26,23 @@ def model(per_seed, regime="scratch"):
                 "confusion_matrix": [[40, 10], [10, 40]]}}}
 
 
+def jpeg_points(clean, by_quality=None, auc=None):
+    """One model's sweep points for "jpeg" from per-seed accuracies: `clean`, and per quality its
+    values (the clean ones where not given); ROC-AUC = `auc` (per quality) or the accuracy."""
+    by_quality, auc = by_quality or {}, auc or {}
+
+    def point(strength, values):
+        return {"strength": strength, "n": [100] * len(values), "accuracy": acc(values),
+                "roc_auc": summarize(auc.get(strength, values))}
+
+    first = point(None, clean)
+    return [sweep._with_change(first, first)] + [
+        sweep._with_change(point(q, by_quality.get(q, clean)), first)
+        for q in sweep.PERTURBATIONS["jpeg"].strengths]
+
+
 def results_dict(seeds=(0,), models=None, audit=(0.60, [0.55, 0.65]), majority=0.5,
-                 robustness_models=None, lr_runs=None, external=None, kind="real"):
+                 sweep_models=None, lr_runs=None, external=None, kind="real"):
     models = models or {"scratch_cnn": model([0.9] * len(seeds)),
                         "resnet18_frozen": model([0.7] * len(seeds), "frozen")}
     return {
@@ -45,8 +61,8 @@ def results_dict(seeds=(0,), models=None, audit=(0.60, [0.55, 0.65]), majority=0
                                         "roc_auc": 0.5},
                            "single_feature": {"width": {"accuracy": 0.5, "roc_auc": 0.5}},
                            "importance": {"width": 1.0}},
-        "robustness": {"perturbations": {"jpeg_q50": "JPEG 50"}, "n_images": 100,
-                       "models": robustness_models or {}},
+        "sweep": {"perturbations": sweep.describe(["jpeg"]), "n_images": 100,
+                  "models": {m: {"jpeg": points} for m, points in (sweep_models or {}).items()}},
         "lr_study": {"epochs": 1, "filters": 8, "batch_size": 1, "runs": lr_runs or {}},
         "ci_method": "CI method text.",
         **({"external": external} if external is not None else {}),
@@ -67,8 +83,8 @@ def test_summary_is_the_first_section_and_names_the_best_model():
     assert sections[0] == "Summary"
     summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
     ci = report._interval(results_dict()["models"]["scratch_cnn"]["test_accuracy"])
-    assert f"**Best model: `scratch_cnn`**, test accuracy 0.900 (95% CI [{ci[0]:.3f}, " in summary
-    assert "one seed (seed 0); CI: Wilson interval over its 100 test images" in summary
+    assert f"**Best model: `scratch_cnn`**, test accuracy 0.900, 95% CI [{ci[0]:.3f}, " in summary
+    assert "(one seed, seed 0; CI: Wilson interval over its 100 test images)" in summary
     assert "clearly beats the next best, `resnet18_frozen`" in summary
 
 
@@ -83,8 +99,8 @@ def test_summary_best_model_with_several_seeds_names_the_t_interval():
 
 def test_summary_against_the_audit_and_the_majority_rate():
     text = summary_text(results_dict(audit=(0.6, [0.55, 0.65])))
-    assert ("`scratch_cnn` clearly beats the metadata-only audit (accuracy 0.600 (95% CI "
-            "[0.550, 0.650])") in text
+    assert ("`scratch_cnn` clearly beats the metadata-only audit (accuracy 0.600, 95% CI "
+            "[0.550, 0.650],") in text
     assert "clearly beats the majority-class rate (0.500" in text
     assert "Possible shortcut" not in text
 
@@ -104,25 +120,24 @@ def test_summary_says_when_no_model_beats_the_majority_rate():
     assert "No model clearly beats the majority-class rate" in text
 
 
-def test_summary_robustness_sentence_uses_the_change_sign():
-    rob = {"scratch_cnn": robustness.summarize_robustness([0.9], {"jpeg_q50": [0.7]}),
-           "resnet18_frozen": robustness.summarize_robustness([0.7], {"jpeg_q50": [0.69]})}
-    text = summary_text(results_dict(robustness_models=rob))
-    assert ("the largest change vs clean accuracy (perturbed − clean, negative = worse) is "
-            "-0.200, `scratch_cnn` under `jpeg_q50` (0.900 → 0.700)") in text
-    assert "may rely on such file-level cues" in text
+def test_summary_sweep_sentence_flags_a_shortcut_or_gives_the_largest_mild_change():
+    models = {"scratch_cnn": jpeg_points([0.9], {90: [0.5], 75: [0.5]}, auc={90: [0.52]}),
+              "resnet18_frozen": jpeg_points([0.7], {90: [0.69]})}
+    text = summary_text(results_dict(sweep_models=models))
+    assert "**Degradation sweep** (100 test images of both classes" in text
+    assert "**possible shortcut**: `scratch_cnn`: under jpeg re-encoding at quality 90" in text
+    assert "ROC-AUC falls from 0.900 to 0.520" in text and "compression traces" in text
 
-    rob = {"scratch_cnn": robustness.summarize_robustness([0.9], {"jpeg_q50": [0.89]})}
-    text = summary_text(results_dict(robustness_models=rob))
-    assert "is -0.010, `scratch_cnn` under `jpeg_q50`" in text
-    assert "no sign that a model relies on compression or resolution cues" in text
+    models = {"scratch_cnn": jpeg_points([0.9], {75: [0.89], 30: [0.6]})}
+    text = summary_text(results_dict(sweep_models=models))
+    assert ("the largest accuracy change (perturbed − clean, negative = worse) is -0.010, "
+            "`scratch_cnn` under jpeg quality 75") in text  # quality 30 is not mild
+    assert "possible shortcut" not in text
+    assert "models judged: `scratch_cnn`." in text
 
-
-def test_summary_reads_robustness_of_older_runs_that_stored_drop():
-    rob = {"scratch_cnn": {"clean": summarize([0.9]),
-                           "perturbed": {"jpeg_q50": {**summarize([0.7]), "drop": 0.2}}}}
-    text = summary_text(results_dict(robustness_models=rob))
-    assert "is -0.200, `scratch_cnn` under `jpeg_q50`" in text
+    models = {"scratch_cnn": jpeg_points([0.55], {90: [0.5]}, auc={None: [0.52]})}
+    text = summary_text(results_dict(sweep_models=models))
+    assert "no model is 0.1 or more above chance on clean images" in text
 
 
 def external_set(accuracies, n_ai=50, n_real=50):
@@ -137,7 +152,7 @@ def test_summary_transfer_sentence_only_with_external_results():
                 "other": external_set({"scratch_cnn": 0.60, "resnet18_frozen": 0.58})}
     text = summary_text(results_dict(external=external))
     assert ("**Transfer to other data**: the best is `resnet18_frozen` on `sd_coco`, accuracy "
-            "0.660 (95% CI [0.610, 0.710]) against 0.700 in distribution, which clearly beats the larger "
+            "0.660, 95% CI [0.610, 0.710] (in distribution: 0.700), which clearly beats the larger "
             "class's share (0.500)") in text
     assert "the largest fall is `scratch_cnn` on `sd_coco`, 0.900 → 0.520 (change -0.380)" in text
 
@@ -173,11 +188,11 @@ def full_evaluation(accuracies, seeds=(0,)):
 
 
 def test_one_seed_report_has_no_std_and_says_one_seed():
-    rob = {"scratch_cnn": robustness.summarize_robustness([0.9], {"jpeg_q50": [0.8]})}
+    sweep_models = {"scratch_cnn": jpeg_points([0.9], {50: [0.8]})}
     lr_runs = {"0.01": {"train_accuracy": acc([0.9]), "val_accuracy": acc([0.9]),
                         "test_accuracy": acc([0.9]), "final_train_loss": summarize([0.3])}}
     external = {"sd_coco": full_evaluation({"scratch_cnn": 0.6, "resnet18_frozen": 0.6})}
-    results = results_dict(robustness_models=rob, lr_runs=lr_runs)
+    results = results_dict(sweep_models=sweep_models, lr_runs=lr_runs)
     text = report.build_report(results, {}, {})
     assert "±" not in text
     assert "seed(s)" not in text and "over 1 seed" not in text
@@ -197,19 +212,19 @@ def test_several_seeds_report_gives_mean_and_std():
     assert "0.850 ± 0.071" in text
 
 
-# ---- robustness: one sign convention in results.json and the report ---------------------------
+# ---- the degradation sweep: one sign convention in results.json and the report --------------
 
-def test_robustness_change_sign_agrees_between_json_and_report():
-    r = robustness.summarize_robustness([0.9], {"jpeg_q50": [0.8], "jpeg_q95": [0.95]})
-    assert "drop" not in r["perturbed"]["jpeg_q50"]
-    assert r["perturbed"]["jpeg_q50"]["change"] == pytest.approx(-0.1)
-    assert r["perturbed"]["jpeg_q95"]["change"] == pytest.approx(0.05)
-    results = results_dict(robustness_models={"scratch_cnn": r})
-    results["robustness"]["perturbations"] = {"jpeg_q50": "JPEG 50", "jpeg_q95": "JPEG 95"}
-    text = "\n".join(report._robustness_section(results, {}))
-    assert "change vs clean (perturbed − clean accuracy; negative = worse)" in text
-    row = next(line for line in text.splitlines() if line.startswith("| `scratch_cnn`"))
-    assert "0.800 (-0.100)" in row and "0.950 (+0.050)" in row
+def test_sweep_change_sign_agrees_between_json_and_report():
+    points = jpeg_points([0.9], {50: [0.8], 100: [0.95]})
+    assert points[4]["accuracy"]["change"] == pytest.approx(-0.1)  # quality 50
+    assert points[1]["accuracy"]["change"] == pytest.approx(0.05)  # quality 100
+    results = results_dict(sweep_models={"scratch_cnn": points})
+    text = "\n".join(report.sweep_section(results, {}))
+    assert "in parentheses the change vs clean (perturbed − clean; negative = worse)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| JPEG re-encoding")]
+    assert "| JPEG re-encoding, quality 50 | 0.800 (-0.100) |" in rows
+    assert "| JPEG re-encoding, quality 100 | 0.950 (+0.050) |" in rows
+    assert "No model lost more than half of its margin" in text
 
 
 # ---- the learning-rate study -----------------------------------------------------------------
@@ -227,6 +242,9 @@ def test_lr_at_the_majority_rate_is_explained():
     assert "**Learning rate 0.1 did not learn**" in text
     assert "test accuracy (0.505) is at the majority-class rate (0.500" in text
     assert "0.01" not in text
+    one_class = results_dict(lr_runs={"0.1": lr_run(0.505, single=[0])})
+    assert "answered one class for every test image (seed 0)" in "\n".join(
+        report.lr_failures(one_class))
     assert text in "\n".join(report._lr_section(results, {}))
 
 

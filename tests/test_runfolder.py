@@ -91,7 +91,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, make_study_
 
 def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_images,
                                                          audit_once, monkeypatch):
-    """Interrupted in the robustness stage, after every model: the resumed run trains nothing and
+    """Interrupted in the degradation sweep, after every model: the resumed run trains nothing and
     reproduces the uninterrupted run's numbers from the saved checkpoints."""
     data = make_study_images(tmp_path / "data", n_per_class=8)
     argv = lambda out: two_seed_argv(  # noqa: E731
@@ -100,12 +100,12 @@ def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_i
     code, _, err = run_cli(argv(tmp_path / "whole"))
     assert code == 0, err
 
-    real_robustness = driver.Study._robustness
+    real_sweep = driver.Study._sweep
 
     def interrupt(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver.Study, "_robustness", interrupt)
+    monkeypatch.setattr(driver.Study, "_sweep", interrupt)
     code, _, err = run_cli(argv(tmp_path / "out"))
     assert code == 130 and "Traceback" not in err
     assert f"aigen study --resume {tmp_path / 'out'}" in err
@@ -114,7 +114,7 @@ def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_i
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(driver.Study, "_robustness", real_robustness)
+    monkeypatch.setattr(driver.Study, "_sweep", real_sweep)
     monkeypatch.setattr(driver.Study, "_fit_scratch", no_training)
     monkeypatch.setattr(driver.Study, "_train_backbone", no_training)
     code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])

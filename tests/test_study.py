@@ -1,5 +1,5 @@
 """The study end to end (`aigen study`): the results-folder contract, seeds, bad input, interrupts;
-and the study's parts (robustness perturbations, figures, report) on small inputs.
+and the study's parts (figures, report) on small inputs; the degradation sweep is in test_sweep.py.
 
 The expensive run (`--quick` with efficientnet_lite0) happens once per session: the `quick_study`
 fixture in conftest.py. Further runs here train only the scratch CNN for an epoch or two.
@@ -20,7 +20,7 @@ from scipy import stats
 
 from aigen import cli
 from aigen.errors import UserError
-from aigen.study import driver, figures, report, robustness
+from aigen.study import driver, figures, report, sweep
 
 MODELS = {"scratch_cnn", "efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
 N_PER_CLASS = 20  # good images per class in the generated folder
@@ -61,10 +61,10 @@ def audit_once(monkeypatch):
 
 
 def scratch_argv(data, out, *extra):
-    """A cheap study: the scratch CNN only, tiny epochs, no progress bars."""
+    """A cheap study: the scratch CNN only, tiny epochs, no progress bars, no spectra."""
     return ["study", "--data", str(data), "--out", str(out), "--models", "scratch",
             "--scratch-epochs", "1", "--scratch-lrs", "0.01", "--workers", "1", "--no-progress",
-            "--device", "cpu", *extra]
+            "--device", "cpu", "--spectrum-images", "0", *extra]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,7 +88,9 @@ def test_every_file_of_the_contract_is_there(run):
     for name in ("results.json", "config.json", "report.md", "split.csv", "skipped.csv",
                  "predictions.csv", "history.csv"):
         assert (out / name).is_file(), name
-    for name in ("confusion_matrices.png", "roc_curves.png", "robustness.png", "lr_study.png",
+    for name in ("confusion_matrices.png", "roc_curves.png", "lr_study.png", "spectra.png",
+                 "filters_scratch_cnn.png", *(f"gradcam_{m}.png" for m in MODELS - {"scratch_cnn"}),
+                 *(f"sweep_{p}.png" for p in sweep.PERTURBATIONS),
                  *(f"curves_{m}.png" for m in MODELS)):
         with Image.open(out / "figures" / name) as im:
             assert im.width > 200 and im.height > 200
@@ -222,29 +224,65 @@ def test_report_states_the_data_and_the_skipped_backbone(run):
     assert "resnet18_frozen" in text and "Skipped models" in text
     assert "metadata only (shortcut audit)" in text
     assert "Quick smoke run" in text
+    assert "## Degradation sweep" in text and "How to read it" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(links) >= 7
     for link in links:
         assert (run["out"] / link).is_file(), link
 
 
-def test_robustness_and_lr_study(run):
+def test_sweep_and_lr_study(run):
     results = run["results"]
-    rob = results["robustness"]
+    swept = results["sweep"]
     n_test = sum(row["split"] == "test" for row in run["split"])
-    assert rob["n_images"] == n_test
-    assert set(rob["models"]) == MODELS
-    for name, r in rob["models"].items():
-        assert r["clean"]["mean"] == pytest.approx(results["models"][name]["test_accuracy"]["mean"])
-        assert set(r["perturbed"]) == set(robustness.PERTURBATIONS)
-        for p in r["perturbed"].values():
-            assert 0.0 <= p["mean"] <= 1.0
-            assert p["change"] == pytest.approx(p["mean"] - r["clean"]["mean"])
+    assert swept["n_images"] == n_test
+    assert set(swept["models"]) == MODELS
+    assert list(swept["perturbations"]) == list(sweep.PERTURBATIONS)
+    n_non_jpeg = sum(row["split"] == "test" and not row["path"].endswith(".jpg")
+                     for row in run["split"])
+    for name, per_pert in swept["models"].items():
+        for key, points in per_pert.items():
+            assert [p["strength"] for p in points] == [None, *sweep.PERTURBATIONS[key].strengths]
+            assert all(p["n"] == [n_non_jpeg if key == "format_swap" else n_test] for p in points)
+            for p in points:
+                assert 0.0 <= p["accuracy"]["mean"] <= 1.0
+                assert p["accuracy"]["change"] == pytest.approx(
+                    p["accuracy"]["mean"] - points[0]["accuracy"]["mean"])
+        # The tiny images are decoded at full size by the dataset too: the clean points are the
+        # comparison table's test accuracy.
+        assert per_pert["jpeg"][0]["accuracy"]["per_seed"] == \
+            results["models"][name]["test_accuracy"]["per_seed"]
     runs = results["lr_study"]["runs"]
     assert set(runs) == {"0.01", "0.1"}
     # The main scratch run already used lr 0.01: the study reuses it rather than retraining.
     assert runs["0.01"]["test_accuracy"]["mean"] == pytest.approx(
         results["models"]["scratch_cnn"]["test_accuracy"]["mean"])
+
+
+def test_diagnostics(run):
+    diag = run["results"]["diagnostics"]
+    spectra = diag["spectra"]
+    assert {k: c["n"] for k, c in spectra["classes"].items()} == {"ai": N_PER_CLASS,
+                                                                  "real": N_PER_CLASS}
+    assert isinstance(spectra["difference"]["concentrated_at_high_frequency"], bool)
+    assert set(diag["gradcam"]) == MODELS - {"scratch_cnn"}
+    test = {r["path"]: r["label"] for r in run["split"] if r["split"] == "test"}
+    for name, g in diag["gradcam"].items():
+        assert g["seed"] == 0 and g["examples"]
+        for e in g["examples"]:  # test images, each in the group its prediction puts it in
+            assert str(e["label"]) == test[e["path"]]
+            correct = (e["prob_ai"] >= 0.5) == (e["label"] == 1)
+            assert e["group"] == f"{'ai' if e['label'] == 1 else 'real'}, " \
+                f"{'correct' if correct else 'wrong'}"
+    scratch = diag["scratch_filters"]
+    assert scratch["filters"] == 8 and len(scratch["examples"]) == 4
+    assert {e["label"] for e in scratch["examples"]} == {0, 1}
+    text = (run["out"] / "report.md").read_text()
+    for heading in ("## What the models look at", "### Frequency spectra of the two classes",
+                    "### Grad-CAM heat maps", "### The scratch CNN's filters"):
+        assert heading in text
+    assert "(figures/gradcam_efficientnet_lite0_frozen.png)" in text
+    assert "(figures/filters_scratch_cnn.png)" in text and "(figures/spectra.png)" in text
 
 
 def test_synthetic_data_is_stated_plainly(run):
@@ -483,83 +521,6 @@ def test_data_kind_recognises_the_synthetic_dataset(tmp_path):
     assert kind == "synthetic" and "proxy" in description
 
 
-def _rgb_noise(w=64, h=48, seed=0):
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-
-
-def test_perturbations():
-    img = _rgb_noise()
-    ref = np.asarray(img, dtype=float)
-    errors = [np.abs(np.asarray(robustness.perturb(img, f"jpeg_q{q}"), float) - ref).mean()
-              for q in (95, 75, 50)]
-    assert 0 < errors[0] < errors[1] < errors[2]  # lower quality, larger error
-    assert robustness.perturb(img, "downscale_half").size == (32, 24)
-    # A JPEG source saved as PNG keeps its pixels; any other source becomes a lossy JPEG.
-    assert np.array_equal(np.asarray(robustness.perturb(img, "format_swap", "JPEG")), ref)
-    assert not np.array_equal(np.asarray(robustness.perturb(img, "format_swap", "PNG")), ref)
-    assert np.array_equal(np.asarray(robustness.perturb(img, "none")), ref)
-    with pytest.raises(ValueError):
-        robustness.perturb(img, "blur")
-
-
-def test_perturbed_inputs_follow_the_dataset_path(tmp_path, make_study_images):
-    """Unperturbed, the robustness path reproduces the dataset's cached model inputs exactly."""
-    from aigen.data.dataset import dataset_arrays, load_dataset
-    from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
-
-    data = make_study_images(tmp_path / "data", n_per_class=3)
-    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
-    dataset = load_dataset(data, workers=1, progress=False)
-    specs = {"scratch": SCRATCH, "backbone": BACKBONE}
-    u8 = robustness.perturbed_inputs(dataset.images, specs, max_pixels=dataset.max_pixels,
-                                     perturbations=["none", "jpeg_q50"], progress=False)
-    for key, spec in specs.items():
-        cached = dataset_arrays(dataset, spec)
-        assert np.array_equal(to_model_input(u8["none"][key], spec), cached)
-        assert not np.array_equal(to_model_input(u8["jpeg_q50"][key], spec), cached)
-    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
-    # A test image that changes during the run is refused, not silently perturbed as another.
-    changed = dataset.images[0].path
-    changed.write_bytes(dataset.images[1].path.read_bytes())
-    with pytest.raises(UserError, match="changed during the run.*content changed"):
-        robustness.perturbed_inputs(dataset.images, specs, perturbations=["none"], progress=False)
-    changed.unlink()
-    with pytest.raises(UserError, match="changed during the run.*unreadable"):
-        robustness.perturbed_inputs(dataset.images, specs, perturbations=["none"], progress=False)
-
-
-def test_robustness_scores_each_seeds_own_test_images(tmp_path, make_study_images, monkeypatch):
-    """With an identity perturbation added, the robustness path (files decoded again, perturbed,
-    preprocessed, scored per backbone and seed) must reproduce every model's clean test accuracy
-    seed by seed, on two seeds with different test splits."""
-    monkeypatch.setitem(robustness.PERTURBATIONS, "none", "unperturbed (identity, for this test)")
-    data = make_study_images(tmp_path / "data", n_per_class=30)
-    argv = ["study", "--data", str(data), "--out", str(tmp_path / "out"), "--seeds", "0", "1",
-            "--models", "scratch", "frozen", "--backbones", "efficientnet_lite0",
-            "--scratch-epochs", "6", "--scratch-lr", "0.05", "--scratch-lrs", "--workers", "1",
-            "--no-progress", "--device", "cpu"]
-    code, _, err = run_cli(argv)
-    assert code == 0, err
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
-    splits = [set(r["path"] for r in csv.DictReader(open(tmp_path / "out" / f, newline=""))
-                  if r["split"] == "test") for f in ("split.csv", "split_seed1.csv")]
-    assert splits[0] != splits[1]
-    models = results["robustness"]["models"]
-    assert set(models) == {"scratch_cnn", "efficientnet_lite0_frozen"}
-    for name, r in models.items():
-        assert r["perturbed"]["none"]["per_seed"] == r["clean"]["per_seed"], name
-        assert r["clean"]["per_seed"] == results["models"][name]["test_accuracy"]["per_seed"]
-        assert r["perturbed"]["none"]["change"] == 0.0
-
-
-def test_summarize_robustness():
-    r = robustness.summarize_robustness([0.8, 0.9], {"jpeg_q50": [0.7, 0.7]})
-    assert r["clean"]["mean"] == pytest.approx(0.85)
-    assert r["perturbed"]["jpeg_q50"]["mean"] == pytest.approx(0.7)
-    assert r["perturbed"]["jpeg_q50"]["change"] == pytest.approx(-0.15)
-
-
 def test_figures_from_plain_data(tmp_path):
     history = [{"seed": s, "epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e,
                 "train_acc": 0.5 + e / 10, "val_acc": 0.5 + e / 20} for s in (0, 1)
@@ -572,13 +533,10 @@ def test_figures_from_plain_data(tmp_path):
                         "one class": [(np.ones(3), np.array([0.2, 0.5, 0.9]))]},
                        tmp_path / "roc.png")
     summary = lambda m: {"mean": m, "std": 0.01, "per_seed": [m]}  # noqa: E731
-    figures.robustness_bars({"a": {"clean": summary(0.8),
-                                   "perturbed": {"jpeg_q50": summary(0.7)}}},
-                            tmp_path / "rob.png")
     lr_runs = {lr: {f"{p}_accuracy": summary(0.6) for p in ("train", "val", "test")}
                for lr in ("0.01", "0.1")}
     figures.lr_study(lr_runs, [{**h, "lr": "0.01"} for h in history], tmp_path / "lr.png")
-    for name in ("curves", "cm", "roc", "rob", "lr"):
+    for name in ("curves", "cm", "roc", "lr"):
         with Image.open(tmp_path / f"{name}.png") as im:
             assert im.format == "PNG" and im.width > 300
 

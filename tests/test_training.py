@@ -334,3 +334,13 @@ def test_an_interrupted_cuda_training_resumes_bitwise(lite0, images, activations
     resumed, resumed_history = train_finetuned(lite0, *data, epoch_state=state, **kwargs)
     assert resumed_history == history
     assert _states_equal(resumed.stage.state_dict(), whole.stage.state_dict())
+
+
+def test_study_amp_fp16_on_the_cpu_is_a_one_line_error(tmp_path, make_study_images):
+    from test_study import assert_one_line_error, run_cli
+
+    data = make_study_images(tmp_path / "data", n_per_class=2)
+    code, _, err = run_cli(["study", "--data", str(data), "--out", str(tmp_path / "out"),
+                            "--device", "cpu", "--amp", "fp16", "--no-progress"])
+    assert_one_line_error(code, err, "--amp fp16 needs a CUDA device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -306,7 +306,7 @@ def _class_label(label: int, class_names: Mapping[int, str], n: int) -> str:
     return f"{LABEL_NAMES[label]} ({folder}, n={n})" if folder else f"{LABEL_NAMES[label]} (n={n})"
 
 
-def _new_figure(width: float = 6.4, height: float = 4.0):
+def _new_figure(width: float = 7.6, height: float = 4.0):
     from matplotlib.figure import Figure
 
     # A bare Figure renders with Agg and touches no global pyplot state.
@@ -324,7 +324,8 @@ def _save(fig, path: Path) -> Path:
     from aigen.io import atomic_path
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        # "tight": the saved image grows to hold what lies outside the axes (legends, labels)
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05)
     return path
 
 
@@ -563,13 +564,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(orig_)format,(orig_)mode giving each file's original metadata "
                              "(orig_* preferred); paths relative to the data folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from aigen.data.spectra import add_argument as add_spectrum_argument
+
+    add_spectrum_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from aigen import __version__
     from aigen.data.dataset import data_root_from_args, dataset_from_args, write_skipped
     from aigen.io import (atomic_folder, check_new_folder, new_results_folder, refuse_inside,
-                          write_json)
+                          write_json, write_text)
 
     root = data_root_from_args(args)
     if not root.is_dir():
@@ -582,9 +586,27 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_from_args(args, progress=not args.quiet, specs=())
     summary = summarize(dataset, metadata)
     audit = shortcut_audit(dataset, seed=args.seed, folds=args.folds, metadata=metadata)
+    spectra = None
+    if args.spectrum_images:
+        from aigen.data.dataset import available_cores
+        from aigen.data.spectra import class_spectra
+
+        workers = args.workers or available_cores()
+        spectra = class_spectra(_usable_images(dataset), per_class=args.spectrum_images,
+                                seed=args.seed, max_pixels=dataset.max_pixels,
+                                workers=0 if workers <= 1 else min(workers, 4),
+                                progress=not args.quiet)
 
     with atomic_folder(out) as work:
         written = write_exploration(dataset, work, metadata=metadata, summary=summary)
+        if spectra is not None:
+            from aigen.data.spectra import spectra_figure, spectra_markdown
+
+            written["figure_spectra"] = spectra_figure(spectra, work / "figures" / "spectra.png",
+                                                       dataset.class_names)
+            text = written["table_md"].read_text(encoding="utf-8")
+            write_text(written["table_md"], text.rstrip() + "\n\n" + "\n".join(
+                spectra_markdown(spectra.record, "figures/spectra.png", level="##")))
         write_skipped(work / "skipped.csv", dataset.skipped)
         write_json(work / "exploration.json", {
             "aigen_version": __version__,
@@ -592,11 +614,17 @@ def run(args: argparse.Namespace) -> int:
             "metadata_csv": str(args.metadata_csv) if args.metadata_csv else None,
             "summary": summary,
             "shortcut_audit": audit,
+            "spectra": spectra.record if spectra is not None else None,
             "files": {k: str(p.relative_to(work)) for k, p in written.items()},
         })
     print(format_summary(summary))
     print()
     print(format_audit(audit))
+    if spectra is not None:
+        from aigen.data.spectra import difference_text
+
+        print()
+        print("frequency spectra: " + difference_text(spectra.record["difference"]).replace("**", ""))
     print(f"\nwrote figures, exploration.csv/.md/.json and skipped.csv to {out}")
     return 0
 

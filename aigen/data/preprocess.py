@@ -3,12 +3,18 @@
 One code path for every image: `preprocess(open_image(...), spec)` gives the uint8 image that is
 packed into the store (aigen.data.store) for dataset files, and `to_model_input` turns uint8
 images into the float32 NCHW model input.
+
+Harmonisation (`Spec.harmonize`, docs/study.md): "none", or "jpeg:Q" = after the resize to the
+model's input size, the image is JPEG-encoded at quality Q and decoded again (`harmonize_image`),
+so every input of both classes carries the same, fresh compression, whatever its file held.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -26,12 +32,45 @@ DECODE_MIN_SIDE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+HARMONIZE_NONE = "none"
+# The fixed JPEG settings of harmonisation (part of Spec.key): 4:2:0 chroma subsampling (libjpeg's
+# and most cameras' default), baseline, no optimised Huffman tables; Pillow's standard tables.
+HARMONIZE_JPEG = {"subsampling": 2, "optimize": False, "progressive": False}
+
+
+def check_harmonize(text: str) -> str:
+    """The canonical form of a harmonisation ("none" or "jpeg:Q", Q a whole number in 1..100);
+    ValueError (saying what is accepted) for anything else."""
+    text = str(text).strip().lower()
+    if text == HARMONIZE_NONE:
+        return text
+    match = re.fullmatch(r"jpeg:(\d{1,3})", text)
+    if not match or not 1 <= int(match.group(1)) <= 100:
+        raise ValueError(f"harmonisation {text!r}: use none or jpeg:Q with a quality Q in 1..100")
+    return f"jpeg:{int(match.group(1))}"
+
+
+def harmonize_image(img: Image.Image, harmonize: str) -> Image.Image:
+    """`img` (mode "L" or "RGB") after harmonisation: "none" leaves it alone; "jpeg:Q" encodes it
+    as JPEG at quality Q with the fixed settings HARMONIZE_JPEG and decodes it again (the same
+    bytes in, the same pixels out: nothing random)."""
+    if harmonize == HARMONIZE_NONE:
+        return img
+    quality = int(check_harmonize(harmonize).split(":")[1])
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, **HARMONIZE_JPEG)
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        decoded.load()
+        return decoded.convert(img.mode)
+
 
 @dataclass(frozen=True)
 class Spec:
-    """A model input: `mode` ("L" or "RGB") resized to size x size with `resample`, then
-    (x / 255 - mean) / std per channel. Aspect ratio is not preserved and nothing is cropped,
-    so the original size and shape are not inputs (resampling still leaves traces of them)."""
+    """A model input: `mode` ("L" or "RGB") resized to size x size with `resample`, harmonised
+    (`harmonize`: "none" or "jpeg:Q", see harmonize_image), then (x / 255 - mean) / std per
+    channel. Aspect ratio is not preserved and nothing is cropped, so the original size and shape
+    are not inputs (resampling still leaves traces of them)."""
 
     name: str
     size: int
@@ -39,6 +78,14 @@ class Spec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resample: str = "bilinear"
+    harmonize: str = HARMONIZE_NONE
+
+    def __post_init__(self):
+        check_harmonize(self.harmonize)
+
+    def harmonized(self, harmonize: str) -> "Spec":
+        """This spec with another harmonisation (canonicalised; ValueError if not valid)."""
+        return replace(self, harmonize=check_harmonize(harmonize))
 
     @property
     def channels(self) -> int:
@@ -51,8 +98,13 @@ class Spec:
 
     @property
     def key(self) -> str:
-        """Cache folder name: every parameter that changes the cached bytes."""
-        return f"{self.name}-{self.size}x{self.size}-{self.mode}-{self.resample}-draft{DECODE_MIN_SIDE}"
+        """Cache folder name: every parameter that changes the cached bytes ("none" adds nothing,
+        so stores written before harmonisation existed stay valid)."""
+        key = f"{self.name}-{self.size}x{self.size}-{self.mode}-{self.resample}-draft{DECODE_MIN_SIDE}"
+        if self.harmonize != HARMONIZE_NONE:
+            quality = self.harmonize.split(":")[1]
+            key += f"-jpeg{quality}s420"  # the fixed settings of HARMONIZE_JPEG
+        return key
 
 
 SCRATCH = Spec("scratch", 32, "L", mean=(0.0,), std=(1.0,))
@@ -64,7 +116,8 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR}
 
 def preprocess(img: Image.Image, spec: Spec) -> np.ndarray:
     """The uint8 image for `spec`: RGB -> (grey via Pillow's convert("L"), ITU-R 601 luma) ->
-    resize to size x size with Pillow's bilinear filter (antialiased when shrinking)."""
+    resize to size x size with Pillow's bilinear filter (antialiased when shrinking) ->
+    harmonisation at that size (harmonize_image: nothing, or a JPEG round trip at quality Q)."""
     if img.mode != "RGB":
         from aigen.data.loading import to_rgb
 
@@ -72,7 +125,19 @@ def preprocess(img: Image.Image, spec: Spec) -> np.ndarray:
     if spec.mode == "L":
         img = img.convert("L")
     img = img.resize((spec.size, spec.size), _RESAMPLE[spec.resample])
-    return np.array(img, dtype=np.uint8)
+    return np.array(harmonize_image(img, spec.harmonize), dtype=np.uint8)
+
+
+def harmonize_u8(u8: np.ndarray, spec: Spec) -> np.ndarray:
+    """uint8 images at `spec`'s size (one, or a batch (N, H, W[, 3])) harmonised as `spec` says:
+    `preprocess` = resize, then this; so harmonising the unharmonised spec's stored rows gives
+    exactly the rows of the harmonised spec."""
+    if spec.harmonize == HARMONIZE_NONE:
+        return u8
+    u8 = np.asarray(u8, dtype=np.uint8)
+    if u8.ndim == len(spec.u8_shape):
+        return np.array(harmonize_image(Image.fromarray(u8), spec.harmonize))
+    return np.stack([harmonize_u8(row, spec) for row in u8]) if len(u8) else u8.copy()
 
 
 def _lookup_table(spec: Spec) -> np.ndarray:

@@ -98,6 +98,22 @@ def batches(dataset, batch_size: int, *, device=None, workers: int = 0):
                           pin_memory=cuda, persistent_workers=False)
 
 
+def loader_workers(device, requested: int | None = None) -> int:
+    """DataLoader worker processes for `batches()` on `device`: none on the CPU (the network uses
+    its cores, and a store read is cheap); on CUDA `requested` (--workers), else up to 4 per
+    process, sharing the machine's cores with the other processes torchrun started there."""
+    import os
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return 0
+    if requested:
+        return int(requested)
+    from aigen.data.dataset import available_cores
+
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(4, available_cores() // local))
+
+
 class FeatureRows:
     """Rows of a feature array, kept in RAM (a numpy array) or read from a file (a RowFile) on
     demand; `rows` selects and orders them. Indexing with a slice, or with integer indices (numpy
@@ -270,5 +286,5 @@ def prefix_features(backbone, store: RowFile, spec: Spec, rows: np.ndarray, *, m
                              desc=f"{backbone.name} prefix", progress=progress)
 
 
-__all__ = ["StoreImages", "ImageFiles", "batches", "FeatureRows", "computed_features",
+__all__ = ["StoreImages", "ImageFiles", "batches", "loader_workers", "FeatureRows", "computed_features",
            "prefix_features", "DEFAULT_MEMORY_BUDGET"]

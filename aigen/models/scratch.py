@@ -197,6 +197,12 @@ class ScratchCNN:
         logits = pooled.reshape(x.shape[0], -1) @ self.fc_w + self.fc_b[0]
         return z1, m1, pooled, logits
 
+    def conv_activations(self, x) -> np.ndarray:
+        """ReLU of the convolution's output (N, F, 30, 30) for inputs x (N, 1, 32, 32): where
+        each learned filter responds (the maps the max-pool then summarises)."""
+        x = self._input(x)
+        return np.maximum(self.kernels.conv2d_forward(x, self.conv_w, self.conv_b, None), 0)
+
     def forward(self, x) -> np.ndarray:
         """Logits (N,) for inputs x (N, 1, 32, 32)."""
         x = self._input(x)

@@ -1,1 +1,1 @@
-"""The study: the driver (`aigen study`), metrics, robustness, figures, report, and `aigen predict`."""
+"""The study: the driver (`aigen study`), metrics, degradation sweep, diagnostics, figures, report, predict."""

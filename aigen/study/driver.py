@@ -1,11 +1,13 @@
 """`aigen study` (= scripts/run_study.py): the whole study, from a data folder to a results folder.
 
 Stages: load + check the data -> exploration and metadata shortcut audit -> one split per seed ->
+for each input protocol (--harmonize x --augment, aigen.study.protocols; one by default):
 backbone prefix activations (once per backbone, shared by both regimes and every seed) -> train
-every model for every seed -> evaluate each once on train/val/test -> scratch learning-rate study
--> robustness of every model to re-encoded / downscaled test images -> results.json, CSVs,
-figures, report.md. Everything is written into a hidden folder beside --out that is renamed to
---out only when complete (docs/study.md describes the folder).
+every model for every seed -> evaluate each once on train/val/test -> (first protocol) scratch
+learning-rate study -> degradation sweep of every model (test images re-encoded, blurred,
+downscaled, noised) -> (first protocol) diagnostics; then results.json, CSVs, figures, report.md.
+Everything is written into a hidden folder beside --out that is renamed to --out only when
+complete (docs/study.md describes the folder).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from aigen.io import check_new_folder, new_results_folder, refuse_inside
 DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
 MODEL_KINDS = ("scratch", "frozen", "finetuned")
 SCRATCH_NAME = "scratch_cnn"
-# Images per batch when computing prefix activations (bounds the float32 input held at once).
-PREFIX_CHUNK = 128
+MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
+SHARD_STEP = 128  # rows per step when torchrun's processes share out features and predictions
 CI_METHOD_TEXT = (
     "95% CI of the mean test accuracy: Student-t interval over the per-seed values when there are "
     "two or more seeds (the Wilson score interval over all seeds' test images when every seed "
@@ -50,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.description = (
         "Run the whole study: train the scratch CNN and the frozen / fine-tuned backbones on "
-        "seeded splits, evaluate them, test their robustness, and write a results folder with "
+        "seeded splits, evaluate them, sweep degradations of the test images, and write a results folder with "
         "results.json, CSVs, figures and report.md. See docs/study.md.")
     add_data_arguments(parser, positional=False, several=True)
     run = parser.add_argument_group("run")
@@ -96,6 +98,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.study import runfolder
 
     runfolder.add_arguments(run)
+    from aigen.data.spectra import add_argument as add_spectrum_argument
+    from aigen.study.sweep import add_argument as add_sweep_argument
+
+    add_sweep_argument(run)
+    add_spectrum_argument(run)
+    from aigen.study.protocols import augment_arg, harmonize_arg
+
+    protocol = parser.add_argument_group("input protocols (docs/study.md)")
+    protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
+                          metavar="none|jpeg:Q",
+                          help="jpeg:Q: every input of both classes (training, evaluation, "
+                               "degradation sweep, prediction) is JPEG-encoded at quality Q after the "
+                               "resize to the model's size and decoded again; several values: "
+                               "each is a protocol trained on the same splits (default: none)")
+    protocol.add_argument("--augment", nargs="+", type=augment_arg, default=["none"],
+                          metavar="none|flip|blurjpeg",
+                          help="train-time augmentation of the backbone models (flip; blurjpeg: "
+                               "flip, Gaussian blur, JPEG re-encoding), which then train from "
+                               "images; several values: an ablation on the same splits; the "
+                               "scratch CNN is not augmented (default: none)")
     run.add_argument("--memory-budget", type=byte_size, default=DEFAULT_MEMORY_BUDGET,
                      metavar="SIZE",
                      help="RAM for the backbones' prefix activations, reused by every seed and "
@@ -334,9 +356,17 @@ class Study:
         # Keyed by lr_key: values that print alike would overwrite each other's results.
         self.lrs = list({lr_key(lr): lr for lr in args.scratch_lrs}.values()) \
             if "scratch" in args.models else []
-        self.models: dict[str, dict[str, Any]] = {}  # name -> model info, filled by training
-        self.skipped_models: dict[str, str] = {}
-        self.runs: dict[tuple[str, int], dict[str, Any]] = {}  # (name, seed) -> trained run
+        from aigen.study.protocols import study_protocols
+
+        # Every protocol trains and evaluates on the same splits; the first is the default one.
+        self.protocols = study_protocols(getattr(args, "harmonize", None),
+                                         getattr(args, "augment", None))
+        self.by_protocol: dict[str, dict[str, Any]] = {}  # key -> that protocol's state
+        # The current protocol's state: models (name -> model info, filled by training), runs
+        # ((name, seed) -> trained run), skipped models, degradation sweep, external evaluations.
+        self._enter_protocol(self.protocols[0])
+        self.backbones: dict[str, Any] = {}  # loaded once, shared by every protocol
+        self._unavailable: dict[str, str] = {}  # backbone name -> why it could not be loaded
         self.history_rows: list[list[Any]] = []
         self.device = None
         self.metadata = None  # the --metadata-csv override, read now so a bad file fails early
@@ -371,33 +401,79 @@ class Study:
                 self._explore()
         with self.timer.stage("split"):
             self._make_splits()
-        self._train_all()
-        if not main:  # the other processes' part ends with training (docs/scale.md)
+        for protocol in self.protocols:
+            self._enter_protocol(protocol)
+            self._train_all()
+            if not main:  # the other processes' part ends with training (docs/scale.md)
+                continue
+            first = protocol == self.protocols[0]
+            if first:
+                if not self.models:
+                    reasons = "; ".join(f"{n}: {r.splitlines()[0]}"
+                                        for n, r in self.skipped_models.items())
+                    raise UserError(f"no model could be trained ({reasons})")
+                with self.timer.stage("lr_study"):
+                    self._lr_study()
+            with self.timer.stage("sweep"):
+                self._sweep()
+            if first:  # the first protocol's models (the spectra are the data's)
+                with self.timer.stage("diagnostics"):
+                    self._diagnostics()
+            with self.timer.stage("external"):
+                self._external()
+            self._save_protocol()
+        if not main:
             return
-        if not self.models:
-            reasons = "; ".join(f"{n}: {r.splitlines()[0]}" for n, r in self.skipped_models.items())
-            raise UserError(f"no model could be trained ({reasons})")
-        with self.timer.stage("lr_study"):
-            self._lr_study()
-        with self.timer.stage("robustness"):
-            self._robustness()
-        with self.timer.stage("external"):
-            self._external()
+        self._enter_protocol(self.protocols[0])
         self._write_results()
 
-    def _load_data(self) -> None:
-        from aigen.data.dataset import write_skipped
-        from aigen.data.preprocess import BACKBONE, SCRATCH
+    # -- protocols ----------------------------------------------------------------------------
 
+    _PROTOCOL_STATE = ("models", "skipped_models", "runs", "sweep", "external",
+                       "external_skipped", "external_figures")
+
+    def _enter_protocol(self, protocol) -> None:
+        """Make `protocol` the current one: its specs, and its state (empty when it is new)."""
+        from aigen.study.protocols import run_name
+
+        self.protocol = protocol
+        self.specs = protocol.specs()
+        self.run_name = lambda name: run_name(name, protocol, self.protocols[0])  # noqa: E731
+        saved = self.by_protocol.get(protocol.key, {})
+        for attr in self._PROTOCOL_STATE:
+            setattr(self, attr, saved.get(attr, {}))
+        self.prefix, self.pooled = {}, {}  # activations: one protocol's at a time
+
+    def _save_protocol(self) -> None:
+        self.by_protocol[self.protocol.key] = {attr: getattr(self, attr)
+                                               for attr in self._PROTOCOL_STATE}
+
+    def _trains_scratch(self) -> bool:
+        """The scratch CNN is never augmented: it trains in the first protocol of each
+        harmonisation only."""
+        first = next(p for p in self.protocols if p.harmonize == self.protocol.harmonize)
+        return "scratch" in self.args.models and self.protocol == first
+
+    def _load_data(self) -> None:
         from aigen import distributed
+        from aigen.data.dataset import write_skipped
         from aigen.data.discover import parse_class_args
+        from aigen.data.preprocess import BACKBONE, SCRATCH
         from aigen.data.sets import load_sets, parse_sets
 
         main = self.world.is_main
         sets = _check_data_option(self.args)
         needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
                                                             & set(self.args.models))
-        specs = (SCRATCH, BACKBONE) if needs_backbone else (SCRATCH,)
+        wanted = []  # every protocol's inputs, packed in one pass over the files
+        for protocol in self.protocols:
+            specs = protocol.specs()
+            wanted.append(specs["scratch"])
+            if needs_backbone:
+                wanted.append(specs["backbone"])
+                if protocol.augment != "none":  # augmented from the unharmonised rows
+                    wanted.append(BACKBONE)
+        specs = tuple({spec.key: spec for spec in wanted}.values())
 
         def load():  # rank 0 writes the cache (store, index); the others then only read it
             nonlocal sets
@@ -469,22 +545,19 @@ class Study:
     # -- training -----------------------------------------------------------------------------
 
     def _train_all(self) -> None:
+        """Train (or read back, --resume) every model of the current protocol for every seed."""
         from aigen.data.dataset import dataset_arrays
-        from aigen.data.preprocess import SCRATCH
 
         self.y_used = self.labels[self.used]
         # The scratch CNN (CPU, Cython kernels) trains in the first process alone (docs/scale.md).
-        if "scratch" in self.args.models and self.world.is_main:
+        if self._trains_scratch() and self.world.is_main:
             with self.timer.stage("scratch_inputs"):
-                self.X_scratch = dataset_arrays(self.dataset, SCRATCH, self.used)
+                self.X_scratch = dataset_arrays(self.dataset, self.specs["scratch"], self.used)
             self.models[SCRATCH_NAME] = {"regime": "scratch", "backbone": None}
             for seed in self.seeds:
-                with self.timer.stage(f"train:{SCRATCH_NAME}"):
+                with self.timer.stage(f"train:{self.run_name(SCRATCH_NAME)}"):
                     if not self._restore(SCRATCH_NAME, seed):
                         self._train_scratch(seed)
-        self.backbones: dict[str, Any] = {}
-        self.prefix: dict[str, Any] = {}
-        self.pooled: dict[str, Any] = {}
         regimes = [k for k in ("frozen", "finetuned") if k in self.args.models]
         if not regimes:
             return
@@ -495,17 +568,23 @@ class Study:
                 model_name = f"{name}_{regime}"
                 self.models[model_name] = {"regime": regime, "backbone": name}
                 for seed in self.seeds:
-                    with self.timer.stage(f"train:{model_name}"):
+                    with self.timer.stage(f"train:{self.run_name(model_name)}"):
                         if not self._restored_by_main(model_name, seed):
                             self._train_backbone(name, regime, seed)
 
     def _load_backbone(self, name: str, regimes: list[str]) -> bool:
+        """The backbone (loaded once for every protocol) and its prefix activations under the
+        current protocol's input; False, with the reason recorded, when it is unavailable."""
         from aigen.models.backbones import (BackboneUnavailable, load_backbone,
                                             weights_by_backbone)
 
         from aigen import distributed
 
         weights = weights_by_backbone(self.args.weights, self.args.backbones).get(name)
+        if name in self._unavailable:
+            for regime in regimes:
+                self.skipped_models[f"{name}_{regime}"] = self._unavailable[name]
+            return False
 
         def load():  # rank 0 first: it alone may download weights into torch's cache
             try:
@@ -513,17 +592,20 @@ class Study:
             except BackboneUnavailable as exc:
                 return exc
 
-        with self.timer.stage(f"load_backbone:{name}"):
-            backbone = distributed.main_first(load)
-            if isinstance(backbone, BackboneUnavailable) or distributed.from_main(
-                    isinstance(backbone, BackboneUnavailable)):
-                reason = str(backbone) if isinstance(backbone, BackboneUnavailable) else \
-                    "unavailable in the first process"
-                for regime in regimes:
-                    self.skipped_models[f"{name}_{regime}"] = reason
-                self._log(f"{name} skipped: {reason}")
-                return False
-        self.backbones[name] = backbone
+        if name not in self.backbones:  # loaded once, for every protocol
+            with self.timer.stage(f"load_backbone:{name}"):
+                backbone = distributed.main_first(load)
+                if isinstance(backbone, BackboneUnavailable) or distributed.from_main(
+                        isinstance(backbone, BackboneUnavailable)):
+                    reason = str(backbone) if isinstance(backbone, BackboneUnavailable) else \
+                        "unavailable in the first process"
+                    self._unavailable[name] = reason
+                    for regime in regimes:
+                        self.skipped_models[f"{name}_{regime}"] = reason
+                    self._log(f"{name} skipped: {reason}")
+                    return False
+            self.backbones[name] = backbone
+        backbone = self.backbones[name]
         with self.timer.stage(f"prefix_activations:{name}"):
             self.prefix[name] = self._prefix_activations(backbone, self.used, f"{name} prefix")
             if "frozen" in regimes:  # the frozen head's input, computed once for every seed
@@ -539,7 +621,7 @@ class Study:
             return backbone.pooled_features(prefix, self.device)
         return distributed.sharded_map(
             lambda rows: backbone.pooled_features(_take(prefix, rows), self.device), len(prefix),
-            PREFIX_CHUNK)
+            SHARD_STEP)
 
     def _probabilities(self, clf, A) -> np.ndarray:
         """P(AI) of every used image for a trained classifier (A: its prefix activations or
@@ -549,29 +631,32 @@ class Study:
         if not self.world.distributed:
             return clf.predict_proba_from_prefix(A)
         return distributed.sharded_map(lambda rows: clf.predict_proba_from_prefix(_take(A, rows)),
-                                       len(A), PREFIX_CHUNK)
+                                       len(A), SHARD_STEP)
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
         """Prefix activations of dataset images, streamed from the store in batches, or reused
         from an earlier run on the same data and backbone (aigen.data.stream.prefix_features)."""
         from aigen.data.dataset import dataset_inputs
-        from aigen.data.preprocess import BACKBONE
-        from aigen.data.stream import DEFAULT_MEMORY_BUDGET, prefix_features
+        from aigen.data.stream import DEFAULT_MEMORY_BUDGET, loader_workers, prefix_features
 
-        return prefix_features(backbone, dataset_inputs(self.dataset, BACKBONE), BACKBONE, indices,
+        spec = self.specs["backbone"]  # the current protocol's input
+        return prefix_features(backbone, dataset_inputs(self.dataset, spec), spec, indices,
                                manifest=self.dataset.manifest_sha256(), device=self.device,
-                               budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET), progress=self.progress)
+                               budget=getattr(self.args, "memory_budget", DEFAULT_MEMORY_BUDGET),
+                               workers=loader_workers(self.device, self.args.workers),
+                               progress=self.progress)
 
     def _record(self, name: str, seed: int, model, history: list[dict], prob: np.ndarray,
                 restored: bool = False) -> None:
         from aigen.study import runfolder
 
+        run_name = self.run_name(name)  # unique over protocols: names its files and rows
         if not restored:  # persisted at once, so an interrupted run can skip it (--resume)
-            runfolder.save_run(self.work, name, seed, history, prob, self.models[name])
-            runfolder.log_history(self.work, self.args, name, seed, history)
+            runfolder.save_run(self.work, run_name, seed, history, prob, self.models[name])
+            runfolder.log_history(self.work, self.args, run_name, seed, history)
         self.runs[(name, seed)] = {"model": model, "history": history, "prob": prob}
         for h in history:
-            self.history_rows.append([name, seed, h["epoch"], h["train_loss"], h["train_acc"],
+            self.history_rows.append([run_name, seed, h["epoch"], h["train_loss"], h["train_acc"],
                                       h["val_loss"], h["val_acc"]])
 
     def _restore(self, name: str, seed: int) -> bool:
@@ -579,30 +664,37 @@ class Study:
         model is read back from checkpoints/ and its history and predictions from resume/."""
         from aigen.study import runfolder
 
-        state = runfolder.load_run(self.work, name, seed)
+        run_name = self.run_name(name)
+        state = runfolder.load_run(self.work, run_name, seed)
         if state is None:
             return False
         history, prob, info = state
         if info.get("regime") == "scratch":
             from aigen.models.scratch import ScratchCNN
 
-            model = ScratchCNN.load(self.work / "checkpoints" / f"{name}_seed{seed}.npz")
+            model = ScratchCNN.load(self._checkpoint(name, seed))
         else:
             from aigen.models.backbones import load_classifier
 
-            model = load_classifier(self.work / "checkpoints" / f"{name}_seed{seed}.pt",
+            model = load_classifier(self._checkpoint(name, seed),
                                     backbone=self.backbones[info["backbone"]], device=self.device)
         self.models[name].update(info)
-        self._log(f"{name} seed {seed}: finished by the earlier attempt, not trained again")
+        self._log(f"{run_name} seed {seed}: finished by the earlier attempt, not trained again")
         self._record(name, seed, model, history, prob, restored=True)
         return True
+
+    def _checkpoint(self, name: str, seed: int, relative: bool = False) -> Path:
+        """checkpoints/RUN_NAME_seedK.npz (scratch) or .pt of model `name` of this protocol."""
+        suffix = "npz" if self.models[name]["regime"] == "scratch" else "pt"
+        path = Path("checkpoints") / f"{self.run_name(name)}_seed{seed}.{suffix}"
+        return path if relative else self.work / path
 
     def _restored_by_main(self, name: str, seed: int) -> bool:
         """`_restore` in the first process, its answer in every process (under torchrun the
         others skip what it restored; they keep no models)."""
         from aigen import distributed
 
-        return distributed.from_main(self._restore(name, seed) if self.world.is_main else None)
+        return distributed.main_first(lambda: self._restore(name, seed), others=False)
 
     def _lr_run(self, seed: int, lr: float) -> tuple[list[dict], np.ndarray]:
         """(history, predictions) of the scratch CNN at `lr`: trained, or read back on --resume."""
@@ -634,8 +726,9 @@ class Study:
         from aigen.study.checkpoints import identity
 
         model, history = self._fit_scratch(seed, self.hp["scratch"]["lr"])
-        model.save(self.work / "checkpoints" / f"{SCRATCH_NAME}_seed{seed}.npz",
-                   metadata={**identity(SCRATCH_NAME, "scratch", None, seed), **self.hp["scratch"]})
+        model.save(self._checkpoint(SCRATCH_NAME, seed),
+                   metadata={**identity(self.run_name(SCRATCH_NAME), "scratch", None, seed),
+                             **self.hp["scratch"]})
         self.models[SCRATCH_NAME].update(
             weights_source="random initialisation, trained from scratch", pretrained=False,
             n_params=model.n_params, trainable_params=model.n_params,
@@ -649,29 +742,51 @@ class Study:
         from aigen.training import train_finetuned, train_frozen
 
         backbone = self.backbones[name]
-        hp = self.hp[regime]
+        augment = self.protocol.augment
+        hp = {**self.hp[regime], "augment": augment}
         A = self.pooled[name] if regime == "frozen" else self.prefix[name]
         tr, va = self._rows(seed, "train"), self._rows(seed, "val")
-        train = train_frozen if regime == "frozen" else train_finetuned
         seed_everything(seed)
         model_name = f"{name}_{regime}"
-        clf, history = train(backbone, _take(A, tr), self.y_used[tr], _take(A, va),
-                             self.y_used[va], epochs=hp["epochs"], lr=hp["lr"],
-                             batch_size=hp["batch_size"], seed=seed, device=self.device,
-                             progress=self.progress, checkpoint=hp["checkpoint"],
-                             epoch_state=runfolder.epoch_state_path(self.work, model_name, seed),
+        if augment == "none":
+            train = train_frozen if regime == "frozen" else train_finetuned
+            X_tr, X_va = _take(A, tr), _take(A, va)  # views of the cached activations
+        else:  # augmented: trained from images (the whole backbone runs on every batch)
+            from functools import partial
+
+            from aigen.training import train_from_images
+
+            train = partial(train_from_images, regime=regime)
+            X_tr, X_va = self._training_images(tr, seed, augment), self._training_images(va, seed)
+        clf, history = train(backbone, X_tr, self.y_used[tr], X_va, self.y_used[va],
+                             epochs=hp["epochs"], lr=hp["lr"], batch_size=hp["batch_size"],
+                             seed=seed, device=self.device, progress=self.progress,
+                             checkpoint=hp["checkpoint"],
+                             epoch_state=runfolder.epoch_state_path(
+                                 self.work, self.run_name(model_name), seed),
                              amp=getattr(self.args, "amp", "off"))
         prob = self._probabilities(clf, A)
         if not self.world.is_main:
             return
-        clf.save(self.work / "checkpoints" / f"{model_name}_seed{seed}.pt",
-                 metadata={**identity(model_name, regime, name, seed), **hp})
+        clf.save(self._checkpoint(model_name, seed),
+                 metadata={**identity(self.run_name(model_name), regime, name, seed), **hp})
         total, trainable = _parameter_counts(clf)
         self.models[model_name].update(
             architecture=backbone.architecture, weights_source=backbone.weights_source,
             pretrained=backbone.pretrained, weights_sha256=backbone.weights_sha256,
             n_params=total, trainable_params=trainable, hyperparameters=hp)
         self._record(model_name, seed, clf, history, prob)
+
+    def _training_images(self, rows: np.ndarray, seed: int, augment: str = "none"):
+        """The images of `rows` (rows of self.used) as the backbones' inputs under the current
+        protocol, made per batch from the unharmonised store: augmented (seeded per seed, epoch
+        and image) and then harmonised (aigen.data.augment.AugmentedImages)."""
+        from aigen.data.augment import AugmentedImages
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.preprocess import BACKBONE
+
+        return AugmentedImages(dataset_inputs(self.dataset, BACKBONE), self.specs["backbone"],
+                               self.used[rows], augment, seed)
 
     # -- learning-rate study ------------------------------------------------------------------
 
@@ -716,63 +831,95 @@ class Study:
         self.lr_study = {"epochs": hp["epochs"], "filters": hp["filters"],
                          "batch_size": hp["batch_size"], "runs": runs}
 
-    # -- robustness ---------------------------------------------------------------------------
+    # -- degradation sweep --------------------------------------------------------------------
 
-    def _robustness(self) -> None:
-        from tqdm import tqdm
+    def _sweep(self) -> None:
+        """Every model scored on its seed's test images degraded step by step (aigen.study.sweep):
+        the union of the seeds' test images, each degraded once and scored by every seed's models."""
+        from aigen.study.evaluate import make_scorer
+        from aigen.study.sweep import PERTURBATIONS, run_sweep
 
-        from aigen.data.preprocess import BACKBONE, SCRATCH
-        from aigen.study.robustness import PERTURBATIONS, perturbed_inputs, summarize_robustness
-
-        self.robustness: dict[str, Any] = {}
-        if not self.models:
+        self.sweep: dict[str, Any] = {}
+        requested = getattr(self.args, "sweep", None)  # None: a run saved before the option
+        perturbations = list(PERTURBATIONS) if requested is None else list(dict.fromkeys(requested))
+        if not self.models or not perturbations:
             return
         union = sorted({int(i) for s in self.splits.values() for i in s.indices("test")})
-        union_pos = {i: k for k, i in enumerate(union)}
-        specs = {}
-        if SCRATCH_NAME in self.models:
-            specs["scratch"] = SCRATCH
-        if self.backbones:
-            specs["backbone"] = BACKBONE
-        images = [self.dataset.images[i] for i in union]
-        test_pos = {seed: np.array([union_pos[int(i)] for i in self.splits[seed].indices("test")])
-                    for seed in self.seeds}
-        y_union = self.labels[union]
-        # The test images are perturbed a chunk at a time (never all at once); chunks are a
-        # multiple of PREFIX_CHUNK, so every batch is the one a whole-array pass would make.
-        parts: dict[str, dict[str, dict[int, list[np.ndarray]]]] = {
-            p: collections.defaultdict(lambda: collections.defaultdict(list)) for p in PERTURBATIONS}
-        chunk = 2 * PREFIX_CHUNK
-        bar = tqdm(total=len(images), desc="robustness", unit="img", disable=not self.progress,
-                   leave=False)
-        for start in range(0, len(images), chunk):
-            u8 = perturbed_inputs(images[start:start + chunk], specs,
-                                  max_pixels=self.dataset.max_pixels,
-                                  perturbations=tuple(PERTURBATIONS), progress=False)
-            for pert in PERTURBATIONS:
-                for model_name, per_seed in self._robustness_probs(u8[pert], specs).items():
-                    for seed, p in per_seed.items():
-                        parts[pert][model_name][seed].append(p)
-            bar.update(len(images[start:start + chunk]))
-        bar.close()
-        accuracy: dict[str, dict[str, list[float]]] = collections.defaultdict(dict)
-        for pert in PERTURBATIONS:
-            probs = {m: {s: np.concatenate(ps) for s, ps in per_seed.items()}
-                     for m, per_seed in parts[pert].items()}
-            for model_name, per_seed in probs.items():
-                accuracy[model_name][pert] = [
-                    float(((p[test_pos[s]] >= 0.5) == (y_union[test_pos[s]] == 1)).mean())
-                    for s, p in per_seed.items()]
-        models = {}
-        for model_name in self.models:
-            clean = []
-            for seed in self.seeds:
-                rows = self._rows(seed, "test")
-                prob = self.runs[(model_name, seed)]["prob"][rows]
-                clean.append(float(((prob >= 0.5) == (self.y_used[rows] == 1)).mean()))
-            models[model_name] = summarize_robustness(clean, accuracy[model_name])
-        self.robustness = {"perturbations": dict(PERTURBATIONS), "n_images": len(union),
-                           "models": models}
+        position = {i: k for k, i in enumerate(union)}
+        test_pos = {seed: np.array([position[int(i)] for i in self.splits[seed].indices("test")],
+                                   dtype=np.int64) for seed in self.seeds}
+        regimes = {name: info["regime"] for name, info in self.models.items()}
+        models = {seed: {name: self.runs[(name, seed)]["model"] for name in self.models}
+                  for seed in self.seeds}
+        self.sweep = run_sweep([self.dataset.images[i] for i in union], self.labels[union],
+                               test_pos, self._input_specs(), make_scorer(models, regimes),
+                               list(self.models), self.seeds, max_pixels=self.dataset.max_pixels,
+                               workers=self._loader_workers(), perturbations=perturbations,
+                               progress=self.progress)
+
+    def _input_specs(self) -> dict[str, Any]:
+        """{"scratch"/"backbone": Spec} of the inputs the current protocol's models take
+        (harmonised as the protocol says); every stage that scores images takes them from here."""
+        from aigen.study.predict import needed_specs
+
+        return needed_specs({name: info["regime"] for name, info in self.models.items()},
+                            self.protocol.harmonize)
+
+    def _loader_workers(self) -> int:
+        """DataLoader processes for work that decodes image files (--workers; 0 = in-process)."""
+        from aigen.data.dataset import available_cores
+
+        workers = getattr(self.args, "workers", None) or available_cores()
+        # Each process holds a couple of batches of degraded images: a few are enough.
+        return 0 if workers <= 1 else min(int(workers), MAX_LOADER_WORKERS)
+
+    # -- diagnostics: frequency spectra, Grad-CAM, the scratch CNN's filters -------------------
+
+    def _diagnostics(self) -> None:
+        """results.json's "diagnostics" and their figures (aigen.data.spectra,
+        aigen.study.diagnostics): the classes' spectra on a sample of the study's images; for the
+        first seed, Grad-CAM of every backbone model and the scratch CNN's filters."""
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.spectra import class_spectra, spectra_figure
+        from aigen.study import diagnostics
+
+        self.diagnostics: dict[str, Any] = {}
+        self.diagnostic_figures: dict[str, Any] = {}
+        fdir = self.work / "figures"
+        per_class = getattr(self.args, "spectrum_images", 0)
+        if per_class:
+            spectra = class_spectra([self.dataset.images[int(i)] for i in self.used],
+                                    per_class=per_class, seed=self.seeds[0],
+                                    max_pixels=self.dataset.max_pixels,
+                                    workers=self._loader_workers(), progress=self.progress)
+            self.diagnostics["spectra"] = spectra.record
+            spectra_figure(spectra, fdir / "spectra.png", self.dataset.class_names)
+            self.diagnostic_figures["spectra"] = "figures/spectra.png"
+        if not self.models:
+            return
+        seed = self.seeds[0]
+        rows = self._rows(seed, "test")
+        indices = self.used[rows]
+        y = self.y_used[rows]
+        paths = [self.dataset.images[int(i)].rel_path for i in indices]
+        specs = self._input_specs()
+        self.diagnostics["gradcam"] = {}
+        self.diagnostic_figures["gradcam"] = {}
+        for name, info in self.models.items():
+            prob = self.runs[(name, seed)]["prob"][rows]
+            if info["regime"] == "scratch":
+                path = fdir / f"filters_{name}.png"
+                self.diagnostics["scratch_filters"] = diagnostics.scratch_diagnostic(
+                    self.runs[(name, seed)]["model"], self.X_scratch[rows], y, prob, paths, seed,
+                    path)
+                self.diagnostic_figures["scratch_filters"] = f"figures/{path.name}"
+                continue
+            path = fdir / f"gradcam_{name}.png"
+            self.diagnostics["gradcam"][name] = diagnostics.gradcam_diagnostic(
+                name, self.runs[(name, seed)]["model"], dataset_inputs(self.dataset,
+                                                                       specs["backbone"]),
+                specs["backbone"], indices, y, prob, paths, seed, path, device=self.device)
+            self.diagnostic_figures["gradcam"][name] = f"figures/{path.name}"
 
     # -- evaluation on other labelled data (--eval-data) ---------------------------------------
 
@@ -794,23 +941,31 @@ class Study:
         val = {(name, seed): self._val_scores(name, seed)
                for name in self.models for seed in self.seeds}
         training = {im.sha256 for im in self.dataset.images}
-        # The same function `aigen evaluate` applies to a run's config.json.
-        preprocessing = run_preprocessing({"arguments": vars(self.args)})
+        # The same function `aigen evaluate` applies to a run's config.json, with the protocol's
+        # harmonisation.
+        preprocessing = run_preprocessing({"arguments": vars(self.args)}, self.protocol.harmonize)
+        # Another protocol's files are told apart by its tag: external/NAME@TAG/.
+        label = (lambda n: n) if self.protocol == self.protocols[0] else \
+            (lambda n: f"{n}@{self.protocol.tag}")  # noqa: E731
         for set_name, root in sets.items():
             try:
                 dataset = load_eval_dataset(root, None, preprocessing, regimes,
                                             self.args.workers, self.progress)
                 evaluation, rows, duplicates = evaluate_dataset(
                     dataset, make_scorer(models, regimes), regimes, self.seeds, val, training,
-                    progress=self.progress)
+                    progress=self.progress, harmonize=self.protocol.harmonize)
             except UserError as exc:
                 self.external_skipped[set_name] = str(exc)
                 self._log(f"evaluation set {set_name} skipped: {exc}")
                 continue
+            for row in rows:  # predictions.csv names the models as the run's files do
+                row[3] = self.run_name(row[3])
             self.external_figures[set_name] = write_evaluation(
-                self.work, f"external/{set_name}", set_name, dataset, evaluation, rows, duplicates)
-            self.external[set_name] = {"name": set_name, **evaluation,
-                                       "preprocessing": preprocessing}
+                self.work, f"external/{label(set_name)}", label(set_name), dataset, evaluation,
+                rows, duplicates)
+            self.external[set_name] = {"name": set_name, "protocol": self.protocol.key,
+                                       **evaluation, "preprocessing": preprocessing}
+
     def _val_scores(self, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(labels, prob_ai) of a model on its seed's validation split (for the threshold
         chosen on validation)."""
@@ -855,35 +1010,6 @@ class Study:
         return model_evaluation([self.y_used[r] for r in rows], [list(sources[r]) for r in rows],
                                 probs, thresholds)
 
-    def _robustness_probs(self, u8: dict[str, np.ndarray], specs: dict[str, Any]):
-        """{model: {seed: P(ai)}} for one chunk of perturbed test images (uint8 per spec)."""
-        import torch
-
-        from aigen.data.preprocess import BACKBONE, SCRATCH, to_model_input
-
-        probs: dict[str, dict[int, np.ndarray]] = collections.defaultdict(dict)
-        if "scratch" in specs:
-            X = to_model_input(u8["scratch"], SCRATCH)
-            for seed in self.seeds:
-                probs[SCRATCH_NAME][seed] = self.runs[(SCRATCH_NAME, seed)]["model"].predict_proba(X)
-        if "backbone" in specs:
-            X = to_model_input(u8["backbone"], BACKBONE)
-            for name, backbone in self.backbones.items():
-                # Once per backbone and perturbation, shared by both regimes and all seeds.
-                A = torch.cat([backbone.prefix_activations(X[s:s + PREFIX_CHUNK], self.device)
-                               for s in range(0, len(X), PREFIX_CHUNK)])
-                pooled = None
-                for model_name, info in self.models.items():
-                    if info["backbone"] != name:
-                        continue
-                    if info["regime"] == "frozen" and pooled is None:
-                        pooled = backbone.pooled_features(A, self.device)
-                    inputs = pooled if info["regime"] == "frozen" else A
-                    for seed in self.seeds:
-                        clf = self.runs[(model_name, seed)]["model"]
-                        probs[model_name][seed] = clf.predict_proba_from_prefix(inputs)
-        return probs
-
     # -- results ------------------------------------------------------------------------------
 
     def _model_results(self, name: str) -> dict[str, Any]:
@@ -901,6 +1027,11 @@ class Study:
         result = {
             "regime": info["regime"],
             "backbone": info["backbone"],
+            # Its input protocol; the name of its checkpoints and of its rows in predictions.csv.
+            "protocol": self.protocol.key,
+            "harmonize": self.protocol.harmonize,
+            "augment": "none" if info["regime"] == "scratch" else self.protocol.augment,
+            "run_name": self.run_name(name),
             # backbones: which network and which weights file, exactly
             **{key: info[key] for key in ("architecture", "weights_sha256") if key in info},
             "weights_source": info["weights_source"],
@@ -920,8 +1051,7 @@ class Study:
             result["per_set"] = per_set
         result["val_metrics"] = {"per_seed": per_split["val"],
                                  "aggregate": aggregate_metrics(per_split["val"])}
-        result["checkpoints"] = {str(seed): f"checkpoints/{name}_seed{seed}."
-                                 + ("npz" if info["regime"] == "scratch" else "pt")
+        result["checkpoints"] = {str(seed): self._checkpoint(name, seed, relative=True).as_posix()
                                  for seed in self.seeds}
         # Checked before a checkpoint is loaded again (aigen.study.checkpoints).
         result["checkpoint_sha256"] = {seed: file_sha256(self.work / rel)
@@ -974,17 +1104,22 @@ class Study:
         from aigen import io
 
         with self.timer.stage("evaluate"):
+            protocols = self._protocol_results()
+            self._enter_protocol(self.protocols[0])
             self.results = {
                 "seeds": self.seeds,
-                "models": {name: self._model_results(name) for name in self.models},
+                # The first protocol's, as in a run with one protocol; every protocol's below.
+                "models": protocols[self.protocols[0].key]["models"],
                 "skipped_models": dict(self.skipped_models),
                 "data": self._data_results(),
                 "shortcut_audit": self.shortcut_audit,
-                "robustness": self.robustness,
+                "sweep": self.sweep,
+                "diagnostics": self.diagnostics,
                 "lr_study": self.lr_study,
                 "ci_method": CI_METHOD_TEXT,
                 "threshold": 0.5,
                 "world_size": self.world.world_size,
+                "protocols": protocols,
             }
             if self.args.eval_data:
                 self.results["external"] = self.external
@@ -1004,6 +1139,27 @@ class Study:
         self.config["wall_seconds"] = {**self.timer.seconds, "total": self.timer.total()}
         io.write_json(self.work / "config.json", self.config)
 
+    def _protocol_results(self) -> dict[str, Any]:
+        """results.json["protocols"]: per protocol key, what it is, its models (the per-model
+        records of results["models"]), skipped models, sweep and external evaluations."""
+        out = {}
+        for protocol in self.protocols:
+            self._enter_protocol(protocol)
+            record = {**protocol.record(),
+                      "models": {name: self._model_results(name) for name in self.models},
+                      "skipped_models": dict(self.skipped_models),
+                      "sweep": self.sweep}
+            if "scratch" in self.args.models and not self._trains_scratch():
+                first = next(p for p in self.protocols if p.harmonize == protocol.harmonize)
+                record["scratch_not_augmented"] = (
+                    "the scratch CNN is not augmented: it is trained once per harmonisation, "
+                    f"see protocol {first.key}")
+            if self.args.eval_data:
+                record["external"] = self.external
+                record["external_skipped"] = self.external_skipped
+            out[protocol.key] = record
+        return out
+
     def _write_predictions(self) -> None:
         from aigen import io
 
@@ -1011,19 +1167,24 @@ class Study:
 
         sets = image_sets(self.dataset)
         rows = []
-        for (name, seed), run_ in self.runs.items():
-            assignment = self.splits[seed].assignment
-            for r, i in enumerate(self.used):
-                part = assignment[int(i)]
-                if part in ("train", "val", "test"):
-                    im = self.dataset.images[int(i)]
-                    rows.append([sets[int(i)], path_in_set(self.dataset, im.rel_path), name, seed,
-                                 part, im.label, repr(float(run_["prob"][r]))])
+        for protocol in self.protocols:  # every protocol's models, under their run names
+            self._enter_protocol(protocol)
+            for (name, seed), run_ in self.runs.items():
+                assignment = self.splits[seed].assignment
+                for r, i in enumerate(self.used):
+                    part = assignment[int(i)]
+                    if part in ("train", "val", "test"):
+                        im = self.dataset.images[int(i)]
+                        rows.append([sets[int(i)], path_in_set(self.dataset, im.rel_path),
+                                     self.run_name(name), seed, part, im.label,
+                                     repr(float(run_["prob"][r]))])
+        self._enter_protocol(self.protocols[0])
         io.write_csv(self.work / "predictions.csv",
                      ["set", "path", "model", "seed", "split", "label", "prob_ai"], rows)
 
     def _figures(self) -> dict[str, Any]:
         from aigen.study import figures as fig
+        from aigen.study.report import majority_rate
 
         fdir = self.work / "figures"
         rel = lambda p: p.relative_to(self.work).as_posix()  # noqa: E731
@@ -1033,10 +1194,12 @@ class Study:
         keys = ("model", "seed", "epoch", "train_loss", "train_acc", "val_loss", "val_acc")
         for row in self.history_rows:
             history[row[0]].append(dict(zip(keys, row)))
-        for name in self.models:
-            path = fdir / f"curves_{name}.png"
-            fig.training_curves(history[name], f"{name}: training curves", path)
-            out["curves"][name] = rel(path)
+        for protocol in self.protocols:  # every protocol's models, under their run names
+            for name, info in self.by_protocol[protocol.key]["models"].items():
+                run_name = name if protocol == self.protocols[0] else f"{name}@{protocol.tag}"
+                path = fdir / f"curves_{run_name}.png"
+                fig.training_curves(history[run_name], f"{run_name}: training curves", path)
+                out["curves"][run_name] = rel(path)
         if self.models:
             matrices = {name: m["test_metrics"]["aggregate"]["confusion_matrix"]
                         for name, m in self.results["models"].items()}
@@ -1057,17 +1220,21 @@ class Study:
                            title=f"ROC curves (test split, {per_seed})")
             out["roc"] = rel(fdir / "roc_curves.png")
         out["external"] = self.external_figures
-        if self.robustness.get("models"):
-            fig.robustness_bars(self.robustness["models"], fdir / "robustness.png",
-                                seeds=self.seeds)
-            out["robustness"] = rel(fdir / "robustness.png")
+        out["diagnostics"] = self.diagnostic_figures
+        out["sweep"] = {}
+        for key, perturbation in (self.sweep.get("perturbations") or {}).items():
+            path = fdir / f"sweep_{key}.png"
+            fig.sweep_curves(perturbation, {m: per[key] for m, per in self.sweep["models"].items()},
+                             path, seeds=self.seeds,
+                             majority=majority_rate(self.results))
+            out["sweep"][key] = rel(path)
         if self.lr_study.get("runs"):
             lr_history = []
             for lr in self.lr_study["runs"]:
                 for row in history[f"{SCRATCH_NAME}_lr{lr}"]:
                     lr_history.append({**row, "lr": lr})
             fig.lr_study(self.lr_study["runs"], lr_history, fdir / "lr_study.png",
-                         seeds=self.seeds)
+                         seeds=self.seeds, baseline=majority_rate(self.results))
             out["lr_study"] = rel(fdir / "lr_study.png")
         return out
 
@@ -1081,7 +1248,8 @@ class Study:
             "argv": sys.argv,
             "arguments": arguments,
             "resolved": {"seeds": self.seeds, "hyperparameters": self.hp,
-                         "scratch_lrs": self.lrs, "out": str(self.out)},
+                         "scratch_lrs": self.lrs, "out": str(self.out),
+                         "protocols": [p.record() for p in self.protocols]},
             "started": self.started,
             "device": str(self.device),
             "world_size": self.world.world_size,
@@ -1104,9 +1272,11 @@ class Study:
         from aigen.study.metrics import format_summary
         from aigen.study.report import audit_cells
 
-        rows = [(name, format_summary(m["train_accuracy"]), format_summary(m["val_accuracy"]),
-                 format_summary(m["test_accuracy"]))
-                for name, m in self.results["models"].items()]
+        several = len(self.protocols) > 1  # then each model is named with its protocol
+        rows = [(f"{name} [{key}]" if several else name, format_summary(m["train_accuracy"]),
+                 format_summary(m["val_accuracy"]), format_summary(m["test_accuracy"]))
+                for key, record in self.results["protocols"].items()
+                for name, m in record["models"].items()]
         audit = self.results["shortcut_audit"] or {}
         rows.append(("metadata only (audit)", "–", "–", audit_cells(audit)["accuracy"]))
         # The audit's forest can sit below the majority rate on imbalanced data: show both.
@@ -1117,13 +1287,19 @@ class Study:
         line = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa
         from aigen.study.report import cell_words
 
-        print(f"accuracy, {cell_words(self.seeds)}; data: {self.data_kind}")
+        print(f"accuracy on each split, {cell_words(self.seeds)}; data: {self.data_kind}")
         print(line(header))
         print(line(["-" * w for w in widths]))
         for r in rows:
             print(line(r))
         for name, reason in self.results["skipped_models"].items():
             print(f"skipped {name}: {reason.splitlines()[0][:160]}")
+        from aigen.study.sweep import shortcut_flags
+
+        for flag in shortcut_flags(self.results.get("sweep") or {}):
+            print(f"possible shortcut: {flag['model']} under {flag['perturbation']} "
+                  f"{flag['strength']:g}: {'ROC-AUC' if flag['kind'] == 'ranking' else 'accuracy'}"
+                  f" {flag['clean']:.3f} -> {flag['perturbed']:.3f} (see the report)")
         print(f"report: {self.out / 'report.md'}")
 
 

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "real=photos (one class alone is allowed)")
     parser.add_argument("--models", nargs="+", metavar="NAME", default=None,
                         help="models of the run to evaluate (default: all)")
+    parser.add_argument("--protocol", default=None, metavar="KEY",
+                        help="which input protocol's models, for a run with several (e.g. "
+                             "jpeg:96/none; see docs/study.md; default: the run's first)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="results folder to create (default: results/<timestamp>-eval-NAME)")
     parser.add_argument("--name", metavar="NAME", default=None,
@@ -85,8 +88,12 @@ def run(args: argparse.Namespace) -> int:
     from aigen.io import atomic_folder, check_new_folder, new_results_folder, refuse_inside
     from aigen.study.predict import load_models, read_run
 
+    from aigen.study.protocols import protocol_view, resolve_names
+
     run_dir = Path(args.run).expanduser().resolve()
     results, config = read_run(run_dir)
+    # One protocol's models (under their run names) and its harmonisation.
+    protocol, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
     seeds = check_run(run_dir, results)
     data_root = check_root(args.data).resolve()
     name = set_name(args.name) if args.name else safe_name(data_root.name)
@@ -96,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve().is_relative_to(run_dir):
         raise UserError(f"--out {out} is inside the run folder {run_dir}; choose another "
                         "(evaluation never writes into a run)")
-    names = _chosen_models(run_dir, results, args.models)
+    names = _chosen_models(run_dir, results, resolve_names(args.models, results["models"]))
     class_map = parse_class_args(args.classes) if args.classes else None
     val = run_val_predictions(run_dir, names, seeds)
     training = run_training_sha256(run_dir, results)
-    preprocessing = run_preprocessing(config)
+    preprocessing = run_preprocessing(config, harmonize)
     regimes = {n: results["models"][n]["regime"] for n in names}
     device = resolve_device(args.device)
     backbones: dict[str, Any] = {}  # loaded first: a damaged checkpoint fails before decoding
@@ -111,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
     with atomic_folder(out) as work:
         evaluation, predictions, duplicates = evaluate_dataset(
             dataset, make_scorer(models, regimes), regimes, seeds, val, training,
-            progress=args.progress)
+            progress=args.progress, harmonize=harmonize)
         evaluation = {"command": "aigen evaluate", "name": name, "run": str(run_dir),
-                      **evaluation, "preprocessing": preprocessing}
+                      "protocol": protocol, **evaluation, "preprocessing": preprocessing}
         figures = write_evaluation(work, "", name, dataset, evaluation, predictions, duplicates)
         from aigen import io
         from aigen.study.report import build_evaluation_report
@@ -154,12 +161,12 @@ def _chosen_models(run_dir: Path, results: Mapping[str, Any], names: list[str] |
     return list(dict.fromkeys(names)) if names else available
 
 
-def run_preprocessing(config: Mapping[str, Any]) -> dict[str, Any]:
-    """How the run turned files into model inputs, read from its config.json: every image scored
-    with the run's models goes through this (the pixel limit today; any input protocol the
-    run recorded belongs here too)."""
+def run_preprocessing(config: Mapping[str, Any], harmonize: str = "none") -> dict[str, Any]:
+    """How the run turned files into model inputs: the pixel limit, read from its config.json,
+    and the harmonisation of the protocol whose models score them (aigen.study.protocols).
+    Every image scored with the run's models goes through this."""
     arguments = config.get("arguments") or {}
-    return {"max_pixels": arguments.get("max_pixels") or None}
+    return {"max_pixels": arguments.get("max_pixels") or None, "harmonize": harmonize}
 
 
 def run_val_predictions(run_dir: Path, names: Sequence[str], seeds: Sequence[int]
@@ -218,9 +225,10 @@ def load_eval_dataset(root: Path, class_map, preprocessing: Mapping[str, Any],
     from aigen.data.dataset import format_skip_summary, load_dataset
     from aigen.study.predict import needed_specs
 
+    specs = needed_specs(regimes, preprocessing.get("harmonize", "none"))
     dataset = load_dataset(root, class_map=class_map, max_pixels=preprocessing["max_pixels"],
-                           workers=workers, progress=progress,
-                           specs=tuple(needed_specs(regimes).values()), both=False)
+                           workers=workers, progress=progress, specs=tuple(specs.values()),
+                           both=False)
     if dataset.skipped:
         print(f"{root}: {format_skip_summary(dataset)}", file=sys.stderr)
     return dataset
@@ -246,7 +254,7 @@ def make_scorer(models: Mapping[int, Mapping[str, Any]], regimes: Mapping[str, s
 
 def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds: Sequence[int],
                      val: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
-                     training_sha256: set[str], progress: bool = True
+                     training_sha256: set[str], progress: bool = True, harmonize: str = "none"
                      ) -> tuple[dict[str, Any], list[list[Any]], list[list[Any]]]:
     """Score every usable image of `dataset` with every (model, seed) and compute the metrics.
 
@@ -271,7 +279,7 @@ def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds:
     if used.size == 0:
         raise UserError(f"{dataset.root}: no image left to evaluate (all {len(duplicates)} usable "
                         "image(s) are exact copies of the run's data)")
-    specs = needed_specs(regimes)
+    specs = needed_specs(regimes, harmonize)  # the models' own inputs (their protocol's)
     y = dataset.labels[used]
     sources = [source_of(dataset.images[int(i)].rel_path, dataset.class_folders) for i in used]
     probs = {key: np.empty(used.size) for key in ((n, s) for n in regimes for s in seeds)}

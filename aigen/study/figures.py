@@ -26,7 +26,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, path: str | os.PathLike):
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        # "tight": the saved image grows to hold what lies outside the axes (legends, labels)
+        fig.savefig(tmp, format="png", bbox_inches="tight", pad_inches=0.05)
 
 
 def _colors(n: int) -> list:
@@ -62,15 +63,42 @@ def seeds_words(seeds: Sequence[Any]) -> str:
     return f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(seeds)} seeds"
 
 
+def _baseline_line(ax, baseline: float | None) -> None:
+    """A dotted horizontal line at the majority-class rate (labelled), or at 0.5 without one."""
+    if baseline is None:
+        ax.axhline(0.5, color="grey", ls=":", lw=1, label="0.5")
+    else:
+        ax.axhline(baseline, color="grey", ls=":", lw=1.2,
+                   label=f"majority class ({baseline:.3f})")
+
+
 def _n_seeds(summaries: Sequence[Mapping[str, Any]]) -> int:
     """How many seeds a list of metrics.summarize records covers (the most defined values)."""
     return max((len([v for v in s.get("per_seed", []) if v is not None]) for s in summaries),
                default=0)
 
 
+def _epoch_axis(ax, epochs: Sequence[int]) -> None:
+    """Whole epochs on the x axis; a single epoch sits in the middle of a one-epoch-wide axis."""
+    epochs = sorted(set(epochs))
+    if len(epochs) <= 12:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(epochs) == 1:
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+
+
+# Train and validation curves: solid with filled circles, dashed with open squares (told apart
+# even when a single epoch leaves one point per curve).
+TRAIN_STYLE = {"ls": "-", "marker": "o"}
+VAL_STYLE = {"ls": "--", "marker": "s", "fillstyle": "none"}
+
+
 def training_curves(history: Sequence[Mapping[str, Any]], title: str,
                     path: str | os.PathLike):
-    """Loss and accuracy per epoch, train (solid) and validation (dashed), one colour per seed.
+    """Loss and accuracy per epoch, train (solid, circles) and validation (dashed, open squares),
+    one colour per seed; markers only with few epochs.
 
     `history` rows are dicts with "seed", "epoch", "train_loss", "val_loss", "train_acc", "val_acc".
     """
@@ -80,17 +108,17 @@ def training_curves(history: Sequence[Mapping[str, Any]], title: str,
     for seed, color in zip(seeds, _colors(len(seeds))):
         rows = sorted((r for r in history if r["seed"] == seed), key=lambda r: r["epoch"])
         epochs = [r["epoch"] for r in rows]
+        few = {} if len(epochs) < 6 else {"marker": None}
         for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
-            marker = "o" if len(epochs) < 3 else None
-            ax.plot(epochs, [r[f"train_{key}"] for r in rows], color=color, marker=marker,
-                    label=f"seed {seed} train")
-            ax.plot(epochs, [r[f"val_{key}"] for r in rows], color=color, ls="--", marker=marker,
-                    label=f"seed {seed} val")
+            ax.plot(epochs, [r[f"train_{key}"] for r in rows], color=color,
+                    **{**TRAIN_STYLE, **few}, label=f"seed {seed} train")
+            ax.plot(epochs, [r[f"val_{key}"] for r in rows], color=color,
+                    **{**VAL_STYLE, **few}, label=f"seed {seed} val")
     ax_loss.set(xlabel="epoch", ylabel="loss (BCE)", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _epoch_axis(ax, [r["epoch"] for r in history])
     _legend_outside(ax_acc, ncols=2 if len(seeds) > 4 else 1)
     fig.suptitle(title)
     _save(fig, path)
@@ -149,39 +177,55 @@ def roc_curves(curves: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]],
     return fig
 
 
-def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.PathLike,
-                    title: str | None = None, seeds: Sequence[Any] | None = None):
-    """Grouped bars: per model, the clean accuracy then each perturbation's (with several seeds
-    their mean, the std as error bar; with one seed that seed's value, no error bar). The default
-    title says which (`seeds` names the seed of a one-seed run).
+def sweep_curves(perturbation: Mapping[str, Any], models: Mapping[str, Sequence[Mapping]],
+                 path: str | os.PathLike, chance: float | None = 0.5,
+                 seeds: Sequence[Any] | None = None, majority: float | None = None):
+    """One perturbation of the degradation sweep: accuracy (left) and ROC-AUC (right) against
+    strength, mild to severe left to right; one line per model (its own colour, line style and
+    marker), a band for the 95% CI over seeds (none with one seed); legend outside the axes.
 
-    `models` is results.json's robustness["models"]: {name: {"clean": summary,
-    "perturbed": {perturbation: summary}}}.
+    `perturbation` is results.json's sweep["perturbations"][key]; `models` maps a model name to
+    its sweep points for that perturbation ([clean point, point per strength]); `seeds` names
+    the seed of a one-seed run in the title; `majority` (the larger class's share, the accuracy
+    to beat) is drawn on the accuracy panel.
     """
-    names = list(models)
-    perturbations = list(next(iter(models.values()))["perturbed"]) if models else []
-    conditions = ["clean", *perturbations]
-    n_seeds = _n_seeds([models[n]["clean"] for n in names])
-    if title is None:
-        which = seeds_words(seeds) if seeds else (
-            f"mean over {n_seeds} seeds" if n_seeds > 1 else "one seed")
-        title = f"Test accuracy under perturbations ({which})"
-    fig = _figure(max(7.0, 1.2 * len(names) * len(conditions) / 3 + 3), 4.2)
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(conditions))
-    x = np.arange(len(names))
-    for k, (cond, color) in enumerate(zip(conditions, _colors(len(conditions)))):
-        summaries = [models[n]["clean"] if cond == "clean" else models[n]["perturbed"][cond]
-                     for n in names]
-        means = [s["mean"] if s["mean"] is not None else np.nan for s in summaries]
-        stds = [s["std"] or 0.0 for s in summaries] if n_seeds > 1 else None
-        ax.bar(x + (k - (len(conditions) - 1) / 2) * width, means, width, yerr=stds,
-               color=color, label=cond, capsize=2)
-    ax.axhline(0.5, color="grey", ls=":", lw=1)
-    ax.set_xticks(x, names, rotation=15 if len(names) > 3 else 0, fontsize="small")
-    ax.set(ylabel="test accuracy", ylim=(0, 1.05), title=title)
-    ax.grid(axis="y", alpha=0.3)
-    _legend_outside(ax)
+    fig = _figure(10.5, 3.9)
+    axes = fig.subplots(1, 2)
+    labels = ["clean"] + [f"{s:g}" for s in perturbation["strengths"]]
+    x = np.arange(len(labels))
+    n_seeds, n_images = 1, set()
+    for (name, points), style in zip(models.items(), _styles(len(models))):
+        style = {**style, "markevery": 1, "fillstyle": "full"}
+        for ax, metric in zip(axes, ("accuracy", "roc_auc")):
+            summaries = [p[metric] for p in points]
+            mean = np.array([np.nan if s["mean"] is None else s["mean"] for s in summaries])
+            ax.plot(x, mean, **style, label=name if metric == "roc_auc" else None)
+            defined = _n_seeds(summaries)
+            n_seeds = max(n_seeds, defined)
+            if defined > 1:
+                lo = [np.nan if not s.get("ci95") else s["ci95"][0] for s in summaries]
+                hi = [np.nan if not s.get("ci95") else s["ci95"][1] for s in summaries]
+                ax.fill_between(x, lo, hi, color=style["color"], alpha=0.15, lw=0)
+        n_images.update(n for p in points for n in p["n"])
+    for ax, metric in zip(axes, ("accuracy", "ROC-AUC")):
+        if chance is not None:
+            ax.axhline(chance, color="grey", ls=":", lw=1, label="chance" if metric == "ROC-AUC"
+                       else None)
+        ax.set_xticks(x, labels)
+        ax.set(xlabel=f"{perturbation['parameter']} (mild → severe)", ylabel=f"test {metric}",
+               ylim=(0, 1.02), title=metric if metric == "ROC-AUC" else "accuracy (threshold 0.5)")
+        ax.grid(alpha=0.3)
+    band = (f"mean over {n_seeds} seeds, bands: 95% CI" if n_seeds > 1
+            else (seeds_words(seeds) if seeds else "one seed") + ", no band")
+    n_text = (f"n = {min(n_images)}" + (f"–{max(n_images)}" if len(n_images) > 1 else "")
+              + " test images per seed") if n_images else "no test image"
+    fig.suptitle(f"Degradation sweep: {perturbation['title']} ({n_text}; {band})",
+                 fontsize="medium")
+    if majority is not None:
+        axes[0].axhline(majority, color="black", ls=(0, (1, 3)), lw=1)
+        axes[0].annotate(f"majority class {majority:.2f}", (x[-1], majority), fontsize="x-small",
+                         ha="right", va="bottom", xytext=(0, 2), textcoords="offset points")
+    _legend_outside(axes[1])
     _save(fig, path)
     return fig
 
@@ -189,10 +233,11 @@ def robustness_bars(models: Mapping[str, Mapping[str, Any]], path: str | os.Path
 def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
              history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
              title: str = "Scratch CNN: learning-rate sensitivity",
-             seeds: Sequence[Any] | None = None):
+             seeds: Sequence[Any] | None = None, baseline: float | None = None):
     """Left: train/val/test accuracy per learning rate (mean ± std over seeds as error bar; one
     seed: its value, no error bar). Right: train and validation loss per epoch per learning rate
-    (mean over seeds). The panel titles say "mean over N seeds" or "seed K".
+    (mean over seeds). The panel titles say "mean over N seeds" or "seed K". The dotted line is
+    `baseline` (the majority-class rate: a learning rate that learnt nothing sits on it), or 0.5.
 
     `lr_results` is results.json's lr_study["runs"]: {lr string: {"train_accuracy", ...}};
     `history` rows carry an "lr" key besides the training_curves fields.
@@ -211,20 +256,20 @@ def lr_study(lr_results: Mapping[str, Mapping[str, Any]],
         stds = [s["std"] or 0.0 for s in summaries] if n_seeds > 1 else None
         ax_bar.bar(x + (k - 1) * width, [s["mean"] for s in summaries], width,
                    yerr=stds, color=color, label=split, capsize=2)
-    ax_bar.axhline(0.5, color="grey", ls=":", lw=1)
+    _baseline_line(ax_bar, baseline)
     ax_bar.set_xticks(x, [f"lr {lr}" for lr in lrs])
     ax_bar.set(ylabel="accuracy", ylim=(0, 1.05), title=f"accuracy per learning rate ({which})")
     _legend_outside(ax_bar)
     for lr, color in zip(lrs, _colors(len(lrs))):
         rows = [r for r in history if str(r["lr"]) == lr]
         epochs = sorted({r["epoch"] for r in rows})
-        for key, ls in (("train_loss", "-"), ("val_loss", "--")):
+        few = {} if len(epochs) < 6 else {"marker": None}
+        for key, style in (("train_loss", TRAIN_STYLE), ("val_loss", VAL_STYLE)):
             means = [np.mean([r[key] for r in rows if r["epoch"] == e]) for e in epochs]
-            ax_curve.plot(epochs, means, color=color, ls=ls,
-                          marker="o" if len(epochs) < 3 else None,
+            ax_curve.plot(epochs, means, color=color, **{**style, **few},
                           label=f"lr {lr} {key.split('_')[0]}")
     ax_curve.set(xlabel="epoch", ylabel="loss (BCE)", title=f"loss per epoch ({which})")
-    ax_curve.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_axis(ax_curve, [r["epoch"] for r in history])
     _legend_outside(ax_curve)
     for ax in (ax_bar, ax_curve):
         ax.grid(alpha=0.3)

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", action="append", default=None, metavar="NAME",
                         help="model to use, e.g. efficientnet_lite0_finetuned; repeat for several "
                              "(default: every model of the run)")
+    parser.add_argument("--protocol", default=None, metavar="KEY",
+                        help="which input protocol's models, for a run with several (e.g. "
+                             "jpeg:96/none; see docs/study.md; default: the run's first)")
     parser.add_argument("--seed", type=seed, default=None, metavar="K",
                         help="which seed's checkpoint (default: the run's first seed)")
     parser.add_argument("--weights", action="append", metavar="NAME=PATH", default=None,
@@ -159,13 +162,14 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
     return models
 
 
-def needed_specs(regimes: Mapping[str, str]) -> dict[str, Any]:
-    """{"scratch"/"backbone": Spec} of the inputs models of these regimes take."""
+def needed_specs(regimes: Mapping[str, str], harmonize: str = "none") -> dict[str, Any]:
+    """{"scratch"/"backbone": Spec} of the inputs models of these regimes take, under the
+    harmonisation of their protocol (aigen.study.protocols)."""
     from aigen.data.preprocess import BACKBONE, SCRATCH
 
     kinds = {"scratch" if r == "scratch" else "backbone" for r in regimes.values()}
-    return {key: spec for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE))
-            if key in kinds}
+    return {key: spec.harmonized(harmonize)
+            for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE)) if key in kinds}
 
 
 BATCH = 32  # images scored together (bounds the memory of the 224x224 inputs)
@@ -176,18 +180,26 @@ def score(models: dict[str, Any], results: dict, batch: dict[str, Any],
     """{model name: prob_ai array} for a batch of model inputs {spec name: float32 array}.
 
     Backbone prefix activations are computed once per backbone and shared by its models (and by
-    further calls on the same batch that pass the same `prefix` dict).
+    further calls on the same batch that pass the same `prefix` dict); so are the pooled features
+    of its pretrained stage, the input of every frozen model's head (all seeds alike).
     """
     prefix = {} if prefix is None else prefix
     probs = {}
     for name, model in models.items():
-        if results["models"][name]["regime"] == "scratch":
+        regime = results["models"][name]["regime"]
+        if regime == "scratch":
             probs[name] = model.predict_proba(batch["scratch"])
             continue
         backbone = model.backbone
         if backbone.name not in prefix:
             prefix[backbone.name] = backbone.prefix_activations(batch["backbone"], model.device)
-        probs[name] = model.predict_proba_from_prefix(prefix[backbone.name])
+        inputs = prefix[backbone.name]
+        if regime == "frozen":  # its stage is the backbone's own: the same features for every seed
+            key = (backbone.name, "pooled")
+            if key not in prefix:
+                prefix[key] = backbone.pooled_features(inputs, model.device)
+            inputs = prefix[key]
+        probs[name] = model.predict_proba_from_prefix(inputs)
     return probs
 
 
@@ -206,18 +218,24 @@ def run(args: argparse.Namespace) -> int:
     from aigen.device import resolve_device
     from aigen.io import escape_undecodable
 
+    from aigen.study.protocols import protocol_view, resolve_names
+
     run_dir = Path(args.run)
     results, config = read_run(run_dir)
+    # One protocol's models, under their run names, with that protocol's harmonisation.
+    _, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
     files = list(iter_files(args.paths))  # a missing path fails now, before any model is loaded
     device = resolve_device(args.device)
-    models = load_models(run_dir, results, config, args.model, args.seed, args.weights, device)
+    models = load_models(run_dir, results, config, resolve_names(args.model, results["models"]),
+                         args.seed, args.weights, device)
     seed = chosen_seed(results, args.seed)
     if results.get("data", {}).get("kind") == "synthetic":
         print(f"aigen predict: warning: the run {run_dir} was trained on the embedded synthetic "
               "proxy data, not on real AI-generated images: its scores say nothing about real "
               "images", file=sys.stderr)
     max_pixels = config.get("arguments", {}).get("max_pixels") or None
-    specs = needed_specs({n: m["regime"] for n, m in results["models"].items() if n in models})
+    specs = needed_specs({n: m["regime"] for n, m in results["models"].items() if n in models},
+                         harmonize)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["path", "model", "seed", "prob_ai", "label"])  # one layout for any --model
     n_skipped = 0

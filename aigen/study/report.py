@@ -32,20 +32,12 @@ def seed_words(seeds: Sequence[Any]) -> str:
 
 
 def cell_words(seeds: Sequence[Any]) -> str:
-    """What a table cell is: the mean ± std over seeds, or with one seed that seed's value."""
-    if len(list(seeds)) == 1:
-        return f"{seed_words(seeds)}, no spread over seeds: each value is that seed's"
+    """What a table cell is: 'mean ± sample standard deviation over 3 seeds (0, 1, 2)', or with
+    one seed 'values of seed 0' (no spread over seeds exists to show)."""
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return f"values of seed {seeds[0]}"
     return f"mean ± sample standard deviation over {seed_words(seeds)}"
-
-
-def robustness_change(perturbed: Mapping[str, Any]) -> float | None:
-    """perturbed − clean accuracy (negative = worse) of one robustness entry; results.json stores
-    it as "change" (runs written before that stored "drop" = clean − perturbed)."""
-    if perturbed.get("change") is not None:
-        return float(perturbed["change"])
-    if perturbed.get("drop") is not None:
-        return -float(perturbed["drop"]) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return None
 
 
 def majority_rate(results: Mapping[str, Any]) -> float | None:
@@ -61,7 +53,6 @@ def majority_rate(results: Mapping[str, Any]) -> float | None:
 # ---- the Summary at the top of report.md -------------------------------------------------------
 
 MAJORITY_TOLERANCE = 0.01  # an accuracy this close to the majority-class rate learnt nothing
-SHORTCUT_CHANGE = -0.05  # a robustness change at or below this is called a loss in the Summary
 
 
 def _interval(summary: Mapping[str, Any] | None) -> list[float] | None:
@@ -72,7 +63,7 @@ def _interval(summary: Mapping[str, Any] | None) -> list[float] | None:
 
 
 def _with_ci(value: float, ci: Sequence[float] | None) -> str:
-    return f"{value:.3f}" + (f" (95% CI [{ci[0]:.3f}, {ci[1]:.3f}])" if ci else "")
+    return f"{value:.3f}" + (f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
 
 def _ci_source(results: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
@@ -82,7 +73,7 @@ def _ci_source(results: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
     n_test = sum(int(splits[str(s)]["test"]) for s in seeds if str(s) in splits)
     images = f"{n_test} test images" if n_test else "test images"
     if len(seeds) == 1:
-        return f"{seed_words(seeds)}; CI: Wilson interval over its {images}"
+        return f"one seed, seed {seeds[0]}; CI: Wilson interval over its {images}"
     if summary.get("ci_method") == "wilson":
         return (f"mean over {seed_words(seeds)}; every seed scored the same, so the CI is the "
                 f"Wilson interval over all seeds' {images}")
@@ -101,27 +92,37 @@ def _compare(ci: Sequence[float] | None, value: float, other: float,
     return "does not clearly beat"
 
 
-def _robustness_sentence(results: Mapping[str, Any]) -> str | None:
-    rob = results.get("robustness") or {}
+def _sweep_sentence(results: Mapping[str, Any]) -> str | None:
+    """The degradation sweep in one sentence: the shortcut flags, else the largest accuracy
+    change (perturbed − clean, negative = worse) at a mild strength."""
+    from aigen.study.sweep import MILD, PERTURBATIONS, flag_text, judged_models, shortcut_flags
+
+    sweep = results.get("sweep") or {}
+    if not sweep.get("models"):
+        return None
+    head = (f"**Degradation sweep** ({sweep.get('n_images', '?')} test images of both classes "
+            "re-encoded, blurred, downscaled, noised)")
+    flags = shortcut_flags(sweep)
+    if flags:
+        more = f" ({len(flags) - 1} more in the sweep section)" if len(flags) > 1 else ""
+        return f"{head}: **possible shortcut**: {flag_text(flags[0])}{more}"
     changes = []
-    for model, r in (rob.get("models") or {}).items():
-        for name, p in r["perturbed"].items():
-            change = robustness_change(p)
-            if change is not None:
-                changes.append((change, model, name, r["clean"].get("mean"), p.get("mean")))
+    judged = judged_models(sweep)
+    if not judged:
+        return f"{head}: {_judged_text(sweep)}."
+    for model in judged:
+        for key, points in sweep["models"][model].items():
+            for point in points[1:]:
+                change = point["accuracy"].get("change")
+                if change is not None and point["strength"] in MILD.get(key, ()):
+                    changes.append((change, model, key, point["strength"]))
     if not changes:
         return None
-    change, model, name, clean, perturbed = min(changes, key=lambda c: (c[0], c[1], c[2]))
-    if change > 0:  # no perturbation made anything worse: report the largest move instead
-        change, model, name, clean, perturbed = max(changes, key=lambda c: abs(c[0]))
-    text = (f"**Robustness** ({rob.get('n_images', '?')} test images re-encoded or downscaled): "
-            f"the largest change vs clean accuracy (perturbed − clean, negative = worse) is "
-            f"{change:+.3f}, `{model}` under `{name}` ({clean:.3f} → {perturbed:.3f})")
-    if change <= SHORTCUT_CHANGE:
-        return text + ("; a model that loses accuracy when only compression or resolution change "
-                       "may rely on such file-level cues.")
-    return text + (f"; every change is above {SHORTCUT_CHANGE:+.2f}: no sign that a model "
-                   "relies on compression or resolution cues.")
+    change, model, key, strength = min(changes, key=lambda c: (c[0], c[1], c[2]))
+    label = PERTURBATIONS[key].label(strength) if key in PERTURBATIONS else strength
+    return (f"{head}: at the mild strengths the largest accuracy change (perturbed − clean, "
+            f"negative = worse) is {change:+.3f}, `{model}` under {key} {label}; no model lost "
+            f"more than half of its margin over chance there; {_judged_text(sweep)}.")
 
 
 def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
@@ -145,7 +146,7 @@ def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
     mean, ci, model, set_name, test, chance = best
     beats = "clearly beats" if ci and ci[0] > chance else "does not clearly beat"
     text = (f"**Transfer to other data**: the best is `{model}` on `{set_name}`, accuracy "
-            f"{_with_ci(mean, ci)}" + (f" against {test:.3f} in distribution" if test is not None
+            f"{_with_ci(mean, ci)}" + (f" (in distribution: {test:.3f})" if test is not None
                                        else "") + f", which {beats} the larger class's share "
             f"({chance:.3f})")
     falls = [(e[4] - e[0], e) for e in entries if e[4] is not None and e[4] > e[0]]
@@ -159,8 +160,8 @@ def _transfer_sentence(results: Mapping[str, Any]) -> str | None:
 
 def summary_section(results: Mapping[str, Any]) -> list[str]:
     """The report's first section, from results.json alone: the best model with its CI, whether
-    it clearly beats the metadata-only audit and the majority-class rate, the largest robustness
-    change, the transfer results (when there are any) and a flag when the metadata alone does as
+    it clearly beats the metadata-only audit and the majority-class rate, the degradation sweep's
+    shortcut flags (or its largest change at a mild strength), the transfer results (when there are any) and a flag when the metadata alone does as
     well as the best model. "Clearly beats" means the 95% CIs do not overlap."""
     out = ["## Summary", ""]
     if (results.get("data") or {}).get("kind") == "synthetic":
@@ -195,8 +196,8 @@ def summary_section(results: Mapping[str, Any]) -> list[str]:
                      f"({majority:.3f}, always answering the larger class)")
     if parts:
         out.append(f"- **Against the baselines**, `{best}` " + " and ".join(parts)
-                   + " (\"clearly\": the 95% intervals do not overlap).")
-    sentence = _robustness_sentence(results)
+                   + ". \"Clearly\": the 95% intervals do not overlap.")
+    sentence = _sweep_sentence(results)
     if sentence:
         out.append(f"- {sentence}")
     sentence = _transfer_sentence(results)
@@ -211,6 +212,7 @@ def summary_section(results: Mapping[str, Any]) -> list[str]:
     if majority is not None and (ci[0] if ci else mean) <= majority:
         out.append("- **No model clearly beats the majority-class rate**: nothing here shows "
                    "that the classes can be told apart.")
+    out += [f"- {flag}" for flag in shortcut_flags(results)]  # raw vs harmonised inputs
     return out + [""]
 
 
@@ -351,13 +353,14 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
     else:
         varies = "each seed has its own split and initialisation"
     if len(seeds) == 1:
-        varies = ("with more seeds the spread over splits and initialisations would show; the "
-                  "test CI below covers only the finite number of test images")
-    ci_method = results["ci_method"]
-    if len(seeds) == 1:
-        ci_method = ("95% CI of the test accuracy: the Wilson score interval over the test "
-                     "images of that one seed.")
-    out.append(f"Accuracy on each split, {cell_words(seeds)}; {varies}. {ci_method}")
+        out.append(f"Accuracy on each split with {seed_words(seeds)}, so no spread over seeds "
+                   "is shown. 95% CI of the test accuracy: the Wilson score interval over the "
+                   "test images of that one seed; it covers the finite number of test images, "
+                   "not the variation between splits and initialisations that more seeds would "
+                   "show.")
+    else:
+        out.append(f"Accuracy on each split, {cell_words(seeds)}; {varies}. "
+                   + results["ci_method"])
     out.append("")
     out += _protocol_lines(results)
     rows = []
@@ -383,7 +386,8 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
         per_class_rows.append([f"`{name}`"] + [format_summary(agg[c][k]) for c in ("ai", "real")
                                                for k in ("precision", "recall", "f1")])
     if per_class_rows:
-        out.append(f"Per class on the test split ({cell_words(seeds)}):")
+        out.append("Per class on the test split ("
+                   + (f"seed {seeds[0]}" if len(seeds) == 1 else cell_words(seeds)) + "):")
         out.append("")
         out.append(_table(["model", "ai precision", "ai recall", "ai F1", "real precision",
                            "real recall", "real F1"], per_class_rows))
@@ -394,7 +398,7 @@ def _comparison_section(results: Mapping[str, Any], figures: Mapping[str, Any]) 
             out.append("")
     if figures.get("confusion"):
         out.append(("Confusion matrices are summed over seeds" if len(seeds) > 1 else
-                    f"Confusion matrices of {seed_words(seeds)}")
+                    f"Confusion matrices of seed {seeds[0]}")
                    + " (rows: true class, columns: predicted).")
         out.append("")
     curves = figures.get("curves", {})
@@ -448,7 +452,8 @@ def lr_failures(results: Mapping[str, Any]) -> list[str]:
             why.append(f"its test accuracy ({mean:.3f}) is at the majority-class rate "
                        f"({majority:.3f}, always answering the larger class)")
         if single:
-            which = "every seed" if len(single) == len(results.get("seeds") or ()) else \
+            every = len(single) == len(results.get("seeds") or ()) and len(single) > 1
+            which = "every seed" if every else \
                 "seed" + ("s " if len(single) > 1 else " ") + ", ".join(map(str, single))
             why.append(f"it answered one class for every test image ({which})")
         out.append(f"**Learning rate {lr} did not learn**: " + " and ".join(why) + ". Training at this "
@@ -459,35 +464,146 @@ def lr_failures(results: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _robustness_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
-    rob = results.get("robustness")
-    if not rob or not rob.get("models"):
+def _sweep_cell(point: Mapping[str, Any], metric: str) -> str:
+    """'0.850 (-0.030)': mean over seeds and change from the clean point (negative = worse)."""
+    summary = point[metric]
+    text = format_summary(summary)
+    change = summary.get("change")
+    if point["strength"] is None or change is None or text == "–":
+        return text
+    return f"{text} ({round(change, 3) + 0.0:+.3f})"  # + 0.0: no "-0.000"
+
+
+def sweep_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
+    """The degradation sweep: what it does, a table per metric, one figure per perturbation, and
+    plain flags where a model collapses under a mild degradation (sweep.shortcut_flags)."""
+    from aigen.study.sweep import flag_text, shortcut_flags
+
+    sweep = results.get("sweep")
+    if not sweep or not sweep.get("models"):
         return []
-    names = list(rob["perturbations"])
-    out = ["## Robustness", ""]
+    models = list(sweep["models"])
+    perts = sweep["perturbations"]
+    out = ["## Degradation sweep", ""]
     out.append(
-        f"Test accuracy after perturbing the test images ({rob['n_images']} distinct test "
-        "images over all seeds, perturbed in memory, then preprocessed exactly like the "
-        f"data); {cell_words(results['seeds'])}, then in parentheses the change vs clean "
-        "(perturbed − clean accuracy; negative = worse). A model that relied on compression or "
-        "resolution cues would lose accuracy here."
+        f"Every model scored again on its seed's test images ({sweep['n_images']} distinct test "
+        "images over all seeds, both classes alike), each image decoded at its stored resolution, "
+        "degraded in memory, then preprocessed like every other image. **How to read it:** a "
+        "model that learnt what the images show keeps most of its accuracy and ROC-AUC under the "
+        "mild strengths (left of each figure) and declines gradually; one that relied on "
+        "compression or resampling traces falls towards chance (0.5) as soon as they change. "
+        "A drop in accuracy with a steady ROC-AUC means the scores moved but still rank the "
+        "images (the threshold 0.5 no longer fits). The clean column is the same full-resolution "
+        "decode without degradation (it can differ slightly from the comparison table, whose "
+        "large JPEGs were decoded at reduced scale)."
     )
     out.append("")
-    out += [f"- `{n}`: {d}" for n, d in rob["perturbations"].items()]
+    out += [f"- **{p['title']}** ({p['parameter']} "
+            f"{', '.join(f'{s:g}' for s in p['strengths'])}): {p['description']}."
+            for p in perts.values()]
     out.append("")
-    rows = []
-    for model, r in rob["models"].items():
-        cells = [f"`{model}`", format_summary(r["clean"])]
-        for n in names:
-            p = r["perturbed"][n]
-            change = robustness_change(p)
-            cells.append(format_summary(p) + ("" if change is None else f" ({change:+.3f})"))
-        rows.append(cells)
-    out.append(_table(["model", "clean", *[f"{n} (change vs clean)" for n in names]], rows))
-    out.append("")
-    if figures.get("robustness"):
-        out.append(_figure(figures["robustness"], "robustness"))
+    for metric, title in (("accuracy", "Test accuracy"), ("roc_auc", "Test ROC-AUC")):
+        rows = []
+        for key, p in perts.items():
+            for k, point in enumerate(sweep["models"][models[0]][key]):
+                if k == 0 and key != "format_swap":
+                    if rows:
+                        continue  # every other perturbation shares the first one's clean point
+                    label = "clean"
+                elif k == 0:
+                    label = f"{p['title']}: clean, on its images only (n={_n_text(point['n'])})"
+                else:
+                    label = f"{p['title']}, {p['parameter']} {point['strength']:g}"
+                rows.append([label, *[_sweep_cell(sweep["models"][m][key][k], metric)
+                                      for m in models]])
+        out.append(f"{title} ({cell_words(results['seeds'])}); in parentheses the change vs "
+                   "clean (perturbed − clean; negative = worse):")
         out.append("")
+        out.append(_table(["condition", *[f"`{m}`" for m in models]], rows))
+        out.append("")
+    for key, path in (figures.get("sweep") or {}).items():
+        out.append(_figure(path, f"degradation sweep: {perts[key]['title']}"))
+    out.append("")
+    flags = shortcut_flags(sweep)
+    if flags:
+        out.append("**Possible shortcuts** (at a mild strength a model lost more than half of "
+                   "its margin over chance):")
+        out.append("")
+        out += [f"- {flag_text(f)}" for f in flags]
+    else:
+        out.append(f"No model lost more than half of its margin over chance under a mild "
+                   "degradation (JPEG quality ≥ 75, downscaling to ≥ 0.5, blur σ ≤ 1, noise "
+                   f"σ ≤ 5, the format swap); {_judged_text(sweep)}.")
+    out.append("")
+    return out
+
+
+def _judged_text(sweep: Mapping[str, Any]) -> str:
+    """Which models the shortcut flags could judge (those clearly above chance when clean)."""
+    from aigen.study.sweep import MIN_MARGIN, judged_models
+
+    judged = judged_models(sweep)
+    if not judged:
+        return (f"no model is {MIN_MARGIN:g} or more above chance on clean images, so the sweep "
+                "cannot show a shortcut")
+    left = [m for m in sweep["models"] if m not in judged]
+    return ("models judged: " + ", ".join(f"`{m}`" for m in judged)
+            + (f" (not {', '.join(f'`{m}`' for m in left)}: within {MIN_MARGIN:g} of chance on "
+               "clean images)" if left else ""))
+
+
+def _n_text(n: Sequence[int]) -> str:
+    values = sorted(set(n))
+    return "–" if not values else str(values[0]) if len(values) == 1 else \
+        f"{values[0]}–{values[-1]}"
+
+
+def diagnostics_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> list[str]:
+    """What the models look at: the classes' frequency spectra, Grad-CAM of every backbone model,
+    the scratch CNN's filters and activation maps; each explained in a sentence or two."""
+    diag = results.get("diagnostics") or {}
+    figs = figures.get("diagnostics") or {}
+    if not diag:
+        return []
+    out = ["## What the models look at", ""]
+    from aigen.data.spectra import spectra_markdown
+
+    out += spectra_markdown(diag.get("spectra"), figs.get("spectra"))
+    gradcam = diag.get("gradcam") or {}
+    if gradcam:
+        seed = next(iter(gradcam.values()))["seed"]
+        out += ["### Grad-CAM heat maps", ""]
+        out.append(
+            f"For each backbone model (seed {seed}), test images of each class, classified "
+            "correctly and wrongly (the most confident first), with the Grad-CAM map of its "
+            "decision overlaid: the regions whose features in the last convolutional stage pushed "
+            "it towards the class it chose (red: most). The maps are coarse (the stage's 7×7 "
+            "grid, enlarged). **How to read it:** maps on the subject and its structures suggest "
+            "the model uses content; maps that hug borders or corners, text or watermarks, or "
+            "spread evenly over flat texture and sky suggest it uses something else (framing, "
+            "compression or noise texture). The wrong rows show what misleads it.")
+        out.append("")
+        for name in gradcam:
+            path = (figs.get("gradcam") or {}).get(name)
+            if path:
+                out.append(_figure(path, f"Grad-CAM {name}"))
+        out.append("")
+    scratch = diag.get("scratch_filters")
+    if scratch:
+        out += ["### The scratch CNN's filters", ""]
+        out.append(
+            f"The {scratch['filters']} learned 3×3 filters of `scratch_cnn` (seed "
+            f"{scratch['seed']}; red: positive weights, blue: negative) and each filter's "
+            "activation map (ReLU of the convolution) on test images of both classes. **How to "
+            "read it:** filters with a clear sign pattern detect edges or gradients in one "
+            "direction, and their maps outline shapes; a filter whose weights share one sign "
+            "measures local brightness, and one that lights up evenly over a whole image of one "
+            "class carries brightness or texture statistics rather than shapes. At 32×32 grey, "
+            "the model sees only coarse structure: no fine detail, no colour.")
+        out.append("")
+        if figs.get("scratch_filters"):
+            out.append(_figure(figs["scratch_filters"], "scratch CNN filters"))
+            out.append("")
     return out
 
 
@@ -495,8 +611,9 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
                  figures: Mapping[str, Any]) -> str:
     """The report as Markdown text.
 
-    `figures` maps "exploration" (list), "confusion", "roc", "robustness", "lr_study" (paths) and
-    "curves" ({model: path}) to paths relative to the results folder.
+    `figures` maps "exploration" (list), "confusion", "roc", "lr_study" (paths), "curves" ({model:
+    path}), "sweep" ({perturbation: path}) and "diagnostics" ({"spectra": path, "gradcam": {model:
+    path}, "scratch_filters": path}) to paths relative to the results folder.
     """
     env = config.get("environment", {})
     git = env.get("git") or {}
@@ -521,8 +638,10 @@ def build_report(results: Mapping[str, Any], config: Mapping[str, Any],
     out += _comparison_section(results, figures)
     out += test_metrics_section(results)
     out += per_set_section(results)
+    out += protocols_section(results)
     out += _lr_section(results, figures)
-    out += _robustness_section(results, figures)
+    out += sweep_section(results, figures)
+    out += diagnostics_section(results, figures)
     out += transfer_section(results, figures)
     return "\n".join(out).rstrip() + "\n"
 
@@ -598,10 +717,10 @@ def per_set_section(results: Mapping[str, Any]) -> list[str]:
         return []
     out = ["### Test split per training set", ""]
     out.append(
-        "Each model on the test images of each training set (the threshold 0.5, and the one "
-        "chosen on the whole validation split); mean ± std over seeds, then a 95% bootstrap CI "
-        "over that set's test images. A model that does well on one set only has learnt that "
-        "set rather than what AI images share.")
+        "Each model on the test images of each training set (at the threshold 0.5); "
+        f"{cell_words(results['seeds'])}, then a 95% bootstrap CI over that set's test images. A "
+        "model that does well on one set only has learnt that set rather than what AI images "
+        "share.")
     out.append("")
     names = list(sets)
     first = next(iter(models.values()))
@@ -626,9 +745,10 @@ def test_metrics_section(results: Mapping[str, Any]) -> list[str]:
     n = n_ai + n_real
     out = ["### Test split: threshold-aware metrics, calibration, sources", ""]
     out.append(
-        "Each model on its seed's test split, with the metrics of the external evaluations: mean "
-        "± std over seeds, then a 95% CI from 1000 bootstrap resamples of the test images (each "
-        "seed's own test images resampled; numpy seed 0). Baselines: always answering the larger "
+        "Each model on its seed's test split, with the metrics of the external evaluations: "
+        f"{cell_words(results['seeds'])}, then a 95% CI from 1000 bootstrap resamples of the test "
+        "images (each seed's own test images resampled; numpy seed 0). Baselines: always "
+        "answering the larger "
         f"class reaches accuracy {max(n_ai, n_real) / n:.3f} and balanced accuracy 0.500; a "
         f"random ranking has ROC-AUC 0.500 and average precision {n_ai / n:.3f} (the share of ai "
         "images). ECE: expected calibration error of prob_ai over 10 equal-width bins (0 = "
@@ -721,4 +841,124 @@ def transfer_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> 
     for name, evaluation in external.items():
         out += evaluation_section(evaluation, (figures.get("external") or {}).get(name, {}),
                                   level="###")
+    return out
+
+
+# ---- input protocols: raw vs harmonised, with and without augmentation -------------------------
+
+SHORTCUT_DROP = 0.1  # a fall in test accuracy under harmonisation larger than this is flagged
+
+
+def _protocol_cell(summary: Mapping[str, Any] | None) -> str:
+    if not summary or summary.get("mean") is None:
+        return "–"
+    ci = format_ci(summary)
+    return format_summary(summary) + ("" if ci == "–" else f" {ci}")
+
+
+def protocol_rows(results: Mapping[str, Any]) -> tuple[list[str], list[str], list[tuple]]:
+    """(harmonisations, augmentations, rows) of the run's protocols: one row (model, augment,
+    {harmonize: model record or None}) per model and augmentation, in the run's order."""
+    protocols = results.get("protocols") or {}
+    harmonize = list(dict.fromkeys(p["harmonize"] for p in protocols.values()))
+    augment = list(dict.fromkeys(p["augment"] for p in protocols.values()))
+    rows = []
+    names = list(dict.fromkeys(n for p in protocols.values() for n in p.get("models", {})))
+    for name in names:
+        for aug in augment:
+            by_h = {h: (protocols.get(f"{h}/{aug}") or {}).get("models", {}).get(name)
+                    for h in harmonize}
+            if any(by_h.values()):
+                rows.append((name, aug, by_h))
+    return harmonize, augment, rows
+
+
+def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> list[str]:
+    """Plain sentences naming each model whose test accuracy collapses when the inputs are
+    harmonised: a fall of more than `drop` from the same model and augmentation on raw inputs,
+    or a 95% CI that is above the majority-class rate on raw inputs but not once harmonised."""
+    harmonize, _, rows = protocol_rows(results)
+    if "none" not in harmonize:
+        return []
+    majority = majority_rate(results)
+    flags = []
+    for name, aug, by_h in rows:
+        raw = by_h.get("none")
+        if not raw or raw["test_accuracy"].get("mean") is None:
+            continue
+        for h, m in by_h.items():
+            if h == "none" or not m or m["test_accuracy"].get("mean") is None:
+                continue
+            before, after = raw["test_accuracy"]["mean"], m["test_accuracy"]["mean"]
+            reasons = []
+            if before - after > drop:
+                reasons.append(f"its test accuracy falls from {before:.3f} to {after:.3f}")
+            if isinstance(majority, (int, float)):
+                lo_raw = (raw["test_accuracy"].get("ci95") or [None])[0]
+                lo = (m["test_accuracy"].get("ci95") or [None])[0]
+                if lo_raw is not None and lo is not None and lo_raw > majority >= lo:
+                    reasons.append(f"its 95% CI is no longer above the majority-class rate "
+                                   f"{majority:.3f}")
+            if reasons:
+                flags.append(
+                    f"**Looks like a shortcut:** `{name}` (augmentation {aug}): "
+                    + " and ".join(reasons) + f" when every input is harmonised ({h}). What it "
+                    "relied on does not survive one common JPEG re-encoding of both classes, so "
+                    "it probably learnt the files' compression or resampling traces rather than "
+                    "what the images show.")
+    return flags
+
+
+def protocols_section(results: Mapping[str, Any]) -> list[str]:
+    """"Raw vs harmonised": test accuracy and ROC-AUC (mean ± std over seeds, 95% CI) of every
+    model under every protocol side by side, and the shortcut flags; empty with one protocol."""
+    protocols = results.get("protocols") or {}
+    if len(protocols) < 2:
+        return []
+    harmonize, augment, rows = protocol_rows(results)
+    out = ["## Input protocols: raw vs harmonised, with and without augmentation", ""]
+    out.append(
+        "Each protocol trains and tests every model on the same splits; only the inputs differ. "
+        "*Harmonised* (jpeg:Q): every image of both classes, in training, validation and test "
+        "alike, is JPEG-encoded at quality Q after the resize to the model's input size and "
+        "decoded again, so both classes carry the same fresh compression and a difference in how "
+        "the files were compressed is no longer an easy cue. *Augmented*: the backbone models "
+        "train on randomly flipped (flip) and also blurred and re-compressed (blurjpeg) images; "
+        "the scratch CNN is never augmented. A model whose accuracy holds under harmonisation "
+        "did not depend on the files' compression.")
+    out.append("")
+    out += [f"- `{key}`: {p.get('harmonize_text', p['harmonize'])}; augmentation: "
+            f"{p.get('augment_text', p['augment'])}" for key, p in protocols.items()]
+    out.append("")
+    out.append(f"The other sections of this report show the first protocol, `{next(iter(protocols))}`"
+               "; every protocol's numbers are in `results.json` under `protocols`.")
+    out.append("")
+    header = ["model", "augmentation"]
+    for h in harmonize:
+        header += [f"test accuracy ({h})", f"test ROC-AUC ({h})"]
+    table = []
+    for name, aug, by_h in rows:
+        shown = "none (never augmented)" if any(
+            m and m.get("regime") == "scratch" for m in by_h.values()) else aug
+        cells = [f"`{name}`", shown]
+        for h in harmonize:
+            m = by_h.get(h)
+            cells += [_protocol_cell(m and m["test_accuracy"]), _protocol_cell(m and m["test_roc_auc"])]
+        table.append(cells)
+    out.append(_table(header, table))
+    out.append("")
+    majority = majority_rate(results)
+    out.append("Mean ± standard deviation over seeds, then the 95% CI of the mean (" +
+               results.get("ci_method", "") + ")" +
+               (f"; the majority-class rate to beat is {majority:.3f}."
+                if isinstance(majority, (int, float)) else "."))
+    out.append("")
+    flags = shortcut_flags(results)
+    if flags:
+        out += [*flags, ""]
+    elif "none" in harmonize and len(harmonize) > 1:
+        out.append(f"No model loses more than {SHORTCUT_DROP} test accuracy under "
+                   "harmonisation or falls to the majority-class rate: none of them looks like it "
+                   "relied on the files' compression alone.")
+        out.append("")
     return out

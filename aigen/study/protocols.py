@@ -1,0 +1,160 @@
+"""The study's input protocols: a harmonisation (`--harmonize`) x a train-time augmentation
+(`--augment`), each combination trained and evaluated on the same splits (docs/study.md).
+
+- A protocol's key is "HARMONIZE/AUGMENT" (e.g. "none/none", "jpeg:96/blurjpeg"): the key of
+  results.json["protocols"]; its tag ("jpeg96-blurjpeg") is the file-safe form.
+- The first protocol (first --harmonize value x first --augment value) is the run's default: its
+  models keep their plain names ("efficientnet_lite0_frozen") and fill results.json["models"], as
+  in a run without protocols. Every other protocol's models are named "NAME@TAG" (e.g.
+  "efficientnet_lite0_frozen@jpeg96-blurjpeg") in checkpoints/, predictions.csv and history.csv.
+- The scratch CNN is never augmented: it is trained once per harmonisation, in the first protocol
+  with that harmonisation, and left out of that harmonisation's other protocols.
+- `protocol_models(results, key)` is how a reader (`aigen predict`, `aigen evaluate`) gets one
+  protocol's models and its harmonisation; a run written before protocols existed is one
+  protocol, "none/none".
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from aigen.errors import UserError
+
+DEFAULT_KEY = "none/none"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    harmonize: str  # "none" or "jpeg:Q" (canonical)
+    augment: str  # a key of aigen.data.augment.AUGMENTATIONS
+
+    @property
+    def key(self) -> str:
+        return f"{self.harmonize}/{self.augment}"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.harmonize.replace(':', '')}-{self.augment}"
+
+    def specs(self) -> dict[str, Any]:
+        """{"scratch": Spec, "backbone": Spec}: the model inputs of this protocol."""
+        from aigen.data.preprocess import BACKBONE, SCRATCH
+
+        return {"scratch": SCRATCH.harmonized(self.harmonize),
+                "backbone": BACKBONE.harmonized(self.harmonize)}
+
+    def record(self) -> dict[str, Any]:
+        """What results.json says about the protocol."""
+        from aigen.data.augment import AUGMENTATIONS
+        from aigen.data.preprocess import HARMONIZE_JPEG
+
+        harmonize = ("none: inputs are the resized decoded files" if self.harmonize == "none"
+                     else f"{self.harmonize}: every input of both classes JPEG-encoded at quality "
+                          f"{self.harmonize.split(':')[1]} (Pillow, subsampling 4:2:0, baseline, "
+                          "not optimised) after the resize to the model's input size, and decoded "
+                          "again")
+        return {"key": self.key, "tag": self.tag, "harmonize": self.harmonize,
+                "augment": self.augment, "harmonize_text": harmonize,
+                "augment_text": AUGMENTATIONS[self.augment],
+                "jpeg_settings": None if self.harmonize == "none" else dict(HARMONIZE_JPEG)}
+
+
+def harmonize_arg(text: str) -> str:
+    """argparse type of --harmonize: "none" or "jpeg:Q" (1 <= Q <= 100)."""
+    from aigen.data.preprocess import check_harmonize
+
+    try:
+        return check_harmonize(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def augment_arg(text: str) -> str:
+    """argparse type of --augment: none, flip or blurjpeg."""
+    from aigen.data.augment import check_augment
+
+    try:
+        return check_augment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def study_protocols(harmonize: Sequence[str] | None, augment: Sequence[str] | None
+                    ) -> list[Protocol]:
+    """Every (harmonize, augment) combination, harmonisation outermost, in the order given
+    (duplicates dropped); the first is the default protocol."""
+    hs = list(dict.fromkeys(harmonize or ["none"]))
+    augs = list(dict.fromkeys(augment or ["none"]))
+    return [Protocol(h, a) for h, a in itertools.product(hs, augs)]
+
+
+def run_name(name: str, protocol: Protocol, default: Protocol) -> str:
+    """How model `name` of `protocol` is named in the run's files (see the module text)."""
+    return name if protocol == default else f"{name}@{protocol.tag}"
+
+
+def protocol_keys(results: Mapping[str, Any]) -> list[str]:
+    """The run's protocol keys, the default first (["none/none"] for a run without protocols)."""
+    protocols = results.get("protocols")
+    if isinstance(protocols, dict) and protocols:
+        return list(protocols)
+    return [DEFAULT_KEY]
+
+
+def protocol_models(results: Mapping[str, Any], key: str | None = None
+                    ) -> tuple[str, str, dict[str, Any]]:
+    """(key, harmonisation, {run name: model record}) of protocol `key` (default: the run's
+    first). The records are results.json's; run names are those of the checkpoints'
+    identities and of predictions.csv."""
+    keys = protocol_keys(results)
+    key = keys[0] if key is None else key
+    if key not in keys:
+        raise UserError(f"the run has no protocol {key!r}; its protocols: {', '.join(keys)}")
+    protocols = results.get("protocols")
+    if not isinstance(protocols, dict) or not protocols:
+        return key, "none", dict(results.get("models") or {})
+    record = protocols[key]
+    if not isinstance(record, dict) or not isinstance(record.get("models"), dict):
+        raise UserError(f"results.json: protocol {key!r} has no models (damaged, or written by "
+                        "another version of aigen)")
+    from aigen.data.preprocess import check_harmonize
+
+    try:
+        harmonize = check_harmonize(record.get("harmonize", "none"))
+    except ValueError as exc:
+        raise UserError(f"results.json: protocol {key!r}: {exc} (damaged, or written by another "
+                        "version of aigen)") from None
+    # The first protocol's models are results["models"] (what a run with one protocol has and
+    # every reader of that key sees); the others are under their run names.
+    source = (results.get("models") or {}) if key == keys[0] else record["models"]
+    if not all(isinstance(m, dict) and isinstance(m.get("regime"), str)
+               and isinstance(m.get("checkpoints"), dict) for m in source.values()):
+        raise UserError(f"results.json: protocol {key!r} has models without their regime and "
+                        "checkpoints (damaged, or written by another version of aigen)")
+    models = {m.get("run_name", name): m for name, m in source.items()}
+    return key, harmonize, models
+
+
+def protocol_view(results: Mapping[str, Any], key: str | None = None
+                  ) -> tuple[str, str, dict[str, Any]]:
+    """(key, harmonisation, results) where results["models"] are protocol `key`'s models under
+    their run names: what predict and evaluate read, whichever protocol is chosen."""
+    key, harmonize, models = protocol_models(results, key)
+    return key, harmonize, {**results, "models": models}
+
+
+def resolve_names(names: Sequence[str] | None, models: Mapping[str, Any]) -> list[str] | None:
+    """Model names as given (`--model`), each a run name of `models` or a plain name standing
+    for the one run name NAME@TAG of the chosen protocol; others are left for the caller's
+    error message."""
+    if not names:
+        return None
+    plain = {run.split("@", 1)[0]: run for run in models}
+    return [name if name in models else plain.get(name, name) for name in names]
+
+
+__all__ = ["resolve_names", "Protocol", "study_protocols", "run_name", "harmonize_arg", "augment_arg",
+           "protocol_keys", "protocol_models", "protocol_view", "DEFAULT_KEY"]
