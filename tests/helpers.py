@@ -8,7 +8,7 @@ from pathlib import Path
 from aigen import cli
 
 
-def call(argv):
+def run_cli(argv):
     """`aigen ARGV` in this process: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -17,7 +17,7 @@ def call(argv):
 
 
 def read_csv(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -29,3 +29,15 @@ def snapshot(root: Path) -> dict:
         entries[p.relative_to(root).as_posix()] = (st.st_mtime_ns, st.st_size,
                                                    p.read_bytes() if p.is_file() else None)
     return entries
+
+
+def forbid_training(monkeypatch):
+    """From now on, training any model of a study fails the test (for resumed runs that must
+    read every finished model back)."""
+    from aigen.study import driver
+
+    def trained_again(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(driver.Study, "_fit_scratch", trained_again)
+    monkeypatch.setattr(driver.Study, "_train_backbone", trained_again)

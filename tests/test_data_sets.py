@@ -14,7 +14,7 @@ import pytest
 
 from aigen.data.dataset import Dataset, ImageInfo
 from aigen.errors import UserError
-from helpers import call, read_csv
+from helpers import run_cli, read_csv
 
 SPLITS = ("train", "val", "test")
 
@@ -153,7 +153,7 @@ def test_bad_data_options_are_one_line_errors(make_study_images, tmp_path, form)
              "empty-root": ["a="],
              "missing": [f"a={data}", f"b={tmp_path / 'nowhere'}"]}[form]
     out = tmp_path / "out"
-    code, _, err = call(["study", "--data", *given, "--out", str(out), "--quick",
+    code, _, err = run_cli(["study", "--data", *given, "--out", str(out), "--quick",
                          "--models", "scratch", "--no-progress"])
     assert code == 2, err
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
@@ -176,7 +176,7 @@ def two_sets(tmp_path_factory, make_study_images):
     second = make_study_images(base / "second", n_per_class=10, seed=4)
     shutil.copy(first / "real" / "real_04.jpg", second / "real" / "copy.jpg")
     out = base / "run"
-    code, stdout, stderr = call(["study", "--data", f"A={first}", "--data", str(second),
+    code, stdout, stderr = run_cli(["study", "--data", f"A={first}", "--data", str(second),
                                  "--out", str(out), "--scratch-epochs", "1", "--models",
                                  "scratch", "--scratch-lrs", "--seeds", "0", "1", "--workers", "1",
                                  "--no-progress"])
@@ -261,7 +261,7 @@ def test_evaluate_checks_duplicates_against_every_training_set(two_sets, make_st
     shutil.copy(two_sets["first"] / "ai" / "gen_a" / "ai_01.jpg", ext / "ai" / "from_a.png")
     shutil.copy(two_sets["second"] / "real" / "real_02.jpg", ext / "real" / "from_b.jpg")
     out = tmp_path / "eval"
-    code, _, err = call(["evaluate", "--run", str(two_sets["out"]), "--data", str(ext),
+    code, _, err = run_cli(["evaluate", "--run", str(two_sets["out"]), "--data", str(ext),
                          "--out", str(out), "--workers", "1", "--no-progress"])
     assert code == 0, err
     ev = json.loads((out / "evaluation.json").read_text())
@@ -273,7 +273,7 @@ def test_predict_on_a_two_set_run(two_sets):
     row (set A) records."""
     assert two_sets["code"] == 0, two_sets["stderr"]
     image = two_sets["first"] / "ai" / "gen_b" / "ai_00.png"
-    code, stdout, err = call(["predict", "--run", str(two_sets["out"]), str(image)])
+    code, stdout, err = run_cli(["predict", "--run", str(two_sets["out"]), str(image)])
     assert code == 0, err
     rows = list(csv.DictReader(io.StringIO(stdout)))
     recorded = {r["seed"]: float(r["prob_ai"]) for r in read_csv(two_sets["out"] /

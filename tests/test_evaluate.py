@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import call, read_csv, snapshot
+from helpers import run_cli, read_csv, snapshot
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SD_COCO = SHARED / "data" / "sd_coco"
@@ -38,7 +38,7 @@ def evaluated(tmp_path_factory, quick_study, external):
     assert quick_study["code"] == 0, quick_study["stderr"]
     before = (snapshot(quick_study["out"]), snapshot(external))
     out = tmp_path_factory.mktemp("evaluated") / "eval"
-    code, stdout, stderr = call(["evaluate", "--run", str(quick_study["out"]), "--data",
+    code, stdout, stderr = run_cli(["evaluate", "--run", str(quick_study["out"]), "--data",
                                  str(external), "--out", str(out), "--workers", "1",
                                  "--no-progress"])
     after = (snapshot(quick_study["out"]), snapshot(external))
@@ -121,7 +121,7 @@ def test_one_class_set(quick_study, external, tmp_path):
     data = tmp_path / "only-ai"
     shutil.copytree(external / "ai", data / "ai")
     out = tmp_path / "eval"
-    code, _, err = call(["evaluate", "--run", str(quick_study["out"]), "--data", str(data),
+    code, _, err = run_cli(["evaluate", "--run", str(quick_study["out"]), "--data", str(data),
                          "--out", str(out), "--models", "scratch_cnn", "--workers", "1",
                          "--no-progress"])
     assert code == 0, err
@@ -152,7 +152,7 @@ def test_damaged_run_is_a_one_line_error(quick_study, external, tmp_path, damage
         (run / "predictions.csv").write_text("path,model\nx,y\n")
     else:
         (run / "checkpoints" / "scratch_cnn_seed0.npz").write_bytes(b"garbage")
-    code, _, err = call(["evaluate", "--run", str(run), "--data", str(external), "--out",
+    code, _, err = run_cli(["evaluate", "--run", str(run), "--data", str(external), "--out",
                          str(tmp_path / "eval"), "--workers", "1", "--no-progress"])
     assert code == 2
     assert len([line for line in err.splitlines() if "error" in line]) == 1, err
@@ -175,7 +175,7 @@ def test_bad_data_is_a_one_line_error(quick_study, tmp_path, case):
         out = quick_study["out"] / "eval"
     elif case == "all-copies":
         shutil.copytree(quick_study["data"], data)
-    code, _, err = call(["evaluate", "--run", str(quick_study["out"]), "--data", str(data),
+    code, _, err = run_cli(["evaluate", "--run", str(quick_study["out"]), "--data", str(data),
                          "--out", str(out), "--workers", "1", "--no-progress"])
     assert code == 2, err
     assert len([line for line in err.splitlines() if "error" in line]) == 1, err
@@ -194,7 +194,7 @@ def study_with_eval(tmp_path_factory, quick_study, external):
             "--eval-data", f"ext={external}", "gone=" + str(base / "missing-later")]
     (base / "missing-later" / "ai").mkdir(parents=True)  # passes the early check, then
     (base / "missing-later" / "real").mkdir()            # has no images: skipped, not fatal
-    code, stdout, stderr = call(argv)
+    code, stdout, stderr = run_cli(argv)
     return {"code": code, "stderr": stderr, "out": out}
 
 
@@ -211,7 +211,7 @@ def test_study_eval_data(study_with_eval, external, tmp_path):
     report = (out / "report.md").read_text()
     assert "## Transfer to other data" in report and "`ext` (n=40)" in report
     # `aigen evaluate` on the finished run gives the same numbers: one way of evaluating.
-    code, _, err = call(["evaluate", "--run", str(out), "--data", str(external), "--out",
+    code, _, err = run_cli(["evaluate", "--run", str(out), "--data", str(external), "--out",
                          str(tmp_path / "eval"), "--workers", "1", "--no-progress"])
     assert code == 0, err
     again = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
@@ -219,7 +219,7 @@ def test_study_eval_data(study_with_eval, external, tmp_path):
 
 
 def test_study_eval_data_is_checked_before_training(quick_study, tmp_path):
-    code, _, err = call(["study", "--data", str(quick_study["data"]), "--out",
+    code, _, err = run_cli(["study", "--data", str(quick_study["data"]), "--out",
                          str(tmp_path / "run"), "--quick", "--models", "scratch",
                          "--eval-data", f"x={tmp_path / 'nowhere'}", "--no-progress"])
     assert code == 2 and "not found" in err
@@ -300,7 +300,7 @@ def test_sd_coco_sources(quick_study, tmp_path):
     assert quick_study["code"] == 0
     before = snapshot(SD_COCO)
     out = tmp_path / "eval"
-    code, stdout, err = call(["evaluate", "--run", str(quick_study["out"]), "--data",
+    code, stdout, err = run_cli(["evaluate", "--run", str(quick_study["out"]), "--data",
                               str(SD_COCO), "--out", str(out), "--models", "scratch_cnn",
                               "--no-progress"])
     assert code == 0, err

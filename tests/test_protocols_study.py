@@ -2,7 +2,6 @@
 results under its own key, distinguishable files, `aigen predict` / `aigen evaluate` with each
 protocol's own preprocessing, the report's raw-vs-harmonised table, and --resume."""
 
-import contextlib
 import csv
 import io
 import json
@@ -10,25 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from aigen import cli
 from aigen.data import explore
 from aigen.data.preprocess import BACKBONE, SCRATCH, load_model_input
 from aigen.study import driver
+from helpers import forbid_training, read_csv, run_cli
 
 PROTOCOLS = ["none/none", "none/blurjpeg", "jpeg:96/none", "jpeg:96/blurjpeg"]
 BACKBONE_MODELS = {"efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
-
-
-def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
@@ -209,12 +196,8 @@ def test_resume_with_protocols_trains_nothing_again(tmp_path, make_study_images,
     code, _, err = run_cli(argv(tmp_path / "out"))
     assert code == 130, err
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained again")
-
     monkeypatch.setattr(driver.Study, "_external", real_external)
-    monkeypatch.setattr(driver.Study, "_fit_scratch", no_training)
-    monkeypatch.setattr(driver.Study, "_train_backbone", no_training)
+    forbid_training(monkeypatch)
     code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])
     assert code == 0, err
     assert "efficientnet_lite0_frozen@jpeg90-flip seed 0: finished by the earlier attempt" in err

@@ -14,6 +14,7 @@ import pytest
 
 from aigen import io
 from aigen.study import driver, runfolder
+from helpers import forbid_training
 from test_study import assert_one_line_error, audit_once, run_cli, scratch_argv  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,12 +112,8 @@ def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_i
     assert f"aigen study --resume {tmp_path / 'out'}" in err
     assert not (tmp_path / "out").exists()
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("trained again")
-
     monkeypatch.setattr(driver.Study, "_sweep", real_sweep)
-    monkeypatch.setattr(driver.Study, "_fit_scratch", no_training)
-    monkeypatch.setattr(driver.Study, "_train_backbone", no_training)
+    forbid_training(monkeypatch)
     code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])
     assert code == 0, err
     assert numbers(tmp_path / "out") == numbers(tmp_path / "whole")

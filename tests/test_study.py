@@ -5,10 +5,8 @@ The expensive run (`--quick` with efficientnet_lite0) happens once per session: 
 fixture in conftest.py. Further runs here train only the scratch CNN for an epoch or two.
 """
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import re
 from pathlib import Path
@@ -21,22 +19,10 @@ from scipy import stats
 from aigen import cli
 from aigen.errors import UserError
 from aigen.study import driver, figures, report, sweep
+from helpers import read_csv, run_cli
 
 MODELS = {"scratch_cnn", "efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
 N_PER_CLASS = 20  # good images per class in the generated folder
-
-
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def run_cli(argv):
-    """(exit code, stdout, stderr) of cli.main(argv)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 _AUDITS = {}
