@@ -95,29 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--eval-data", nargs="+", metavar="NAME=ROOT", default=None,
                      help="labelled folders to evaluate every trained model on after training "
                           "(transfer to other data; see docs/evaluation.md); NAME= is optional")
-    from aigen.study import runfolder
-
-    runfolder.add_arguments(run)
     from aigen.data.spectra import add_argument as add_spectrum_argument
+    from aigen.study import runfolder
+    from aigen.study.protocols import add_arguments as add_protocol_arguments
     from aigen.study.sweep import add_argument as add_sweep_argument
 
+    runfolder.add_arguments(run)
     add_sweep_argument(run)
     add_spectrum_argument(run)
-    from aigen.study.protocols import augment_arg, harmonize_arg
-
-    protocol = parser.add_argument_group("input protocols (docs/study.md)")
-    protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
-                          metavar="none|jpeg:Q",
-                          help="jpeg:Q: every input of both classes (training, evaluation, "
-                               "degradation sweep, prediction) is JPEG-encoded at quality Q after the "
-                               "resize to the model's size and decoded again; several values: "
-                               "each is a protocol trained on the same splits (default: none)")
-    protocol.add_argument("--augment", nargs="+", type=augment_arg, default=["none"],
-                          metavar="none|flip|blurjpeg",
-                          help="train-time augmentation of the backbone models (flip; blurjpeg: "
-                               "flip, Gaussian blur, JPEG re-encoding), which then train from "
-                               "images; several values: an ablation on the same splits; the "
-                               "scratch CNN is not augmented (default: none)")
+    add_protocol_arguments(parser)
     run.add_argument("--memory-budget", type=byte_size, default=DEFAULT_MEMORY_BUDGET,
                      metavar="SIZE",
                      help="RAM for the backbones' prefix activations, reused by every seed and "
@@ -613,25 +599,22 @@ class Study:
         return True
 
     def _pooled_features(self, backbone, prefix):
-        """The frozen backbone's pooled features of every used image; under torchrun each
-        process computes its share (aigen.distributed.sharded_map)."""
-        from aigen import distributed
-
-        if not self.world.distributed:
-            return backbone.pooled_features(prefix, self.device)
-        return distributed.sharded_map(
-            lambda rows: backbone.pooled_features(_take(prefix, rows), self.device), len(prefix),
-            SHARD_STEP)
+        """The frozen backbone's pooled features of every used image."""
+        return self._in_shares(lambda A: backbone.pooled_features(A, self.device), prefix)
 
     def _probabilities(self, clf, A) -> np.ndarray:
         """P(AI) of every used image for a trained classifier (A: its prefix activations or
-        pooled features); under torchrun each process scores its share."""
+        pooled features)."""
+        return self._in_shares(clf.predict_proba_from_prefix, A)
+
+    def _in_shares(self, compute, A):
+        """compute(A), row-wise; under torchrun each process computes its share of the rows and
+        every process gets the whole result in row order (aigen.distributed.sharded_map)."""
         from aigen import distributed
 
         if not self.world.distributed:
-            return clf.predict_proba_from_prefix(A)
-        return distributed.sharded_map(lambda rows: clf.predict_proba_from_prefix(_take(A, rows)),
-                                       len(A), SHARD_STEP)
+            return compute(A)
+        return distributed.sharded_map(lambda rows: compute(_take(A, rows)), len(A), SHARD_STEP)
 
     def _prefix_activations(self, backbone, indices: np.ndarray, desc: str):
         """Prefix activations of dataset images, streamed from the store in batches, or reused

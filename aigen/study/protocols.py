@@ -156,5 +156,23 @@ def resolve_names(names: Sequence[str] | None, models: Mapping[str, Any]) -> lis
     return [name if name in models else plain.get(name, name) for name in names]
 
 
-__all__ = ["resolve_names", "Protocol", "study_protocols", "run_name", "harmonize_arg", "augment_arg",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--harmonize and --augment of `aigen study`, in a group of their own."""
+    protocol = parser.add_argument_group("input protocols (docs/study.md)")
+    protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
+                          metavar="none|jpeg:Q",
+                          help="jpeg:Q: every input of both classes (training, evaluation, "
+                               "degradation sweep, prediction) is JPEG-encoded at quality Q after the "
+                               "resize to the model's size and decoded again; several values: "
+                               "each is a protocol trained on the same splits (default: none)")
+    protocol.add_argument("--augment", nargs="+", type=augment_arg, default=["none"],
+                          metavar="none|flip|blurjpeg",
+                          help="train-time augmentation of the backbone models (flip; blurjpeg: "
+                               "flip, Gaussian blur, JPEG re-encoding), which then train from "
+                               "images; several values: an ablation on the same splits; the "
+                               "scratch CNN is not augmented (default: none)")
+
+
+__all__ = ["add_arguments", "resolve_names", "Protocol", "study_protocols", "run_name", "harmonize_arg", "augment_arg",
            "protocol_keys", "protocol_models", "protocol_view", "DEFAULT_KEY"]
+
