@@ -652,7 +652,7 @@ def _cell(summary: Mapping[str, Any] | None) -> str:
     """'0.812 ± 0.021 [0.780, 0.850]' (mean ± std over seeds, then the 95% CI) or '–'."""
     text = format_summary(summary)
     ci = format_ci(summary)
-    return text if ci == "–" else f"{text} {ci}"
+    return text if "–" in (text, ci) else f"{text} {ci}"
 
 
 def detector_tables(models: Mapping[str, Mapping[str, Any]], val_text: str) -> list[str]:
@@ -849,13 +849,6 @@ def transfer_section(results: Mapping[str, Any], figures: Mapping[str, Any]) -> 
 SHORTCUT_DROP = 0.1  # a fall in test accuracy under harmonisation larger than this is flagged
 
 
-def _protocol_cell(summary: Mapping[str, Any] | None) -> str:
-    if not summary or summary.get("mean") is None:
-        return "–"
-    ci = format_ci(summary)
-    return format_summary(summary) + ("" if ci == "–" else f" {ci}")
-
-
 def protocol_rows(results: Mapping[str, Any]) -> tuple[list[str], list[str], list[tuple]]:
     """(harmonisations, augmentations, rows) of the run's protocols: one row (model, augment,
     {harmonize: model record or None}) per model and augmentation, in the run's order."""
@@ -943,7 +936,7 @@ def protocols_section(results: Mapping[str, Any]) -> list[str]:
         cells = [f"`{name}`", shown]
         for h in harmonize:
             m = by_h.get(h)
-            cells += [_protocol_cell(m and m["test_accuracy"]), _protocol_cell(m and m["test_roc_auc"])]
+            cells += [_cell(m and m["test_accuracy"]), _cell(m and m["test_roc_auc"])]
         table.append(cells)
     out.append(_table(header, table))
     out.append("")
