@@ -16,12 +16,12 @@ is held. Each seed's models are then scored on that seed's own test images.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from aigen.data.preprocess import harmonize_image
 from aigen.study.metrics import summarize
 
 BATCH = 16  # test images degraded and scored together
@@ -66,16 +66,6 @@ PERTURBATIONS: dict[str, Perturbation] = {p.key: p for p in (
 )}
 
 
-def _jpeg(img, quality: int):
-    from PIL import Image
-
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as out:
-        return out.convert("RGB")
-
-
 def noise_generator(seed: int, sha256: str, sigma: float) -> np.random.Generator:
     """The generator of one image's noise: the same (seed, image content, sigma), the same noise,
     whatever the order, batch or worker the image is processed in."""
@@ -112,8 +102,8 @@ def perturb(img, key: str, strength, *, source_format: str | None = None, seed: 
         return None
     if strength is None:
         return img
-    if key in ("jpeg", "format_swap"):
-        return _jpeg(img, strength)
+    if key in ("jpeg", "format_swap"):  # the same fixed JPEG round trip as --harmonize
+        return harmonize_image(img, f"jpeg:{int(strength)}")
     if key == "blur":
         return img.filter(ImageFilter.GaussianBlur(radius=float(strength)))
     if key == "downscale":
