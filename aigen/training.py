@@ -345,7 +345,7 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
                 yb = y_tr[idx].to(device)
                 with autocast(device, amp):
                     batch = _train_batch(A_tr, idx, epoch)
-                    logits = forward(_to_device(batch, device) if cuda else batch.to(device))
+                    logits = forward(_to_device(batch, device))
                     loss = F.cross_entropy(logits.float(), yb)
                 batch_loss = float(loss.detach()) * len(idx)
             else:  # this process's share: rows rank, rank + K, ... of the batch
