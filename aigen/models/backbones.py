@@ -608,8 +608,14 @@ class BackboneClassifier:
         return torch.softmax(self.logits_from_prefix(A, batch_size).double(), dim=1)[:, 1].numpy()
 
     def predict_proba(self, X, batch_size: int = 32) -> np.ndarray:
-        """Probability of class 1 (AI) for model-input images X (N, 3, H, W) float32."""
+        """Probability of class 1 (AI) for model-input images X (N, 3, H, W) float32; for
+        (N, V, 3, H, W), V views of each image (the crop policy's fixed windows), the mean of
+        their probabilities."""
         X = _as_tensor(X)
+        if X.ndim == 5:
+            from aigen.data.preprocess import mean_over_windows
+
+            return mean_over_windows(self.predict_proba(X.flatten(0, 1), batch_size), X.shape[1])
         parts = [self.predict_proba_from_prefix(
                     self.backbone.prefix_activations(X[i:i + batch_size], self.device, batch_size),
                     batch_size)
