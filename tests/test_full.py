@@ -296,6 +296,53 @@ def test_an_interrupted_full_training_resumes_bitwise(tiny, images, tmp_path, mo
         assert best_epoch(history) == 2
 
 
+DDP_SCRIPT = """
+    import sys
+    import numpy as np
+    import torch
+    from aigen import distributed
+    from aigen.models.backbones import load_backbone
+    from aigen.training import train_full
+
+    folder = sys.argv[1]
+    X, y = np.load(folder + "/X.npy"), np.load(folder + "/y.npy")
+    with distributed.session("cpu", 2) as world:
+        lite0 = load_backbone("efficientnet_lite0")
+        clf, history = train_full(lite0, X[:12], y[:12], X[12:], y[12:], **KWARGS)
+        torch.save({"states": [m.state_dict() for m in (clf.prefix, clf.stage, clf.head)],
+                    "history": history, "prob": clf.predict_proba(X)},
+                   f"{folder}/rank{world.rank}.pt")
+"""
+DDP_KWARGS = dict(epochs=2, lr=1e-3, batch_size=6, seed=4, warmup=0.5, progress=False)
+
+
+def test_two_processes_train_the_full_network_alike(lite0, tmp_path):
+    """Under torchrun (gloo, CPU) both processes end with identical weights and history, and
+    close to one process's model (BatchNorm normalises with each process's half of a batch)."""
+    import textwrap
+
+    from test_distributed import _env, torchrun
+
+    rng = np.random.default_rng(5)
+    y = np.arange(16) % 2
+    X = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+    X[y == 1, 0] += 1.0
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT).replace("KWARGS", repr(DDP_KWARGS)))
+    done = torchrun([script, tmp_path], _env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for a, b in zip(ranks[0]["states"], ranks[1]["states"]):
+        assert _states_equal(a, b)
+    assert ranks[0]["history"] == ranks[1]["history"]
+    np.testing.assert_array_equal(ranks[0]["prob"], ranks[1]["prob"])
+    one, history = train_full(lite0, X[:12], y[:12], X[12:], y[12:], **DDP_KWARGS)
+    assert [h["lr"] for h in ranks[0]["history"]] == [h["lr"] for h in history]
+    np.testing.assert_allclose(ranks[0]["prob"], one.predict_proba(X), atol=0.05)
+
+
 # ----------------------------------------------------------------------------------------------
 # `aigen study --models full` end to end
 

@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="seeds; each gives its own split and initialisations (default: 0)")
     run.add_argument("--backbones", nargs="+", type=_backbone_name, metavar="NAME",
                      default=list(DEFAULT_BACKBONES),
-                     help=f"backbones for the frozen and fine-tuned models: {', '.join(BACKBONES)}"
+                     help=f"backbones of the backbone models: {', '.join(BACKBONES)}"
                           ", or torchvision:ARCH for a torchvision classification CNN (e.g. "
                           "torchvision:resnet50, with --weights resnet50=PATH) (default: "
                           f"{' '.join(DEFAULT_BACKBONES)}; one whose weights are unavailable is "
