@@ -1,4 +1,4 @@
-"""Training the three models of the study, each for a fixed number of epochs.
+"""Training the models of the study, each for a fixed number of epochs (`train_full`: at most).
 
 * `train_scratch`: the ScratchCNN, plain SGD on BCE (lr 0.01, 20 epochs, batch size 1).
 * `train_frozen`: a new 2-class head on the frozen backbone's pooled features (Adam 1e-3, 3 epochs).
@@ -7,19 +7,27 @@
 * `train_from_images`: either backbone regime from images instead of cached activations (the whole
   backbone runs on every batch), for train-time augmentation (aigen.data.augment); the same
   optimiser, epochs, seeding and batch order, so without augmentation it trains the same model.
+* `train_full`: every layer of a copy of the backbone (prefix, stage) and a new head, from images:
+  AdamW with a lower learning rate for earlier layers (`full_param_groups`), weight decay on the
+  weights only, linear warm-up then cosine decay per step (`lr_factor`), and early stopping on
+  validation (the best epoch's weights are kept). Max 12 epochs by default.
 
 Each returns `(model, history)`; history is one dict per epoch with "epoch" (1-based),
 "train_loss" and "train_acc" (running means over the epoch's batches, each batch scored by the
 model *before* its update: free to compute, slightly pessimistic), "val_loss" and "val_acc" (the
-model at the end of the epoch, in eval mode). Checkpoint policy: "last" (default) returns the
-last epoch's weights; "best" returns the weights of the epoch with the highest validation accuracy
-(the earliest on ties).
+model at the end of the epoch, in eval mode); `train_full`'s also "lr" (the head's learning rate
+at the epoch's last update). Checkpoint policy: "last" (default) returns the last epoch's weights;
+"best" returns the weights of the epoch with the highest validation accuracy (the earliest on
+ties). Early stopping (`train_full`) keeps the best epoch by validation accuracy, ties broken by
+the lower validation loss (`_improves`), and stops after `patience` epochs without one.
 
-Epoch states (backbones): given `epoch_state=PATH`, `train_frozen` / `train_finetuned` write the
-trained modules, the optimiser, the shuffling generator and torch's random state to PATH at the
-end of every epoch (atomically), and a later call with the same PATH and arguments continues after
-the last epoch written there, ending with exactly the weights and history of an uninterrupted
-training. The caller removes PATH once it has stored the finished model.
+Epoch states (backbones): given `epoch_state=PATH`, every backbone training writes the trained
+modules, the optimiser, the shuffling generator, torch's random state and the best epoch so far
+(and whether early stopping has ended the training) to PATH at the end of every epoch
+(atomically); the learning-rate schedule is a function of the update's number, so it needs no
+state of its own. A later call with the same PATH and arguments continues after the last epoch
+written there, ending with exactly the weights and history of an uninterrupted training. The
+caller removes PATH once it has stored the finished model.
 
 Backbones under torchrun: DistributedDataParallel over the same batches as one process (see
 `_fit`); `amp` ("off", "bf16", "fp16") runs their steps under torch.autocast (docs/scale.md).
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 
 import numpy as np
 
@@ -282,13 +291,41 @@ def _train_batch(A, idx, epoch: int):
     return A.augmented(idx, epoch) if hasattr(A, "augmented") else A[idx]
 
 
+def _improves(record: dict, best: dict | None) -> bool:
+    """Whether epoch `record` beats `best` for early stopping: a higher validation accuracy, or
+    the same one with a lower validation loss (with a few hundred validation images accuracy
+    moves in coarse steps and ties often; the loss then tells the better-fitted model)."""
+    if best is None:
+        return True
+    return record["val_acc"] > best["val_acc"] or (record["val_acc"] == best["val_acc"]
+                                                   and record["val_loss"] < best["val_loss"])
+
+
+def best_epoch(history: list[dict]) -> int:
+    """The epoch early stopping keeps (`_improves` over `history`, the earliest on full ties)."""
+    best = None
+    for record in history:
+        if _improves(record, best):
+            best = record
+    return int(best["epoch"])
+
+
 def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, seed, device,
-         progress, checkpoint, desc, epoch_state=None, amp="off"):
+         progress, checkpoint, desc, epoch_state=None, amp="off", optimiser=None,
+         schedule=None, patience=None, recipe=None):
     """Adam on cross-entropy over seeded shuffled batches; -> history (modules trained in place).
 
     `modules` are the trained nn.Modules (set to train mode for the updates and to eval mode for
     validation); `forward(batch)` maps a batch of A to logits. With `epoch_state` (a path), the
     training state is written there after every epoch and read back first (module docstring).
+
+    The update rule can be replaced: `optimiser()` builds the optimiser (default: Adam at `lr`
+    over the modules' trainable parameters); `schedule(step)` is the factor applied to each
+    parameter group's "base_lr" at update `step` (0-based, over the whole training: epochs x
+    batches per epoch; the history then records the first group's lr); `patience` stops the
+    training after that many epochs without a better validation result (`_improves`) and keeps
+    the best epoch's weights whatever `checkpoint` says; `recipe` (a dict of plain values
+    describing these) is part of the epoch state's signature.
 
     Under torchrun (K processes, aigen.distributed) every process draws the same shuffled order
     and takes every K-th row of each batch of `batch_size`; the modules are wrapped in
@@ -306,17 +343,29 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
     world = distributed.world()
     K = world.world_size
     y_tr, y_val = _labels_tensor(y_tr), _labels_tensor(y_val)
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    optimiser = torch.optim.Adam(params, lr=lr)
+    if patience is not None and len(y_val) == 0:
+        raise ValueError("early stopping needs a validation set")
+    if optimiser is None:
+        params = [p for m in modules for p in m.parameters() if p.requires_grad]
+        optimiser = torch.optim.Adam(params, lr=lr)
+    else:
+        optimiser = optimiser()
+    if schedule is not None:
+        for group in optimiser.param_groups:
+            group.setdefault("base_lr", group["lr"])
+    keep_best = checkpoint == "best" or patience is not None
     generator = torch.Generator().manual_seed(seed)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     n = len(y_tr)
-    history, best = [], None
+    steps_per_epoch = math.ceil(n / batch_size)
+    history, best, stopped = [], None, False  # best: {"val_acc", "val_loss", "epoch", "modules"}
     cuda = torch.device(device).type == "cuda"
     signature = {"version": EPOCH_STATE_VERSION, "desc": desc, "epochs": epochs, "lr": lr,
                  "batch_size": batch_size, "seed": seed, "checkpoint": checkpoint,
                  "n_train": n, "n_val": len(y_val), "world_size": K, "amp": amp,
                  "shapes": [[k, list(v.shape)] for m in modules for k, v in m.state_dict().items()]}
+    if recipe is not None:
+        signature["recipe"] = dict(recipe)
     first = 1
     state = _load_epoch_state(epoch_state, signature)
     if state is not None:  # continue where an interrupted training stopped
@@ -330,16 +379,23 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         history = list(state["history"])
-        best = (state["best"]["val_acc"], state["best"]["modules"]) if state["best"] else None
+        best = dict(state["best"]) if state["best"] else None
+        stopped = bool(state.get("stopped", False))
         first = state["epoch"] + 1
     step_forward = _parallel(modules, forward, device) if K > 1 else forward
     bar = _epoch_bar(epochs, desc, progress, first)
     for epoch in bar:
+        if stopped:  # early stopping ended the training before the interruption
+            break
         for m in modules:
             m.train()
         order = torch.randperm(n, generator=generator)
         loss_sum, correct = 0.0, 0
-        for start in range(0, n, batch_size):
+        for b, start in enumerate(range(0, n, batch_size)):
+            if schedule is not None:  # the learning rates of this update
+                factor = schedule((epoch - 1) * steps_per_epoch + b)
+                for group in optimiser.param_groups:
+                    group["lr"] = group["base_lr"] * factor
             idx = order[start:start + batch_size]
             if K == 1:
                 yb = y_tr[idx].to(device)
@@ -377,10 +433,17 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
         val_loss, val_acc = _evaluate(forward, A_val, y_val, max(batch_size, 64), device, amp)
         record = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
                   "val_loss": val_loss, "val_acc": val_acc}
+        if schedule is not None:
+            record["lr"] = optimiser.param_groups[0]["lr"]
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
-        if checkpoint == "best" and (best is None or val_acc > best[0]):
-            best = (val_acc, [copy.deepcopy(m.state_dict()) for m in modules])
+        better = _improves(record, best) if patience is not None else \
+            best is None or val_acc > best["val_acc"]
+        if keep_best and better:
+            best = {"val_acc": val_acc, "val_loss": val_loss, "epoch": epoch,
+                    "modules": [copy.deepcopy(m.state_dict()) for m in modules]}
+        # Every process decides alike: the validation figures are summed over all of them.
+        stopped = patience is not None and epoch - best["epoch"] >= patience
         if epoch_state is not None:
             rng = distributed.gather_objects(torch.get_rng_state())
             cuda_rng = distributed.gather_objects(torch.cuda.get_rng_state(device)) if cuda \
@@ -392,11 +455,10 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
                     "optimiser": optimiser.state_dict(), "generator": generator.get_state(),
                     "torch_rng": rng, "cuda_rng": cuda_rng,
                     "scaler": scaler.state_dict() if scaler is not None else None,
-                    "history": history,
-                    "best": {"val_acc": best[0], "modules": best[1]} if best is not None
-                    else None})
-    if checkpoint == "best" and best is not None:
-        for m, saved in zip(modules, best[1]):
+                    "history": history, "best": best, "stopped": stopped})
+    bar.close()
+    if keep_best and best is not None:
+        for m, saved in zip(modules, best["modules"]):
             m.load_state_dict(saved)
     for m in modules:
         m.eval()
@@ -556,3 +618,117 @@ def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs
         for param in stage.parameters():
             param.requires_grad_(False)
     return BackboneClassifier(backbone, regime, stage, head, device=device), history
+
+
+# ----------------------------------------------------------------------------------------------
+# The full regime: every layer trained
+
+# Defaults of `train_full` (and of `aigen study --full-*`); docs/models.md says where they come from.
+FULL_DEFAULTS = {"epochs": 12, "lr": 3e-4, "lr_decay": 0.3, "weight_decay": 0.05, "warmup": 1.0,
+                 "patience": 3}
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The factor of every base learning rate at update `step` (0-based) of `total_steps`: linear
+    warm-up, (step + 1) / warmup_steps, over the first `warmup_steps` updates, then cosine decay
+    from 1 towards 0 over the rest (1 at the first update after the warm-up; the last update's
+    factor is small but not 0)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = total_steps - warmup_steps
+    if span <= 0:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+
+def full_param_groups(prefix, stage, head, *, lr: float, lr_decay: float,
+                      weight_decay: float) -> list[dict]:
+    """AdamW parameter groups of the full regime: the head at `lr`, the stage at lr x lr_decay,
+    the prefix at lr x lr_decay^2; within each, the weights (convolution and linear kernels)
+    decay by `weight_decay` and the 1-D parameters (biases, BatchNorm scales and shifts) do not.
+    Each group carries its "name" and its "base_lr" (the schedule's 1.0); empty groups are left
+    out."""
+    groups = []
+    for name, module, scale in (("head", head, 1.0), ("stage", stage, lr_decay),
+                                ("prefix", prefix, lr_decay ** 2)):
+        params = [p for p in module.parameters() if p.requires_grad]
+        for suffix, chosen, decay in (("", [p for p in params if p.ndim > 1], weight_decay),
+                                      (" (no decay)", [p for p in params if p.ndim <= 1], 0.0)):
+            if chosen:
+                groups.append({"params": chosen, "name": name + suffix, "lr": lr * scale,
+                               "base_lr": lr * scale, "weight_decay": decay})
+    return groups
+
+
+def train_full(backbone, X_tr, y_tr, X_val, y_val, *, epochs: int = FULL_DEFAULTS["epochs"],
+               lr: float = FULL_DEFAULTS["lr"], lr_decay: float = FULL_DEFAULTS["lr_decay"],
+               weight_decay: float = FULL_DEFAULTS["weight_decay"],
+               warmup: float = FULL_DEFAULTS["warmup"], patience: int = FULL_DEFAULTS["patience"],
+               batch_size: int = 32, seed: int = 0, device="cpu", progress: bool = True,
+               checkpoint: str = "best", epoch_state=None, amp: str = "off"):
+    """Full regime: a copy of the whole backbone (prefix and stage) and a new head, every
+    parameter trained from model-input images (X_tr / X_val as for `train_from_images`; X_tr's
+    `augmented(index, epoch)`, if present, gives the training batches). BatchNorm layers train
+    normally (batch statistics, running averages updated).
+
+    AdamW (`full_param_groups`: lr for the head, lr x lr_decay for the stage, lr x lr_decay^2
+    for the prefix; weight decay on the weights only), learning rates following `lr_factor` per
+    update with `warmup` epochs of warm-up and the cosine over `epochs`; early stopping after
+    `patience` epochs without a better validation result, the best epoch's weights kept
+    (`best_epoch(history)` tells which). Same head initialisation, seeded batch order,
+    `epoch_state` and `amp` as the other regimes; `checkpoint` can only be "best" (taken so that
+    every regime is called alike). Returns (BackboneClassifier, history); `backbone` itself is
+    left unchanged.
+    """
+    import torch
+
+    from aigen.models.backbones import (BackboneClassifier, _as_device, new_head, pool,
+                                        to_model_layout)
+
+    if not 0 < lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+    if weight_decay < 0 or warmup < 0:
+        raise ValueError("weight_decay and warmup must be >= 0")
+    if patience < 1:
+        raise ValueError(f"patience must be >= 1, got {patience}")
+    if checkpoint != "best":
+        raise ValueError("the full regime keeps its best epoch (early stopping): checkpoint "
+                         f"must be 'best', got {checkpoint!r}")
+    y_tr = _check_xy(X_tr, y_tr, "training set")
+    y_val = _check_xy(X_val, y_val, "validation set")
+    _check_common(epochs, batch_size, "best", len(y_tr))
+    device = _as_device(device)
+    check_amp(amp, device)
+    # Arrays become tensors; datasets (AugmentedImages) give tensors per batch.
+    X_tr, X_val = (torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+                   if isinstance(X, np.ndarray) else X for X in (X_tr, X_val))
+    prefix = copy.deepcopy(backbone.prefix).to(device)
+    stage = copy.deepcopy(backbone.stage).to(device)
+    if device.type == "cuda":  # weights in the inputs' layout (to_model_layout): cuDNN's fast path
+        prefix = prefix.to(memory_format=torch.channels_last)
+        stage = stage.to(memory_format=torch.channels_last)
+    for param in list(prefix.parameters()) + list(stage.parameters()):
+        param.requires_grad_(True)
+    head = new_head(backbone.n_features, seed).to(device)
+
+    def forward(batch):
+        return head(pool(stage(prefix(to_model_layout(batch, device)))))
+
+    steps_per_epoch = math.ceil(len(y_tr) / batch_size)
+    total = epochs * steps_per_epoch
+    warmup_steps = min(round(warmup * steps_per_epoch), total)
+    recipe = {"optimiser": "AdamW", "lr_decay": lr_decay, "weight_decay": weight_decay,
+              "warmup": warmup, "patience": patience}
+    with deterministic_torch(seed):
+        history = _fit(
+            [prefix, stage, head], _views_averaged(forward), X_tr, y_tr, X_val, y_val,
+            epochs=epochs, lr=lr,
+            batch_size=batch_size, seed=seed, device=device, progress=progress,
+            checkpoint="best", desc=f"{backbone.name} full", epoch_state=epoch_state, amp=amp,
+            optimiser=lambda: torch.optim.AdamW(full_param_groups(
+                prefix, stage, head, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay)),
+            schedule=lambda step: lr_factor(step, warmup_steps, total), patience=patience,
+            recipe=recipe)
+    for param in list(prefix.parameters()) + list(stage.parameters()):
+        param.requires_grad_(False)
+    return BackboneClassifier(backbone, "full", stage, head, device=device, prefix=prefix), history

@@ -236,3 +236,29 @@ def test_gradcam_of_a_crop_model_shows_the_centre_window(tmp_path):
     assert (tmp_path / "cam.png").is_file()
     assert sorted(e["path"] for e in record["examples"]) == [f"img{i}.png" for i in range(6)]
     assert {e["prob_ai"] for e in record["examples"]} == set(prob.tolist())
+
+
+@pytest.mark.parametrize("regime", ["frozen", "finetuned", "full"])
+def test_crop_training_validates_on_the_mean_of_the_fixed_windows(tmp_path, regime):
+    """Random windows for training, and validation (loss, accuracy, the kept epoch) on each
+    image's fixed windows averaged: what the trained model's predict_proba gives."""
+    from aigen.training import best_epoch, train_from_images, train_full
+
+    store = _store(tmp_path, SMALL, n=12)
+    y = np.arange(12) % 2
+    backbone = _tiny_classifier().backbone
+    X_tr = AugmentedImages(store, SMALL, np.arange(8), "flip", seed=0)
+    X_va = AugmentedImages(store, SMALL, np.arange(8, 12), "none", seed=0)
+    kwargs = dict(epochs=2, lr=1e-2, batch_size=4, seed=0, progress=False)
+    if regime == "full":
+        clf, history = train_full(backbone, X_tr, y[:8], X_va, y[8:], **kwargs)
+        kept = history[best_epoch(history) - 1]
+    else:
+        clf, history = train_from_images(backbone, X_tr, y[:8], X_va, y[8:], regime=regime,
+                                         **kwargs)
+        kept = history[-1]
+    prob = clf.predict_proba(X_va[np.arange(4)])  # (4, 5, 3, 32, 32): the windows' mean
+    assert prob.shape == (4,)
+    p_true = np.where(y[8:] == 1, prob, 1 - prob)
+    assert kept["val_acc"] == np.mean((prob >= 0.5) == (y[8:] == 1))
+    assert kept["val_loss"] == pytest.approx(-np.mean(np.log(p_true)), abs=1e-5)

@@ -3,13 +3,14 @@
 A `Backbone` is an ImageNet network cut in two:
 
 * `prefix`: everything before the last stage. It never trains (eval mode, no gradients), so its
-  output, the *prefix activations*, is computed once per image set and shared by both regimes and
-  all seeds.
+  output, the *prefix activations*, is computed once per image set and shared by the frozen and
+  fine-tuned regimes and all seeds (the full regime trains a copy of it, and so has its own).
 * `stage`: the part that the fine-tuned regime trains (ResNet-18: `layer4`; EfficientNet-Lite0/1/2:
   its last two block groups + the head 1x1 conv, BN and ReLU6), followed by global average pooling
   to the feature vector (512 / 1280 values).
 
 A `BackboneClassifier` puts a new 2-class linear head on top (class 1 = AI-generated).
+Regimes: frozen (the head alone trained), finetuned (the stage and the head), full (every layer).
 
 Weights, in order: an explicit file (`weights=PATH`, i.e. `--weights PATH`), then for resnet18
 torch's hub cache (`$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth`), then a download that is
@@ -47,11 +48,14 @@ BACKBONES = ("resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientn
 # Lite1 and Lite2 were trained at 240 and 260: every backbone sees the same pixels (docs/models.md).
 LITE = {"efficientnet_lite0": 0, "efficientnet_lite1": 1, "efficientnet_lite2": 2}
 INITS = ("pretrained", "random")
-REGIMES = ("frozen", "finetuned")
+REGIMES = ("frozen", "finetuned", "full")
 OFFLINE_ENV = "AIGEN_OFFLINE"
 DOWNLOAD_TIMEOUT_S = 10.0
 CHECKPOINT_FORMAT = "aigen-backbone-classifier"
-CHECKPOINT_VERSION = 1
+# 2: a "prefix" entry (the full regime's trained prefix; None otherwise). Version 1 files (no
+# such entry) are still read.
+CHECKPOINT_VERSION = 2
+READABLE_CHECKPOINT_VERSIONS = (1, 2)
 # A random initialisation must be rebuildable by `load_classifier`, so it is always seeded alike.
 RANDOM_INIT_SEED = 0
 
@@ -561,18 +565,30 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None,
 class BackboneClassifier:
     """A backbone with a new `nn.Linear(n_features, 2)` head; class 1 = AI-generated.
 
-    `regime` is "frozen" (only the head was trained; `stage` is the backbone's own, pretrained one)
-    or "finetuned" (`stage` is a trained copy; the backbone's stage is left untouched).
+    `regime` is "frozen" (only the head was trained; `stage` is the backbone's own, pretrained one),
+    "finetuned" (`stage` is a trained copy; the backbone's stage is left untouched) or "full"
+    (`prefix` and `stage` are trained copies: the model has its own prefix, so it cannot score
+    the backbone's shared prefix activations; `predict_proba` scores images). `self.prefix` is the
+    prefix the model runs: its own (full) or the backbone's.
     """
 
-    def __init__(self, backbone: Backbone, regime: str, stage, head, device=None):
+    def __init__(self, backbone: Backbone, regime: str, stage, head, device=None, prefix=None):
         if regime not in REGIMES:
             raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+        if (prefix is not None) != (regime == "full"):
+            raise ValueError("a trained prefix is given with, and only with, the full regime")
         self.backbone = backbone
         self.regime = regime
+        self.prefix = backbone.prefix if prefix is None else prefix
         self.stage = stage
         self.head = head
         self.device = _as_device(device)
+
+    @property
+    def own_prefix(self) -> bool:
+        """Whether the model has its own trained prefix (the full regime): then it scores images,
+        never the backbone's shared prefix activations."""
+        return self.regime == "full"
 
     def __repr__(self) -> str:
         return f"BackboneClassifier({self.backbone.name!r}, regime={self.regime!r})"
@@ -588,6 +604,9 @@ class BackboneClassifier:
         """
         import torch
 
+        if self.own_prefix:
+            raise ValueError("a full model has its own prefix: score images with predict_proba, "
+                             "not the backbone's prefix activations")
         A = _as_tensor(A)
         if A.ndim == 2:
             if self.regime != "frozen":
@@ -608,23 +627,48 @@ class BackboneClassifier:
         return torch.softmax(self.logits_from_prefix(A, batch_size).double(), dim=1)[:, 1].numpy()
 
     def predict_proba(self, X, batch_size: int = 32) -> np.ndarray:
-        """Probability of class 1 (AI) for model-input images X (N, 3, H, W) float32; for
-        (N, V, 3, H, W), V views of each image (the crop policy's fixed windows), the mean of
-        their probabilities."""
+        """Probability of class 1 (AI) for model-input images X (N, 3, H, W) float32: an array,
+        a tensor, or a dataset giving such a batch for an array of row numbers
+        (aigen.data.stream.StoreImages); for (N, V, 3, H, W), V views of each image (the crop
+        policy's fixed windows), the mean of their probabilities."""
+        import torch
+
+        if not isinstance(X, (torch.Tensor, np.ndarray)):  # a dataset: read batch by batch
+            parts = [self.predict_proba(X[np.arange(i, min(i + batch_size, len(X)))], batch_size)
+                     for i in range(0, len(X), batch_size)]
+            return np.concatenate(parts) if parts else np.zeros(0)
         X = _as_tensor(X)
         if X.ndim == 5:
             from aigen.data.preprocess import mean_over_windows
 
             return mean_over_windows(self.predict_proba(X.flatten(0, 1), batch_size), X.shape[1])
+        if self.own_prefix:
+            parts = [self._own_logits(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+            # float64 before the softmax, as in predict_proba_from_prefix
+            return (torch.softmax(torch.cat(parts).double(), dim=1)[:, 1].numpy() if parts
+                    else np.zeros(0))
         parts = [self.predict_proba_from_prefix(
                     self.backbone.prefix_activations(X[i:i + batch_size], self.device, batch_size),
                     batch_size)
                  for i in range(0, X.shape[0], batch_size)]
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    def _own_logits(self, X):
+        """(N, 2) float32 CPU logits of a full model for a batch of images (eval mode, no grad)."""
+        import torch
+
+        if X.ndim != 4 or X.shape[1] != 3:
+            raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(X.shape)}")
+        for module in (self.prefix, self.stage, self.head):
+            module.to(self.device).eval()
+        with torch.no_grad():
+            x = to_model_layout(X.float(), self.device)
+            return self.head(pool(self.stage(self.prefix(x)))).float().cpu()
+
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
-        """Atomically write the trainable state (head, and the stage if fine-tuned) and what
-        `load_classifier` needs to rebuild the rest: backbone name, init, weights identity."""
+        """Atomically write the trainable state (head; the stage if fine-tuned; the prefix and the
+        stage if full) and what `load_classifier` needs to rebuild the rest: backbone name, init,
+        weights identity."""
         import torch
 
         from aigen.io import write_bytes
@@ -642,7 +686,9 @@ class BackboneClassifier:
             "n_features": self.backbone.n_features,
             "head": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
             "stage": ({k: v.detach().cpu() for k, v in self.stage.state_dict().items()}
-                      if self.regime == "finetuned" else None),
+                      if self.regime in ("finetuned", "full") else None),
+            "prefix": ({k: v.detach().cpu() for k, v in self.prefix.state_dict().items()}
+                       if self.own_prefix else None),
             "metadata": dict(metadata or {}),
         }
         # Serialised in memory first: torch names the archive's records after the file it writes,
@@ -674,15 +720,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise UserError(f"{path} is not a readable backbone classifier checkpoint: {exc}") from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not an aigen backbone classifier checkpoint")
-    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
-        raise UserError(f"{path}: unsupported checkpoint version {checkpoint.get('format_version')}")
+    version = checkpoint.get("format_version")
+    if version not in READABLE_CHECKPOINT_VERSIONS:
+        raise UserError(
+            f"{path}: checkpoint format version {version!r}, but this version of aigen reads "
+            f"versions {', '.join(map(str, READABLE_CHECKPOINT_VERSIONS))} only (it was written "
+            "by another version of aigen; score it with that one)")
+    if checkpoint.get("regime") not in REGIMES or (
+            (checkpoint.get("regime") == "full") != (checkpoint.get("prefix") is not None)):
+        raise UserError(f"{path}: a damaged checkpoint (regime {checkpoint.get('regime')!r} "
+                        "without the weights it needs)")
     return checkpoint
 
 
 def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None = None,
                     device=None, backbone: Backbone | None = None) -> BackboneClassifier:
     """Rebuild a saved BackboneClassifier: the backbone again (pretrained weights needed, or give an
-    already loaded `backbone`), then the saved head and, if fine-tuned, stage."""
+    already loaded `backbone`), then the saved head and, if fine-tuned, stage (if full, prefix
+    and stage: copies, the backbone's own are left untouched)."""
     checkpoint = read_checkpoint(path)
     name = checkpoint["backbone"]
     if backbone is None:
@@ -696,12 +751,18 @@ def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None =
         )
     head = new_head(backbone.n_features, 0)
     head.load_state_dict(checkpoint["head"])
-    if checkpoint["regime"] == "finetuned":
+    prefix = None
+    if checkpoint["regime"] in ("finetuned", "full"):
         stage = copy.deepcopy(backbone.stage)
         stage.load_state_dict(checkpoint["stage"])
     else:
         stage = backbone.stage
+    if checkpoint["regime"] == "full":
+        prefix = copy.deepcopy(backbone.prefix)
+        prefix.load_state_dict(checkpoint["prefix"])
+        prefix.eval()
     stage.eval()
-    clf = BackboneClassifier(backbone, checkpoint["regime"], stage, head.eval(), device=device)
+    clf = BackboneClassifier(backbone, checkpoint["regime"], stage, head.eval(), device=device,
+                             prefix=prefix)
     clf.metadata = dict(checkpoint.get("metadata") or {})  # what `save` was given
     return clf

@@ -44,7 +44,8 @@ def grad_cam(prefix, stage, head, X, *, device=None, batch_size: int = 16
             with torch.enable_grad():
                 with torch.no_grad():
                     a = prefix(x)
-                a = a.detach().requires_grad_(True)  # the frozen prefix needs no gradient
+                # Grad-CAM needs the gradient at the stage's output only, not through the prefix
+                a = a.detach().requires_grad_(True)
                 logits = head(stage(a).mean(dim=(2, 3)))
                 sign = torch.where(logits.argmax(dim=1) == 1, 1.0, -1.0)
                 evidence = ((logits[:, 1] - logits[:, 0]) * sign).sum()
@@ -64,9 +65,9 @@ def grad_cam(prefix, stage, head, X, *, device=None, batch_size: int = 16
 
 
 def classifier_grad_cam(clf, X, device=None) -> tuple[np.ndarray, np.ndarray]:
-    """grad_cam of an aigen.models.backbones.BackboneClassifier (its own stage: the pretrained one
-    when frozen, the trained copy when fine-tuned)."""
-    return grad_cam(clf.backbone.prefix, clf.stage, clf.head, X, device=device or clf.device)
+    """grad_cam of an aigen.models.backbones.BackboneClassifier with its own prefix and stage (the
+    pretrained ones when frozen; the trained stage when fine-tuned; both trained when full)."""
+    return grad_cam(clf.prefix, clf.stage, clf.head, X, device=device or clf.device)
 
 
 def pick_examples(y: np.ndarray, prob_ai: np.ndarray, per_group: int = PER_GROUP

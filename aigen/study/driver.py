@@ -27,7 +27,9 @@ from aigen.errors import UserError
 from aigen.io import check_new_folder, new_results_folder, refuse_inside
 
 DEFAULT_BACKBONES = ("resnet18", "efficientnet_lite0")
-MODEL_KINDS = ("scratch", "frozen", "finetuned")
+MODEL_KINDS = ("scratch", "frozen", "finetuned", "full")
+DEFAULT_MODELS = ("scratch", "frozen", "finetuned")
+BACKBONE_REGIMES = ("frozen", "finetuned", "full")
 SCRATCH_NAME = "scratch_cnn"
 MAX_LOADER_WORKERS = 4  # DataLoader processes decoding image files (the degradation sweep)
 SHARD_STEP = 128  # rows per step when torchrun's processes share out features and predictions
@@ -44,7 +46,8 @@ CI_METHOD_TEXT = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `aigen study` (see docs/study.md)."""
-    from aigen.argtypes import byte_size, positive_float, positive_int
+    from aigen.argtypes import (byte_size, fraction, non_negative_float, positive_float,
+                                positive_int)
     from aigen.data.stream import DEFAULT_MEMORY_BUDGET
     from aigen.argtypes import seed as seed_type
     from aigen.data.dataset import add_data_arguments
@@ -63,13 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="seeds; each gives its own split and initialisations (default: 0)")
     run.add_argument("--backbones", nargs="+", type=_backbone_name, metavar="NAME",
                      default=list(DEFAULT_BACKBONES),
-                     help=f"backbones for the frozen and fine-tuned models: {', '.join(BACKBONES)}"
+                     help=f"backbones of the backbone models: {', '.join(BACKBONES)}"
                           ", or torchvision:ARCH for a torchvision classification CNN (e.g. "
                           "torchvision:resnet50, with --weights resnet50=PATH) (default: "
                           f"{' '.join(DEFAULT_BACKBONES)}; one whose weights are unavailable is "
                           "reported as skipped)")
-    run.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(MODEL_KINDS),
-                     help="which models to train (default: all three)")
+    run.add_argument("--models", nargs="+", choices=MODEL_KINDS, default=list(DEFAULT_MODELS),
+                     help="which models to train: the scratch CNN, and per backbone the frozen, "
+                          "fine-tuned and full regimes (default: "
+                          f"{' '.join(DEFAULT_MODELS)})")
     run.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                      help="torch device for the backbones (default: auto)")
     run.add_argument("--weights", nargs="+", metavar="NAME=PATH", default=None,
@@ -143,12 +148,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hyper.add_argument("--finetune-lr", type=positive_float, default=1e-4, metavar="LR",
                        help="Adam learning rate of the fine-tuned last stage and head "
                             "(default: 0.0001)")
+    from aigen.training import FULL_DEFAULTS as full
+
+    hyper.add_argument("--full-epochs", type=positive_int, default=full["epochs"], metavar="N",
+                       help="most epochs of the full regime (every layer trained; early "
+                            f"stopping may end it sooner) (default: {full['epochs']})")
+    hyper.add_argument("--full-lr", type=positive_float, default=full["lr"], metavar="LR",
+                       help="AdamW learning rate of the full regime's head; the stage gets LR x "
+                            "D, the prefix LR x D^2 (D: --full-lr-decay) (default: "
+                            f"{full['lr']:g})")
+    hyper.add_argument("--full-lr-decay", type=fraction, default=full["lr_decay"], metavar="D",
+                       help="learning-rate factor per step towards the input in the full "
+                            f"regime, in (0, 1] (default: {full['lr_decay']:g})")
+    hyper.add_argument("--full-weight-decay", type=non_negative_float,
+                       default=full["weight_decay"], metavar="WD",
+                       help="AdamW weight decay of the full regime's weights (not biases or "
+                            f"BatchNorm parameters) (default: {full['weight_decay']:g})")
+    hyper.add_argument("--full-warmup", type=non_negative_float, default=full["warmup"],
+                       metavar="EPOCHS",
+                       help="epochs of linear learning-rate warm-up before the cosine decay in "
+                            f"the full regime (default: {full['warmup']:g})")
+    hyper.add_argument("--full-patience", type=positive_int, default=full["patience"],
+                       metavar="N",
+                       help="the full regime stops after N epochs without a better validation "
+                            "result and keeps its best epoch's weights (default: "
+                            f"{full['patience']})")
     hyper.add_argument("--checkpoint", choices=("last", "best"), default="last",
                        help="weights each model keeps: those of the last epoch (default, the "
                             "study's fixed-epoch protocol) or of the epoch with the best "
-                            "validation accuracy")
+                            "validation accuracy (the full regime always keeps its best epoch)")
     hyper.add_argument("--backbone-batch-size", type=positive_int, default=32, metavar="N",
-                       help="mini-batch size of the frozen and fine-tuned models (default: 32)")
+                       help="mini-batch size of the backbone models (default: 32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -338,6 +368,13 @@ class Study:
                        "batch_size": args.backbone_batch_size, "checkpoint": args.checkpoint},
             "finetuned": {"epochs": epochs(args.finetune_epochs), "lr": args.finetune_lr,
                           "batch_size": args.backbone_batch_size, "checkpoint": args.checkpoint},
+            # The most epochs; early stopping keeps the best one (aigen.training.train_full).
+            "full": {"epochs": epochs(args.full_epochs), "lr": args.full_lr,
+                     "lr_decay": args.full_lr_decay, "weight_decay": args.full_weight_decay,
+                     "warmup_epochs": args.full_warmup, "patience": args.full_patience,
+                     "batch_size": args.backbone_batch_size, "checkpoint": "best",
+                     "optimizer": "AdamW",
+                     "schedule": "linear warm-up, then cosine decay to 0, per update"},
         }
         # Keyed by lr_key: values that print alike would overwrite each other's results.
         self.lrs = list({lr_key(lr): lr for lr in args.scratch_lrs}.values()) \
@@ -450,7 +487,7 @@ class Study:
 
         main = self.world.is_main
         sets = _check_data_option(self.args)
-        needs_backbone = bool(self.args.backbones) and bool({"frozen", "finetuned"}
+        needs_backbone = bool(self.args.backbones) and bool(set(BACKBONE_REGIMES)
                                                             & set(self.args.models))
         wanted = []  # every protocol's inputs, packed in one pass over the files
         for protocol in self.protocols:
@@ -458,9 +495,11 @@ class Study:
             wanted.append(specs["scratch"])
             if needs_backbone:
                 wanted.append(specs["backbone"])
-                # Resized inputs are augmented from the unharmonised rows; crops are cut from
-                # the harmonised squares (their own store).
-                if protocol.augment != "none" and not specs["backbone"].crop:
+                # Training from images (augmented, or the full regime) reads the unharmonised
+                # rows (aigen.data.augment.AugmentedImages) of resized inputs; crops are cut
+                # from the harmonised squares (their own store).
+                if (protocol.augment != "none" or "full" in self.args.models) \
+                        and not specs["backbone"].crop:
                     wanted.append(BACKBONE)
         specs = tuple({spec.key: spec for spec in wanted}.values())
 
@@ -547,7 +586,7 @@ class Study:
                 with self.timer.stage(f"train:{self.run_name(SCRATCH_NAME)}"):
                     if not self._restore(SCRATCH_NAME, seed):
                         self._train_scratch(seed)
-        regimes = [k for k in ("frozen", "finetuned") if k in self.args.models]
+        regimes = [k for k in BACKBONE_REGIMES if k in self.args.models]
         if not regimes:
             return
         for name in self.args.backbones:
@@ -595,6 +634,8 @@ class Study:
                     return False
             self.backbones[name] = backbone
         backbone = self.backbones[name]
+        if not {"frozen", "finetuned"} & set(regimes):  # the full regime runs its own prefix
+            return True
         with self.timer.stage(f"prefix_activations:{name}"):
             self.prefix[name] = self._prefix_activations(backbone, self.used, f"{name} prefix")
             if "frozen" in regimes:  # the frozen head's input, computed once for every seed
@@ -608,11 +649,23 @@ class Study:
     def _probabilities(self, clf, A) -> np.ndarray:
         """P(AI) of every used image for a trained classifier (A: its prefix activations or
         pooled features; under the crop policy those of each image's fixed windows, whose
-        probabilities are averaged)."""
+        probabilities are averaged; for a model with its own prefix, the full regime, the
+        images: see `_model_inputs`, whose crops predict_proba averages itself)."""
         from aigen.data.preprocess import mean_over_windows, n_windows
 
+        if clf.own_prefix:
+            return self._in_shares(clf.predict_proba, A)
         return mean_over_windows(self._in_shares(clf.predict_proba_from_prefix, A),
                                  n_windows(self.specs["backbone"]))
+
+    def _model_inputs(self):
+        """Every used image as the backbones' input under the current protocol (harmonised),
+        read from its store batch by batch: what `aigen predict` gives the models."""
+        from aigen.data.dataset import dataset_inputs
+        from aigen.data.stream import StoreImages
+
+        spec = self.specs["backbone"]
+        return StoreImages(dataset_inputs(self.dataset, spec), spec, self.used)
 
     def _in_shares(self, compute, A):
         """compute(A), row-wise; under torchrun each process computes its share of the rows and
@@ -726,10 +779,12 @@ class Study:
         self._record(SCRATCH_NAME, seed, model, history, model.predict_proba(self.X_scratch))
 
     def _train_backbone(self, name: str, regime: str, seed: int) -> None:
+        from functools import partial
+
         from aigen.repro import seed_everything
         from aigen.study import runfolder
         from aigen.study.checkpoints import identity
-        from aigen.training import train_finetuned, train_frozen
+        from aigen.training import train_finetuned, train_frozen, train_full
 
         backbone = self.backbones[name]
         augment = self.protocol.augment
@@ -737,17 +792,21 @@ class Study:
         hp = {**self.hp[regime], "augment": augment}
         if crop:  # (a resize model's hyperparameters are recorded as before input policies)
             hp["input"] = self.protocol.input
-        A = self.pooled[name] if regime == "frozen" else self.prefix[name]
+        # What the model is scored on: the full regime's own prefix needs the images themselves.
+        A = {"frozen": self.pooled, "finetuned": self.prefix}[regime][name] \
+            if regime != "full" else self._model_inputs()
         tr, va = self._rows(seed, "train"), self._rows(seed, "val")
         seed_everything(seed)
         model_name = f"{name}_{regime}"
-        if augment == "none" and not crop:
+        if regime == "full":  # every layer trains: always from images, on the streaming path
+            train = partial(train_full, lr_decay=hp["lr_decay"], weight_decay=hp["weight_decay"],
+                            warmup=hp["warmup_epochs"], patience=hp["patience"])
+            X_tr, X_va = self._training_images(tr, seed, augment), self._training_images(va, seed)
+        elif augment == "none" and not crop:
             train = train_frozen if regime == "frozen" else train_finetuned
             X_tr, X_va = _take(A, tr), _take(A, va)  # views of the cached activations
         else:  # augmented, or random crops: trained from images (the whole backbone runs on
             # every batch)
-            from functools import partial
-
             from aigen.training import train_from_images
 
             train = partial(train_from_images, regime=regime)
@@ -1042,6 +1101,8 @@ class Study:
             "trainable_params": info["trainable_params"],
             "hyperparameters": info["hyperparameters"],
         }
+        if info["regime"] == "full":
+            result["early_stopping"] = self._early_stopping(name)
         for part, metrics in per_split.items():
             result[f"{part}_accuracy"] = summarize(
                 [m["accuracy"] for m in metrics], counts=[(m["correct"], m["n"]) for m in metrics])
@@ -1059,6 +1120,22 @@ class Study:
         result["checkpoint_sha256"] = {seed: file_sha256(self.work / rel)
                                        for seed, rel in result["checkpoints"].items()}
         return result
+
+    def _early_stopping(self, name: str) -> dict[str, Any]:
+        """results.json's "early_stopping" of a full model: per seed, the epochs it ran, the
+        epoch whose weights it kept, whether it stopped before its last epoch, and its head's
+        learning rate at the end of each epoch."""
+        from aigen.training import best_epoch
+
+        hp = self.models[name]["hyperparameters"]
+        per_seed = {}
+        for seed in self.seeds:
+            history = self.runs[(name, seed)]["history"]
+            per_seed[str(seed)] = {"epochs_run": len(history), "best_epoch": best_epoch(history),
+                                   "stopped_early": len(history) < hp["epochs"],
+                                   "lr": [h.get("lr") for h in history]}
+        return {"monitor": "validation accuracy, ties broken by the lower validation loss",
+                "patience": hp["patience"], "max_epochs": hp["epochs"], "per_seed": per_seed}
 
     def _data_results(self) -> dict[str, Any]:
         from aigen.data.discover import LABEL_AI, LABEL_REAL
@@ -1330,8 +1407,8 @@ def _take(A, rows):
 
 def _parameter_counts(clf) -> tuple[int, int]:
     """(all parameters, trained parameters) of a BackboneClassifier."""
-    backbone = clf.backbone
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    total = count(backbone.prefix) + count(clf.stage) + count(clf.head)
-    trained = count(clf.head) + (count(clf.stage) if clf.regime == "finetuned" else 0)
+    total = count(clf.prefix) + count(clf.stage) + count(clf.head)
+    trained = {"frozen": count(clf.head), "finetuned": count(clf.stage) + count(clf.head),
+               "full": total}[clf.regime]
     return int(total), int(trained)

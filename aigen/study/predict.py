@@ -150,7 +150,7 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
     run_backbones = sorted({m.get("backbone") for m in results["models"].values()} - {None})
     weights = {**weights_by_backbone(config.get("arguments", {}).get("weights"), run_backbones),
                **weights_by_backbone(weights, run_backbones)}
-    # One backbone per name, shared by its frozen/finetuned models (and seeds, when passed in).
+    # One backbone per name, shared by its models (and seeds, when passed in).
     backbones = {} if backbones is None else backbones
     models = {}
     for name in chosen:
@@ -184,9 +184,10 @@ def score(models: dict[str, Any], results: dict, batch: dict[str, Any],
           prefix: dict[str, Any] | None = None) -> dict[str, Any]:
     """{model name: prob_ai array} for a batch of model inputs {spec name: float32 array}.
 
-    Backbone prefix activations are computed once per backbone and shared by its models (and by
-    further calls on the same batch that pass the same `prefix` dict); so are the pooled features
-    of its pretrained stage, the input of every frozen model's head (all seeds alike).
+    Backbone prefix activations are computed once per backbone and shared by its frozen and
+    fine-tuned models (and by further calls on the same batch that pass the same `prefix` dict);
+    so are the pooled features of its pretrained stage, the input of every frozen model's head
+    (all seeds alike). A full model has its own prefix: it scores the images themselves.
 
     A backbone input (N, V, C, H, W) holds V views of each image (the crop policy's fixed
     windows): each image's probability is the mean of its views' (preprocess.mean_over_windows).
@@ -204,6 +205,9 @@ def score(models: dict[str, Any], results: dict, batch: dict[str, Any],
         regime = results["models"][name]["regime"]
         if regime == "scratch":
             probs[name] = model.predict_proba(batch["scratch"])
+            continue
+        if model.own_prefix:
+            probs[name] = mean_over_windows(model.predict_proba(batch["backbone"]), views)
             continue
         backbone = model.backbone
         if backbone.name not in prefix:

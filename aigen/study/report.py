@@ -10,6 +10,8 @@ REGIME_WORDS = {
     "scratch": "scratch CNN (32x32 grayscale, trained from random initialisation)",
     "frozen": "frozen backbone, new linear head trained",
     "finetuned": "backbone fine-tuned (last stage + new head trained)",
+    "full": "backbone fully trained (every layer + new head; lower learning rates for earlier "
+            "layers, early stopping)",
 }
 
 
@@ -338,6 +340,13 @@ def _protocol_lines(results: Mapping[str, Any]) -> list[str]:
         kept = ("the last epoch's weights" if checkpoint == "last" else
                 "the weights of the epoch with the best validation accuracy (so its val column "
                 "is not a held-out estimate)")
+        stopping = m.get("early_stopping")
+        if stopping:  # the full regime: early stopping on validation
+            runs = "; ".join(f"seed {seed}: {r['epochs_run']} epoch(s) run, epoch "
+                             f"{r['best_epoch']} kept" for seed, r in stopping["per_seed"].items())
+            kept = ("the weights of its best validation epoch (early stopping after "
+                    f"{stopping['patience']} epoch(s) without a better one; {runs}), so its val "
+                    "column is not a held-out estimate")
         settings = ", ".join(f"{k} {v}" for k, v in hp.items())
         lines.append(f"- `{name}`: {settings}; kept {kept}.")
     return ["Training settings:", "", *lines, ""] if lines else []

@@ -377,7 +377,7 @@ def log_history(work: Path, args, name: str, seed: int, history: list[dict]) -> 
     writer = writer_class(log_dir=str(work / "tensorboard" / f"{name}_seed{seed}"))
     try:
         for h in history:
-            for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
                 if h.get(key) is not None:
                     writer.add_scalar(f"{name}/{key}", float(h[key]), int(h["epoch"]))
     finally:
