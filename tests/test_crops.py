@@ -262,3 +262,19 @@ def test_crop_training_validates_on_the_mean_of_the_fixed_windows(tmp_path, regi
     p_true = np.where(y[8:] == 1, prob, 1 - prob)
     assert kept["val_acc"] == np.mean((prob >= 0.5) == (y[8:] == 1))
     assert kept["val_loss"] == pytest.approx(-np.mean(np.log(p_true)), abs=1e-5)
+
+
+def test_a_run_with_crops_alone_says_so_in_the_report():
+    from aigen.study.protocols import Protocol
+    from aigen.study.report import protocols_section
+
+    record = {**Protocol("none", "none", "crop").record(), "models": {},
+              "rescaled": {"side": 384, "per_class": {
+                  "ai": {"enlarged": 1, "kept": 0, "reduced": 3},
+                  "real": {"enlarged": 2, "kept": 0, "reduced": 2}}}}
+    text = "\n".join(protocols_section({"protocols": {"crop/none/none": record}}))
+    assert "native-resolution crops" in text
+    assert "ai: 25% enlarged, 0% kept, 75% reduced; real: 50% enlarged" in text
+    resize = {**Protocol("none", "none").record(), "models": {}}
+    assert "input" not in resize and Protocol("none", "none").key == "none/none"
+    assert protocols_section({"protocols": {"none/none": resize}}) == []

@@ -957,6 +957,9 @@ def protocols_section(results: Mapping[str, Any]) -> list[str]:
     model under every protocol side by side, and the shortcut flags; empty with one protocol."""
     protocols = results.get("protocols") or {}
     if len(protocols) < 2:
+        only = next(iter(protocols.values()), None)
+        if only and only.get("input", "resize") != "resize":  # a run with crops alone
+            return ["## Input policy: native-resolution crops", "", *_crop_lines([only])]
         return []
     harmonize, augment, rows = protocol_rows(results)
     crops = [p for p in protocols.values() if p.get("input", "resize") != "resize"]
