@@ -303,3 +303,68 @@ def test_config_errors(tmp_path):
     bad.write_bytes(b"\xff\xfe binary")
     code, _, err = run_cli(["study", "--config", str(bad)])
     assert_one_line_error(code, err, "not a run's config.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# --preset
+
+
+def resolved(*options):
+    """The study's arguments after --preset/--config resolution, as the CLI would hand them on."""
+    from aigen import cli
+
+    argv = ["study", "--data", "DATA", *options]
+    args = cli.build_parser().parse_args(argv)
+    args._argv = argv
+    return runfolder.resolve_arguments(args, driver.add_arguments)
+
+
+def test_preset_best_sets_its_values_and_the_command_line_wins():
+    from aigen.study.presets import PRESETS
+
+    plain = vars(resolved())
+    best = vars(resolved("--preset", "best"))
+    assert best["preset"] == "best"
+    for key, value in PRESETS["best"].items():
+        assert best[key] == value, key
+    untouched = set(plain) - set(PRESETS["best"]) - {"preset", "_argv"}
+    assert {k: best[k] for k in untouched} == {k: plain[k] for k in untouched}
+    mine = vars(resolved("--preset", "best", "--backbones", "efficientnet_lite0", "--seeds", "3"))
+    assert mine["backbones"] == ["efficientnet_lite0"] and mine["seeds"] == [3]
+    others = set(PRESETS["best"]) - {"backbones"}
+    assert {k: mine[k] for k in others} == {k: best[k] for k in others}
+
+
+def test_preset_seed_is_the_plain_default():
+    assert vars(resolved("--preset", "seed")) == {**vars(resolved()),
+                                                  "_argv": ["study", "--data", "DATA", "--preset",
+                                                            "seed"]}
+
+
+def test_preset_errors(tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"arguments": {"seeds": [0]}}))
+    code, _, err = run_cli(["study", "--config", str(config), "--preset", "best"])
+    assert_one_line_error(code, err, "--config", "--preset")
+
+
+def test_a_preset_run_records_its_expanded_arguments(tmp_path, monkeypatch):
+    """What config.json and --resume record: the preset's name and the values it gave."""
+    import argparse
+
+    seen = {}
+
+    def stop(self):
+        seen.update(vars(self.args))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver.Study, "run", stop)
+    data = tmp_path / "data"
+    for cls in ("ai", "real"):
+        (data / cls).mkdir(parents=True)
+    code, _, err = run_cli(["study", "--data", str(data), "--out", str(tmp_path / "out"),
+                            "--preset", "best", "--seeds", "4"])
+    assert code == 130, err
+    saved = runfolder.saved_arguments(argparse.Namespace(**seen))
+    assert saved["preset"] == "best" and saved["seeds"] == [4]
+    assert saved["backbones"] == ["efficientnet_lite1"]

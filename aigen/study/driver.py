@@ -106,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from aigen.study.sweep import add_argument as add_sweep_argument
 
     runfolder.add_arguments(run)
+    from aigen.study.presets import add_argument as add_preset_argument
+
+    add_preset_argument(run)
     add_sweep_argument(run)
     add_spectrum_argument(run)
     add_protocol_arguments(parser)

@@ -301,15 +301,24 @@ def _given_argv(args) -> list[str]:
 
 
 def resolve_arguments(args, add_arguments):
-    """`args` with --resume's saved arguments or --config's recorded ones filled in (options given
-    on the command line win over --config's; --resume allows only display options)."""
-    import argparse
+    """`args` with --resume's saved arguments, --config's recorded ones or --preset's values filled
+    in (options given on the command line win over --config's and the preset's; --resume allows
+    only display options)."""
+    from aigen.study.presets import DEFAULT_PRESET, preset_arguments
 
     resume, config = getattr(args, "resume", None), getattr(args, "config", None)
-    if resume is None and config is None:
+    preset = getattr(args, "preset", DEFAULT_PRESET)
+    if resume is None and config is None and preset == DEFAULT_PRESET:
         return args
     given = _given_argv(args)
     given_dests = set(vars(_Parser(add_arguments, "aigen study", True).parse(given)))
+    if resume is None and config is None:  # --preset NAME: its values, then the command line's
+        parser = _Parser(add_arguments, f"--preset {preset}")
+        new = parser.parse(parser.to_argv(preset_arguments(preset)) + given)
+        return _with_cli_attributes(args, new)
+    if config is not None and "preset" in given_dests:
+        raise UserError("--config reruns a recorded run, preset values included: give --preset "
+                        "without --config, or override single options")
     if resume is not None:
         if config is not None:
             raise UserError("--resume and --config contradict each other: give one")
@@ -339,7 +348,14 @@ def resolve_arguments(args, add_arguments):
         parser = _Parser(add_arguments, f"--config {path}")
         new = parser.parse(parser.to_argv(keep) + given)
         new.config = str(path.absolute())  # recorded; not read again
-    for key, value in vars(args).items():  # what the CLI itself set (the command, its runner)
+    return _with_cli_attributes(args, new)
+
+
+def _with_cli_attributes(args, new):
+    """`new` plus what the CLI itself set on `args` (the command, its runner, `_argv`)."""
+    import argparse
+
+    for key, value in vars(args).items():
         if key.startswith("_") or not hasattr(new, key):
             setattr(new, key, value)
     return argparse.Namespace(**vars(new))
