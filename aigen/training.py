@@ -537,6 +537,30 @@ def train_finetuned(backbone, A_tr, y_tr, A_val, y_val, *, epochs: int = 8, lr: 
     return BackboneClassifier(backbone, "finetuned", stage, head, device=device), history
 
 
+VIEW_CHUNK = 64  # views run through the network together when a batch holds several per image
+
+
+def _views_averaged(forward):
+    """`forward` for batches that may hold several views of each image, (N, V, C, H, W): the
+    views' class probabilities averaged, returned as log-probabilities (what cross-entropy and
+    argmax take as logits). Such batches are only scored (validation, no gradients), VIEW_CHUNK
+    views at a time. A batch (N, C, H, W) goes to `forward` unchanged."""
+    import math
+
+    import torch
+
+    def wrapped(batch):
+        if batch.dim() != 5:
+            return forward(batch)
+        n, v = batch.shape[:2]
+        flat = batch.flatten(0, 1)
+        logits = torch.cat([forward(flat[i:i + VIEW_CHUNK]).float()
+                            for i in range(0, len(flat), VIEW_CHUNK)])
+        return torch.logsumexp(torch.log_softmax(logits, 1).reshape(n, v, -1), 1) - math.log(v)
+
+    return wrapped
+
+
 def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs: int,
                       lr: float, batch_size: int = 32, seed: int = 0, device="cpu",
                       progress: bool = True, checkpoint: str = "last", epoch_state=None,
@@ -545,7 +569,8 @@ def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs
     cached activations: every batch runs the frozen prefix (and, frozen, the pretrained stage) in
     eval mode without gradients, then the trained part. X_tr / X_val give float32 (N, 3, H, W)
     batches when indexed (aigen.data.augment.AugmentedImages; X_tr's `augmented(index, epoch)`,
-    if present, gives the training batches). Same head initialisation, optimiser, seeded batch
+    if present, gives the training batches); a batch (N, V, 3, H, W) holds V views of each image
+    (the fixed windows of the crop policy), scored by their averaged probabilities. Same head initialisation, optimiser, seeded batch
     order and checkpoint policy as train_frozen / train_finetuned, so without augmentation the
     result matches theirs up to floating-point summation order; `epoch_state` and `amp` as there.
     Returns (BackboneClassifier, history).
@@ -584,7 +609,8 @@ def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs
             return head(pool(stage(activations)))
 
     with deterministic_torch(seed):
-        history = _fit(modules, forward, X_tr, y_tr, X_val, y_val, epochs=epochs, lr=lr,
+        history = _fit(modules, _views_averaged(forward), X_tr, y_tr, X_val, y_val,
+                       epochs=epochs, lr=lr,
                        batch_size=batch_size, seed=seed, device=device, progress=progress,
                        checkpoint=checkpoint, desc=f"{backbone.name} {regime} (from images)",
                        epoch_state=epoch_state, amp=amp)
@@ -695,7 +721,8 @@ def train_full(backbone, X_tr, y_tr, X_val, y_val, *, epochs: int = FULL_DEFAULT
               "warmup": warmup, "patience": patience}
     with deterministic_torch(seed):
         history = _fit(
-            [prefix, stage, head], forward, X_tr, y_tr, X_val, y_val, epochs=epochs, lr=lr,
+            [prefix, stage, head], _views_averaged(forward), X_tr, y_tr, X_val, y_val,
+            epochs=epochs, lr=lr,
             batch_size=batch_size, seed=seed, device=device, progress=progress,
             checkpoint="best", desc=f"{backbone.name} full", epoch_state=epoch_state, amp=amp,
             optimiser=lambda: torch.optim.AdamW(full_param_groups(

@@ -19,6 +19,13 @@ every validation, test and evaluation input. It also keeps training cheap: no fi
 Every random draw comes from numpy's default_rng([AUGMENT_STREAM, seed, epoch, row]) (row = the
 image's row in the dataset), so a run is reproducible whatever the batch order, and each epoch
 sees other augmentations of each image.
+
+The crop input policy (a crop spec, aigen.data.preprocess) trains on random windows of the stored
+S x S images, which are already harmonised (so a training window and the test windows come from
+the same compressed square): each step takes one window per image at a position drawn from
+default_rng([CROP_STREAM, seed, epoch, row]) (its own stream, so the augmentation's draws are
+those of the resize policy), then augments the window at its own resolution; nothing is
+harmonised after that.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-from aigen.data.preprocess import HARMONIZE_NONE, Spec, harmonize_image, to_model_input
+from aigen.data.preprocess import (HARMONIZE_NONE, Spec, cut_window, harmonize_image,
+                                   n_windows, random_window, to_model_input)
 
 AUGMENTATIONS: dict[str, str] = {
     "none": "no augmentation",
@@ -36,6 +44,7 @@ AUGMENTATIONS: dict[str, str] = {
                  "re-encoding quality ~ U{30..100} (p = 0.5), at the model's input size"),
 }
 AUGMENT_STREAM = 2  # default_rng([AUGMENT_STREAM, seed, epoch, row])
+CROP_STREAM = 3  # default_rng([CROP_STREAM, seed, epoch, row]): the training window's position
 BLUR_SIGMA_MAX = 3.0
 JPEG_QUALITY_RANGE = (30, 100)
 
@@ -50,6 +59,10 @@ def check_augment(text: str) -> str:
 
 def augment_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
     return np.random.default_rng([AUGMENT_STREAM, int(seed), int(epoch), int(row)])
+
+
+def crop_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
+    return np.random.default_rng([CROP_STREAM, int(seed), int(epoch), int(row)])
 
 
 def augment_image(img, name: str, rng: np.random.Generator):
@@ -79,6 +92,10 @@ class AugmentedImages:
     `spec.harmonized("none")`); each image is augmented (`augment`, seeded per (seed, epoch, row)),
     harmonised as `spec` says, and converted to float32 (C, H, W).
 
+    With a crop spec, `store` is the spec's own store (harmonised S x S images); a training input
+    is one random window per image (crop_rng), then augmented; the inputs without augmentation
+    are each image's fixed windows, (n_windows, C, crop, crop) per image.
+
     - `ds[key]` (an index array or tensor, or a slice): the inputs without augmentation (for
       validation), identical to those of spec's own store;
     - `ds.augmented(index, epoch)`: the training inputs of epoch `epoch` (1-based).
@@ -100,7 +117,10 @@ class AugmentedImages:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (len(self.rows), self.spec.channels, self.spec.size, self.spec.size)
+        """The shape of `self[:]`."""
+        views = (n_windows(self.spec),) if self.spec.crop else ()
+        side = self.spec.input_size
+        return (len(self.rows),) + views + (self.spec.channels, side, side)
 
     def _picked(self, key) -> np.ndarray:
         if hasattr(key, "numpy"):  # a torch tensor of indices
@@ -112,6 +132,8 @@ class AugmentedImages:
         from PIL import Image
 
         u8 = self.store.read(rows)
+        if self.spec.crop:
+            return torch.from_numpy(self._windows(u8, rows, epoch))
         if epoch is not None and self.augment != "none":
             u8 = np.stack([np.asarray(augment_image(Image.fromarray(img), self.augment,
                                                     augment_rng(self.seed, epoch, row)),
@@ -123,6 +145,22 @@ class AugmentedImages:
             u8 = harmonize_u8(u8, self.spec)
         return torch.from_numpy(to_model_input(u8, self.spec))
 
+    def _windows(self, u8: np.ndarray, rows: np.ndarray, epoch: int | None) -> np.ndarray:
+        """Crop spec: the fixed windows (epoch None), else one random, augmented window each."""
+        from PIL import Image
+
+        if epoch is None:
+            return to_model_input(u8, self.spec)
+        windows = []
+        for img, row in zip(u8, rows):
+            where = random_window(self.spec, crop_rng(self.seed, epoch, row))
+            window = cut_window(img, self.spec, *where)
+            if self.augment != "none":
+                window = np.asarray(augment_image(Image.fromarray(window), self.augment,
+                                                  augment_rng(self.seed, epoch, row)), dtype=np.uint8)
+            windows.append(window)
+        return to_model_input(np.stack(windows), self.spec.window())
+
     def __getitem__(self, key):
         return self._inputs(self._picked(key), None)
 
@@ -130,4 +168,5 @@ class AugmentedImages:
         return self._inputs(self._picked(key), int(epoch))
 
 
-__all__ = ["AUGMENTATIONS", "augment_image", "augment_rng", "check_augment", "AugmentedImages"]
+__all__ = ["AUGMENTATIONS", "augment_image", "augment_rng", "crop_rng", "check_augment",
+           "AugmentedImages"]

@@ -1,8 +1,13 @@
-"""Model inputs: the two preprocessing specs, the uint8 image of a file for a spec, float arrays.
+"""Model inputs: the preprocessing specs, the uint8 image of a file for a spec, float arrays.
 
 One code path for every image: `preprocess(open_image(...), spec)` gives the uint8 image that is
 packed into the store (aigen.data.store) for dataset files, and `to_model_input` turns uint8
 images into the float32 NCHW model input.
+
+Input policies (`--input`, docs/study.md): "resize" (SCRATCH, BACKBONE: the whole image resized to
+the model's input size) or "crop" (CROP: the image at close to its stored resolution, its short
+side scaled to S and the centre S x S square kept; the backbones see 224 x 224 windows of it,
+a random one per training step, CROP_WINDOWS fixed ones averaged everywhere else).
 
 Harmonisation (`Spec.harmonize`, docs/study.md): "none", or "jpeg:Q" = after the resize to the
 model's input size, the image is JPEG-encoded at quality Q and decoded again (`harmonize_image`),
@@ -26,8 +31,18 @@ from aigen.data.loading import DEFAULT_MAX_PIXELS, ImageSkip, decode_bytes, open
 # Bumped whenever decoding, resizing or the cache layout changes, so old entries are never reused.
 CACHE_VERSION = 2
 # Dataset images are decoded (JPEG draft) so both sides stay >= this many pixels: the largest
-# model input. Every spec derives from this one decode, whichever specs are requested together.
+# model input. Every resize spec derives from this one decode, whichever specs are requested
+# together; a crop spec has its own decode, with the draft bounded by its side S
+# (Spec.decode_min_side), so asking for it never changes another spec's bytes.
 DECODE_MIN_SIDE = 224
+# The crop policy: the stored square's side S (the cap on the short side), the model's window and
+# the fixed test windows. S = 384 keeps most images of the Kaggle data near their stored
+# resolution (median short side 512 AI / 480 real; 10% / 20% are smaller than 384 and are
+# enlarged) and shrinks 512x512 Stable Diffusion / COCO images by 0.75 only (docs/data.md).
+CROP_SIDE = 384
+CROP_WINDOW = 224
+INPUT_RESIZE = "resize"
+INPUT_CROP = "crop"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,6 +65,20 @@ def check_harmonize(text: str) -> str:
     return f"jpeg:{int(match.group(1))}"
 
 
+def check_input(text: str) -> str:
+    """The canonical form of an input policy: "resize", "crop" (S = CROP_SIDE) or "crop:S" (S a
+    whole number in CROP_WINDOW..2048, "crop:384" written "crop"); ValueError otherwise."""
+    text = str(text).strip().lower()
+    if text in (INPUT_RESIZE, INPUT_CROP):
+        return text
+    match = re.fullmatch(r"crop:(\d{1,4})", text)
+    if not match or not CROP_WINDOW <= int(match.group(1)) <= 2048:
+        raise ValueError(f"input policy {text!r}: use resize, crop or crop:S with a side S in "
+                         f"{CROP_WINDOW}..2048")
+    side = int(match.group(1))
+    return INPUT_CROP if side == CROP_SIDE else f"crop:{side}"
+
+
 def harmonize_image(img: Image.Image, harmonize: str) -> Image.Image:
     """`img` (mode "L" or "RGB") after harmonisation: "none" leaves it alone; "jpeg:Q" encodes it
     as JPEG at quality Q with the fixed settings HARMONIZE_JPEG and decodes it again (the same
@@ -70,7 +99,12 @@ class Spec:
     """A model input: `mode` ("L" or "RGB") resized to size x size with `resample`, harmonised
     (`harmonize`: "none" or "jpeg:Q", see harmonize_image), then (x / 255 - mean) / std per
     channel. Aspect ratio is not preserved and nothing is cropped, so the original size and shape
-    are not inputs (resampling still leaves traces of them)."""
+    are not inputs (resampling still leaves traces of them).
+
+    `crop` > 0 makes it a crop spec: the stored image is the short side scaled to `size` (S) and
+    the centre S x S square (harmonised at that size), and the model sees `crop` x `crop` windows
+    of it: `to_model_input` of stored images gives their fixed windows (crop_windows), the
+    training gives random ones (random_window)."""
 
     name: str
     size: int
@@ -79,9 +113,27 @@ class Spec:
     std: tuple[float, ...]
     resample: str = "bilinear"
     harmonize: str = HARMONIZE_NONE
+    crop: int = 0
 
     def __post_init__(self):
         check_harmonize(self.harmonize)
+        if self.crop and not 0 < self.crop <= self.size:
+            raise ValueError(f"a crop of {self.crop} does not fit in {self.size}x{self.size}")
+
+    @property
+    def input_size(self) -> int:
+        """The side of the model's input: the window of a crop spec, else the stored size."""
+        return self.crop or self.size
+
+    @property
+    def decode_min_side(self) -> int:
+        """JPEG draft bound of the decode this spec's rows come from (see DECODE_MIN_SIDE)."""
+        return self.size if self.crop else DECODE_MIN_SIDE
+
+    def window(self) -> "Spec":
+        """The spec of one crop-sized window of this crop spec's stored images (the model input
+        of a training step); a resize spec is its own window."""
+        return replace(self, size=self.crop, crop=0) if self.crop else self
 
     def harmonized(self, harmonize: str) -> "Spec":
         """This spec with another harmonisation (canonicalised; ValueError if not valid)."""
@@ -100,7 +152,10 @@ class Spec:
     def key(self) -> str:
         """Cache folder name: every parameter that changes the cached bytes ("none" adds nothing,
         so stores written before harmonisation existed stay valid)."""
-        key = f"{self.name}-{self.size}x{self.size}-{self.mode}-{self.resample}-draft{DECODE_MIN_SIDE}"
+        key = f"{self.name}-{self.size}x{self.size}-{self.mode}-{self.resample}"
+        if self.crop:  # short side scaled to size, centre square (the window is not in the bytes)
+            key += "-shortside-centre"
+        key += f"-draft{self.decode_min_side}"
         if self.harmonize != HARMONIZE_NONE:
             quality = self.harmonize.split(":")[1]
             key += f"-jpeg{quality}s420"  # the fixed settings of HARMONIZE_JPEG
@@ -109,7 +164,48 @@ class Spec:
 
 SCRATCH = Spec("scratch", 32, "L", mean=(0.0,), std=(1.0,))
 BACKBONE = Spec("backbone", 224, "RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+CROP = Spec("crop", CROP_SIDE, "RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=CROP_WINDOW)
 SPECS = {SCRATCH.name: SCRATCH, BACKBONE.name: BACKBONE}
+
+
+def backbone_spec(input_policy: str = INPUT_RESIZE, harmonize: str = HARMONIZE_NONE) -> Spec:
+    """The backbones' input under an input policy (check_input) and a harmonisation."""
+    input_policy = check_input(input_policy)
+    if input_policy == INPUT_RESIZE:
+        return BACKBONE.harmonized(harmonize)
+    side = CROP_SIDE if input_policy == INPUT_CROP else int(input_policy.split(":")[1])
+    return replace(CROP, size=side).harmonized(harmonize)
+
+
+def crop_windows(spec: Spec) -> list[tuple[int, int]]:
+    """(top, left) of the fixed windows of a crop spec, the views scored and averaged at test
+    time: the centre, then the four corners (together they cover the whole S x S square)."""
+    far, mid = spec.size - spec.crop, (spec.size - spec.crop) // 2
+    return [(mid, mid), (0, 0), (0, far), (far, 0), (far, far)]
+
+
+def random_window(spec: Spec, rng: np.random.Generator) -> tuple[int, int]:
+    """(top, left) of a training window: uniform over every position inside the S x S square
+    (two draws from `rng`, always)."""
+    top, left = rng.integers(0, spec.size - spec.crop + 1, size=2)
+    return int(top), int(left)
+
+
+def cut_window(u8: np.ndarray, spec: Spec, top: int, left: int) -> np.ndarray:
+    """The crop x crop window at (top, left) of one stored image (a copy)."""
+    return np.array(u8[top:top + spec.crop, left:left + spec.crop], dtype=np.uint8)
+
+
+def mean_over_windows(prob: np.ndarray, n_windows: int) -> np.ndarray:
+    """P(AI) per image from the probabilities of its windows (n_images * n_windows values, each
+    image's windows together): their mean, in float64."""
+    prob = np.asarray(prob, dtype=np.float64)
+    return prob.reshape(-1, n_windows).mean(axis=1) if n_windows > 1 else prob
+
+
+def n_windows(spec: Spec) -> int:
+    """How many model inputs one stored image gives at test time: 1, or the fixed windows."""
+    return len(crop_windows(spec)) if spec.crop else 1
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR}
 
@@ -117,15 +213,40 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR}
 def preprocess(img: Image.Image, spec: Spec) -> np.ndarray:
     """The uint8 image for `spec`: RGB -> (grey via Pillow's convert("L"), ITU-R 601 luma) ->
     resize to size x size with Pillow's bilinear filter (antialiased when shrinking) ->
-    harmonisation at that size (harmonize_image: nothing, or a JPEG round trip at quality Q)."""
+    harmonisation at that size (harmonize_image: nothing, or a JPEG round trip at quality Q).
+
+    A crop spec instead scales the image so that its short side is `size` (S; the long side
+    rounded, aspect ratio kept; not touched when the short side is already S, enlarged when it
+    is smaller) and keeps the centre S x S square, then harmonises that square."""
     if img.mode != "RGB":
         from aigen.data.loading import to_rgb
 
         img = to_rgb(img)
     if spec.mode == "L":
         img = img.convert("L")
-    img = img.resize((spec.size, spec.size), _RESAMPLE[spec.resample])
+    if spec.crop:
+        img = _short_side_square(img, spec)
+    else:
+        img = img.resize((spec.size, spec.size), _RESAMPLE[spec.resample])
     return np.array(harmonize_image(img, spec.harmonize), dtype=np.uint8)
+
+
+def _short_side_square(img: Image.Image, spec: Spec) -> Image.Image:
+    side = spec.size
+    w, h = img.size
+    if min(w, h) != side:
+        scale = side / min(w, h)
+        w, h = (side, max(side, round(h * scale))) if w <= h else (max(side, round(w * scale)), side)
+        img = img.resize((w, h), _RESAMPLE[spec.resample])
+    left, top = (w - side) // 2, (h - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+def rescaling(width: int, height: int, spec: Spec) -> str:
+    """What a crop spec does to an image stored at width x height: "enlarged" (short side below
+    S: interpolated up), "kept" (exactly S) or "reduced"."""
+    short = min(int(width), int(height))
+    return "kept" if short == spec.size else "enlarged" if short < spec.size else "reduced"
 
 
 def harmonize_u8(u8: np.ndarray, spec: Spec) -> np.ndarray:
@@ -150,7 +271,10 @@ def to_model_input(u8: np.ndarray, spec: Spec) -> np.ndarray:
     """float32 NCHW model input from one uint8 image or a batch (N, H, W[, 3]); one image -> N=1.
 
     Each value is (v / 255 - mean[c]) / std[c], computed in float64 and rounded to float32 (a
-    lookup table, which also avoids float temporaries of the whole batch)."""
+    lookup table, which also avoids float temporaries of the whole batch).
+
+    For a crop spec, the stored S x S images give their fixed windows (crop_windows) as
+    (N, n_windows, C, crop, crop): every scorer averages the windows' probabilities."""
     u8 = np.asarray(u8)
     if u8.dtype != np.uint8:
         raise ValueError(f"expected uint8 images, got {u8.dtype}")
@@ -158,6 +282,13 @@ def to_model_input(u8: np.ndarray, spec: Spec) -> np.ndarray:
         u8 = u8[None]
     if u8.shape[1:] != spec.u8_shape:
         raise ValueError(f"expected images of shape {spec.u8_shape} for {spec.name}, got {u8.shape[1:]}")
+    if spec.crop:
+        window = spec.window()
+        out = np.empty((u8.shape[0], n_windows(spec), spec.channels, spec.crop, spec.crop),
+                       dtype=np.float32)
+        for k, (top, left) in enumerate(crop_windows(spec)):
+            out[:, k] = to_model_input(u8[:, top:top + spec.crop, left:left + spec.crop], window)
+        return out
     lut = _lookup_table(spec)
     out = np.empty((u8.shape[0], spec.channels, spec.size, spec.size), dtype=np.float32)
     if spec.mode == "L":
@@ -170,10 +301,23 @@ def to_model_input(u8: np.ndarray, spec: Spec) -> np.ndarray:
 
 def load_model_inputs(path: str | os.PathLike, specs: Iterable[Spec],
                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[Spec, np.ndarray]:
-    """{spec: float32 (1, C, H, W)} for an image file outside a dataset: decoded once, exactly like
-    dataset files (raises loading.ImageSkip when the file is unusable)."""
-    img = open_image(path, max_pixels, min_side=DECODE_MIN_SIDE)
-    return {spec: to_model_input(preprocess(img, spec), spec) for spec in specs}
+    """{spec: float32 (1, C, H, W)} (a crop spec: (1, n_windows, C, H, W)) for an image file
+    outside a dataset, decoded exactly like dataset files: read once, decoded once per draft
+    bound (raises loading.ImageSkip when the file is unusable)."""
+    from aigen.data.loading import read_bytes
+
+    data = read_bytes(path)
+    return {spec: to_model_input(u8, spec)
+            for spec, u8 in _decoded(data, list(specs), max_pixels).items()}
+
+
+def _decoded(data: bytes, specs: list[Spec], max_pixels: int | None) -> dict[Spec, np.ndarray]:
+    """{spec: uint8 image} of the file's bytes: one decode per distinct Spec.decode_min_side."""
+    out = {}
+    for side in dict.fromkeys(spec.decode_min_side for spec in specs):
+        img = decode_bytes(data, max_pixels=max_pixels, min_side=side)
+        out.update({spec: preprocess(img, spec) for spec in specs if spec.decode_min_side == side})
+    return out
 
 
 def load_model_input(path: str | os.PathLike, spec: Spec,
@@ -204,9 +348,9 @@ def cache_root(create: bool = True) -> Path:
 
 def decode_specs(data: bytes, specs: Iterable[Spec],
                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict[str, np.ndarray]:
-    """{spec.key: uint8 image} for the bytes of a dataset file, decoded once; raises ImageSkip."""
-    img = decode_bytes(data, max_pixels=max_pixels, min_side=DECODE_MIN_SIDE)
-    return {spec.key: preprocess(img, spec) for spec in specs}
+    """{spec.key: uint8 image} for the bytes of a dataset file, decoded once per draft bound
+    (once, without a crop spec); raises ImageSkip."""
+    return {spec.key: u8 for spec, u8 in _decoded(data, list(specs), max_pixels).items()}
 
 
 def check_decodes(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:

@@ -30,7 +30,8 @@ class StoreImages(_torch_dataset()):
     """Model inputs of dataset rows `rows`, read from a store (store.RowFile of uint8 images).
 
     `ds[i]` is one float32 tensor (C, H, W); `ds[[i, j, ...]]` a batch (N, C, H, W) read in one go
-    (what `batches` asks for). Pickles as a path, for DataLoader workers."""
+    (what `batches` asks for); a crop spec gives each image's fixed windows, (N, n_windows, C, H,
+    W) (preprocess.to_model_input). Pickles as a path, for DataLoader workers."""
 
     def __init__(self, store: RowFile, spec: Spec, rows: Sequence[int] | np.ndarray | None = None):
         self.store = store
@@ -256,33 +257,47 @@ def prefix_features(backbone, store: RowFile, spec: Spec, rows: np.ndarray, *, m
                     workers: int = 0, progress: bool = False) -> FeatureRows:
     """The backbone's prefix activations of dataset rows `rows` (in that order), computed from
     the store in batches, or reused from an earlier run with the same data, rows, backbone
-    weights, input spec and device type (docs/scale.md)."""
+    weights, input spec and device type (docs/scale.md).
+
+    A crop spec gives n_windows rows per image, its fixed windows (preprocess.crop_windows) one
+    after the other: len(rows) * n_windows rows."""
     import torch
 
     from aigen import distributed
+    from aigen.data.preprocess import crop_windows, n_windows
 
-    key = feature_key("prefix", manifest, np.asarray(rows, dtype=np.int64), backbone.name,
-                      backbone.fingerprint, spec.key, getattr(device, "type", str(device)),
-                      torch.__version__)
+    views = n_windows(spec)
+    parts = ["prefix", manifest, np.asarray(rows, dtype=np.int64), backbone.name,
+             backbone.fingerprint, spec.key, getattr(device, "type", str(device)),
+             torch.__version__]
+    if spec.crop:  # the windows are not in the store's bytes (nor key): they are here
+        parts.append(f"windows{spec.crop}:{crop_windows(spec)}")
+    key = feature_key(*parts)
+    step = max(1, batch_size // views)  # images per batch: about batch_size model inputs
+
+    def activations(x):
+        flat = x.reshape((-1,) + tuple(x.shape[-3:]))  # an image's windows, one after the other
+        return backbone.prefix_activations(flat, device, batch_size).contiguous()
 
     def compute():
         if not distributed.world().distributed:
-            for x in batches(StoreImages(store, spec, rows), batch_size, device=device,
+            for x in batches(StoreImages(store, spec, rows), step, device=device,
                              workers=workers):
-                yield backbone.prefix_activations(x, device, batch_size).contiguous().numpy()
+                yield activations(x).numpy()
             return
-        # Each process its share of the rows; each batch gathered back into row order.
+        # Each process its share of the rows; each batch gathered back into row order (an
+        # image's windows stay together).
         done = 0
         mine = np.asarray(rows)[distributed.shard(len(rows))]
-        for x in batches(StoreImages(store, spec, mine), batch_size, device=device,
+        for x in batches(StoreImages(store, spec, mine), step, device=device,
                          workers=workers):
-            gathered = distributed.gather_rows(
-                backbone.prefix_activations(x, device, batch_size).contiguous())
-            part = gathered[:len(rows) - done].contiguous().numpy()
+            act = activations(x)
+            gathered = distributed.gather_rows(act.reshape((-1, views) + tuple(act.shape[1:])))
+            part = gathered[:len(rows) - done]
             done += len(part)
-            yield part
+            yield part.reshape((-1,) + tuple(act.shape[1:])).contiguous().numpy()
 
-    return computed_features(features_folder(), key, len(rows), compute, budget=budget,
+    return computed_features(features_folder(), key, len(rows) * views, compute, budget=budget,
                              desc=f"{backbone.name} prefix", progress=progress)
 
 

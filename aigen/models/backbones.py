@@ -629,7 +629,8 @@ class BackboneClassifier:
     def predict_proba(self, X, batch_size: int = 32) -> np.ndarray:
         """Probability of class 1 (AI) for model-input images X (N, 3, H, W) float32: an array,
         a tensor, or a dataset giving such a batch for an array of row numbers
-        (aigen.data.stream.StoreImages)."""
+        (aigen.data.stream.StoreImages); for (N, V, 3, H, W), V views of each image (the crop
+        policy's fixed windows), the mean of their probabilities."""
         import torch
 
         if not isinstance(X, (torch.Tensor, np.ndarray)):  # a dataset: read batch by batch
@@ -637,6 +638,10 @@ class BackboneClassifier:
                      for i in range(0, len(X), batch_size)]
             return np.concatenate(parts) if parts else np.zeros(0)
         X = _as_tensor(X)
+        if X.ndim == 5:
+            from aigen.data.preprocess import mean_over_windows
+
+            return mean_over_windows(self.predict_proba(X.flatten(0, 1), batch_size), X.shape[1])
         if self.own_prefix:
             parts = [self._own_logits(X[i:i + batch_size])
                      for i in range(0, X.shape[0], batch_size)]

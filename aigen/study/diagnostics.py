@@ -177,13 +177,18 @@ def gradcam_diagnostic(name: str, clf, store, spec, indices: np.ndarray, y: np.n
     """Grad-CAM of one backbone model on examples of its seed's test images (`indices`: their
     rows in `store`, the uint8 inputs it was scored on; `y`, `prob_ai`: their labels and its
     probabilities); writes the figure, returns {"seed", "examples": [{"path", "group",
-    "label", "prob_ai"}]}."""
-    from aigen.data.preprocess import to_model_input
+    "label", "prob_ai"}]}. Under the crop policy the map is that of each image's centre window
+    (the first fixed window), shown on that window; `prob_ai` stays the image's (all windows)."""
+    from aigen.data.preprocess import crop_windows, cut_window, to_model_input
 
     groups = pick_examples(y, prob_ai)
     chosen = np.concatenate([g for g in groups.values()]).astype(np.int64)
     u8 = store.read(np.asarray(indices)[chosen]) if len(chosen) else np.zeros((0, *spec.u8_shape),
                                                                                np.uint8)
+    if spec.crop:
+        u8 = np.stack([cut_window(img, spec, *crop_windows(spec)[0]) for img in u8]) \
+            if len(u8) else np.zeros((0, *spec.window().u8_shape), np.uint8)
+        spec = spec.window()
     maps, _ = classifier_grad_cam(clf, to_model_input(u8, spec), device=device) if len(chosen) \
         else (np.zeros((0, spec.size, spec.size), np.float32), None)
     where = {int(k): j for j, k in enumerate(chosen)}

@@ -1,7 +1,7 @@
 """`aigen study` (= scripts/run_study.py): the whole study, from a data folder to a results folder.
 
 Stages: load + check the data -> exploration and metadata shortcut audit -> one split per seed ->
-for each input protocol (--harmonize x --augment, aigen.study.protocols; one by default):
+for each input protocol (--input x --harmonize x --augment, aigen.study.protocols; one by default):
 backbone prefix activations (once per backbone, shared by both regimes and every seed) -> train
 every model for every seed -> evaluate each once on train/val/test -> (first protocol) scratch
 learning-rate study -> degradation sweep of every model (test images re-encoded, blurred,
@@ -383,7 +383,8 @@ class Study:
 
         # Every protocol trains and evaluates on the same splits; the first is the default one.
         self.protocols = study_protocols(getattr(args, "harmonize", None),
-                                         getattr(args, "augment", None))
+                                         getattr(args, "augment", None),
+                                         getattr(args, "input", None))
         self.by_protocol: dict[str, dict[str, Any]] = {}  # key -> that protocol's state
         # The current protocol's state: models (name -> model info, filled by training), runs
         # ((name, seed) -> trained run), skipped models, degradation sweep, external evaluations.
@@ -495,8 +496,10 @@ class Study:
             if needs_backbone:
                 wanted.append(specs["backbone"])
                 # Training from images (augmented, or the full regime) reads the unharmonised
-                # rows (aigen.data.augment.AugmentedImages).
-                if protocol.augment != "none" or "full" in self.args.models:
+                # rows (aigen.data.augment.AugmentedImages) of resized inputs; crops are cut
+                # from the harmonised squares (their own store).
+                if (protocol.augment != "none" or "full" in self.args.models) \
+                        and not specs["backbone"].crop:
                     wanted.append(BACKBONE)
         specs = tuple({spec.key: spec for spec in wanted}.values())
 
@@ -645,11 +648,15 @@ class Study:
 
     def _probabilities(self, clf, A) -> np.ndarray:
         """P(AI) of every used image for a trained classifier (A: its prefix activations or
-        pooled features; for a model with its own prefix, the full regime, the images: see
-        `_model_inputs`)."""
+        pooled features; under the crop policy those of each image's fixed windows, whose
+        probabilities are averaged; for a model with its own prefix, the full regime, the
+        images: see `_model_inputs`, whose crops predict_proba averages itself)."""
+        from aigen.data.preprocess import mean_over_windows, n_windows
+
         if clf.own_prefix:
             return self._in_shares(clf.predict_proba, A)
-        return self._in_shares(clf.predict_proba_from_prefix, A)
+        return mean_over_windows(self._in_shares(clf.predict_proba_from_prefix, A),
+                                 n_windows(self.specs["backbone"]))
 
     def _model_inputs(self):
         """Every used image as the backbones' input under the current protocol (harmonised),
@@ -781,7 +788,10 @@ class Study:
 
         backbone = self.backbones[name]
         augment = self.protocol.augment
+        crop = self.specs["backbone"].crop
         hp = {**self.hp[regime], "augment": augment}
+        if crop:  # (a resize model's hyperparameters are recorded as before input policies)
+            hp["input"] = self.protocol.input
         # What the model is scored on: the full regime's own prefix needs the images themselves.
         A = {"frozen": self.pooled, "finetuned": self.prefix}[regime][name] \
             if regime != "full" else self._model_inputs()
@@ -792,10 +802,11 @@ class Study:
             train = partial(train_full, lr_decay=hp["lr_decay"], weight_decay=hp["weight_decay"],
                             warmup=hp["warmup_epochs"], patience=hp["patience"])
             X_tr, X_va = self._training_images(tr, seed, augment), self._training_images(va, seed)
-        elif augment == "none":
+        elif augment == "none" and not crop:
             train = train_frozen if regime == "frozen" else train_finetuned
             X_tr, X_va = _take(A, tr), _take(A, va)  # views of the cached activations
-        else:  # augmented: trained from images (the whole backbone runs on every batch)
+        else:  # augmented, or random crops: trained from images (the whole backbone runs on
+            # every batch)
             from aigen.training import train_from_images
 
             train = partial(train_from_images, regime=regime)
@@ -807,7 +818,7 @@ class Study:
                              epoch_state=runfolder.epoch_state_path(
                                  self.work, self.run_name(model_name), seed),
                              amp=getattr(self.args, "amp", "off"))
-        prob = self._probabilities(clf, A)
+        prob = self._probabilities(clf, A)  # a crop model: the mean over each image's windows
         if not self.world.is_main:
             return
         clf.save(self._checkpoint(model_name, seed),
@@ -821,14 +832,17 @@ class Study:
 
     def _training_images(self, rows: np.ndarray, seed: int, augment: str = "none"):
         """The images of `rows` (rows of self.used) as the backbones' inputs under the current
-        protocol, made per batch from the unharmonised store: augmented (seeded per seed, epoch
-        and image) and then harmonised (aigen.data.augment.AugmentedImages)."""
+        protocol, made per batch (aigen.data.augment.AugmentedImages): resized ones from the
+        unharmonised store, augmented (seeded per seed, epoch and image) and then harmonised;
+        crops from the protocol's own (harmonised) store, a random window per image and epoch,
+        then augmented (without `augment`'s draws: each image's fixed windows)."""
         from aigen.data.augment import AugmentedImages
         from aigen.data.dataset import dataset_inputs
         from aigen.data.preprocess import BACKBONE
 
-        return AugmentedImages(dataset_inputs(self.dataset, BACKBONE), self.specs["backbone"],
-                               self.used[rows], augment, seed)
+        spec = self.specs["backbone"]
+        return AugmentedImages(dataset_inputs(self.dataset, spec if spec.crop else BACKBONE),
+                               spec, self.used[rows], augment, seed)
 
     # -- learning-rate study ------------------------------------------------------------------
 
@@ -905,7 +919,7 @@ class Study:
         from aigen.study.predict import needed_specs
 
         return needed_specs({name: info["regime"] for name, info in self.models.items()},
-                            self.protocol.harmonize)
+                            self.protocol.harmonize, self.protocol.input)
 
     def _loader_workers(self) -> int:
         """DataLoader processes for work that decodes image files (--workers; 0 = in-process)."""
@@ -985,7 +999,8 @@ class Study:
         training = {im.sha256 for im in self.dataset.images}
         # The same function `aigen evaluate` applies to a run's config.json, with the protocol's
         # harmonisation.
-        preprocessing = run_preprocessing({"arguments": vars(self.args)}, self.protocol.harmonize)
+        preprocessing = run_preprocessing({"arguments": vars(self.args)}, self.protocol.harmonize,
+                                          self.protocol.input)
         # Another protocol's files are told apart by its tag: external/NAME@TAG/.
         label = (lambda n: n) if self.protocol == self.protocols[0] else \
             (lambda n: f"{n}@{self.protocol.tag}")  # noqa: E731
@@ -995,7 +1010,8 @@ class Study:
                                             self.args.workers, self.progress)
                 evaluation, rows, duplicates = evaluate_dataset(
                     dataset, make_scorer(models, regimes), regimes, self.seeds, val, training,
-                    progress=self.progress, harmonize=self.protocol.harmonize)
+                    progress=self.progress, harmonize=self.protocol.harmonize,
+                    input_policy=self.protocol.input)
             except UserError as exc:
                 self.external_skipped[set_name] = str(exc)
                 self._log(f"evaluation set {set_name} skipped: {exc}")
@@ -1073,6 +1089,9 @@ class Study:
             "protocol": self.protocol.key,
             "harmonize": self.protocol.harmonize,
             "augment": "none" if info["regime"] == "scratch" else self.protocol.augment,
+            # (only under another input policy than resize: a resize record is as before)
+            **({"input": self.protocol.input} if self.protocol.input != "resize"
+               and info["regime"] != "scratch" else {}),
             "run_name": self.run_name(name),
             # backbones: which network and which weights file, exactly
             **{key: info[key] for key in ("architecture", "weights_sha256") if key in info},
@@ -1213,12 +1232,29 @@ class Study:
                 first = next(p for p in self.protocols if p.harmonize == protocol.harmonize)
                 record["scratch_not_augmented"] = (
                     "the scratch CNN is not augmented: it is trained once per harmonisation, "
-                    f"see protocol {first.key}")
+                    f"see protocol {first.key}") if protocol.input == first.input else (
+                    "the scratch CNN is not augmented and always takes its 32x32 resized "
+                    f"input: it is trained once per harmonisation, see protocol {first.key}")
+            if self.specs["backbone"].crop:
+                record["rescaled"] = self._rescaled(self.specs["backbone"])
             if self.args.eval_data:
                 record["external"] = self.external
                 record["external_skipped"] = self.external_skipped
             out[protocol.key] = record
         return out
+
+    def _rescaled(self, spec) -> dict[str, Any]:
+        """How many of the study's images per class the crop spec enlarged, kept or reduced to
+        its side (resampling leaves traces of its own: a class enlarged more often is a cue)."""
+        from aigen.data.discover import LABEL_AI
+        from aigen.data.preprocess import rescaling
+
+        counts = {cls: {"enlarged": 0, "kept": 0, "reduced": 0} for cls in ("ai", "real")}
+        for i in self.used:
+            im = self.dataset.images[int(i)]
+            counts["ai" if im.label == LABEL_AI else "real"][
+                rescaling(im.width, im.height, spec)] += 1
+        return {"side": spec.size, "per_class": counts}
 
     def _write_predictions(self) -> None:
         from aigen import io

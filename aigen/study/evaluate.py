@@ -88,12 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from aigen.io import atomic_folder, check_new_folder, new_results_folder, refuse_inside
     from aigen.study.predict import load_models, read_run
 
-    from aigen.study.protocols import protocol_view, resolve_names
+    from aigen.study.protocols import protocol_input, protocol_view, resolve_names
 
     run_dir = Path(args.run).expanduser().resolve()
     results, config = read_run(run_dir)
-    # One protocol's models (under their run names) and its harmonisation.
+    # One protocol's models (under their run names), its harmonisation and input policy.
     protocol, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
+    input_policy = protocol_input(results, protocol)
     seeds = check_run(run_dir, results)
     data_root = check_root(args.data).resolve()
     name = set_name(args.name) if args.name else safe_name(data_root.name)
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     class_map = parse_class_args(args.classes) if args.classes else None
     val = run_val_predictions(run_dir, names, seeds)
     training = run_training_sha256(run_dir, results)
-    preprocessing = run_preprocessing(config, harmonize)
+    preprocessing = run_preprocessing(config, harmonize, input_policy)
     regimes = {n: results["models"][n]["regime"] for n in names}
     device = resolve_device(args.device)
     backbones: dict[str, Any] = {}  # loaded first: a damaged checkpoint fails before decoding
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_folder(out) as work:
         evaluation, predictions, duplicates = evaluate_dataset(
             dataset, make_scorer(models, regimes), regimes, seeds, val, training,
-            progress=args.progress, harmonize=harmonize)
+            progress=args.progress, harmonize=harmonize, input_policy=input_policy)
         evaluation = {"command": "aigen evaluate", "name": name, "run": str(run_dir),
                       "protocol": protocol, **evaluation, "preprocessing": preprocessing}
         figures = write_evaluation(work, "", name, dataset, evaluation, predictions, duplicates)
@@ -161,12 +162,17 @@ def _chosen_models(run_dir: Path, results: Mapping[str, Any], names: list[str] |
     return list(dict.fromkeys(names)) if names else available
 
 
-def run_preprocessing(config: Mapping[str, Any], harmonize: str = "none") -> dict[str, Any]:
+def run_preprocessing(config: Mapping[str, Any], harmonize: str = "none",
+                      input_policy: str = "resize") -> dict[str, Any]:
     """How the run turned files into model inputs: the pixel limit, read from its config.json,
-    and the harmonisation of the protocol whose models score them (aigen.study.protocols).
-    Every image scored with the run's models goes through this."""
+    and the harmonisation and input policy of the protocol whose models score them
+    (aigen.study.protocols; "input" is recorded only when it is not "resize"). Every image
+    scored with the run's models goes through this."""
     arguments = config.get("arguments") or {}
-    return {"max_pixels": arguments.get("max_pixels") or None, "harmonize": harmonize}
+    out = {"max_pixels": arguments.get("max_pixels") or None, "harmonize": harmonize}
+    if input_policy != "resize":
+        out["input"] = input_policy
+    return out
 
 
 def run_val_predictions(run_dir: Path, names: Sequence[str], seeds: Sequence[int]
@@ -225,7 +231,8 @@ def load_eval_dataset(root: Path, class_map, preprocessing: Mapping[str, Any],
     from aigen.data.dataset import format_skip_summary, load_dataset
     from aigen.study.predict import needed_specs
 
-    specs = needed_specs(regimes, preprocessing.get("harmonize", "none"))
+    specs = needed_specs(regimes, preprocessing.get("harmonize", "none"),
+                         preprocessing.get("input", "resize"))
     dataset = load_dataset(root, class_map=class_map, max_pixels=preprocessing["max_pixels"],
                            workers=workers, progress=progress, specs=tuple(specs.values()),
                            both=False)
@@ -254,7 +261,8 @@ def make_scorer(models: Mapping[int, Mapping[str, Any]], regimes: Mapping[str, s
 
 def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds: Sequence[int],
                      val: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
-                     training_sha256: set[str], progress: bool = True, harmonize: str = "none"
+                     training_sha256: set[str], progress: bool = True, harmonize: str = "none",
+                     input_policy: str = "resize"
                      ) -> tuple[dict[str, Any], list[list[Any]], list[list[Any]]]:
     """Score every usable image of `dataset` with every (model, seed) and compute the metrics.
 
@@ -279,7 +287,9 @@ def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds:
     if used.size == 0:
         raise UserError(f"{dataset.root}: no image left to evaluate (all {len(duplicates)} usable "
                         "image(s) are exact copies of the run's data)")
-    specs = needed_specs(regimes, harmonize)  # the models' own inputs (their protocol's)
+    # The models' own inputs (their protocol's); a crop spec's arrays hold each image's fixed
+    # windows, whose probabilities the scorer averages.
+    specs = needed_specs(regimes, harmonize, input_policy)
     y = dataset.labels[used]
     sources = [source_of(dataset.images[int(i)].rel_path, dataset.class_folders) for i in used]
     probs = {key: np.empty(used.size) for key in ((n, s) for n in regimes for s in seeds)}

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
+
 from aigen.errors import UserError
 
 
@@ -162,14 +164,17 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
     return models
 
 
-def needed_specs(regimes: Mapping[str, str], harmonize: str = "none") -> dict[str, Any]:
+def needed_specs(regimes: Mapping[str, str], harmonize: str = "none",
+                 input_policy: str = "resize") -> dict[str, Any]:
     """{"scratch"/"backbone": Spec} of the inputs models of these regimes take, under the
-    harmonisation of their protocol (aigen.study.protocols)."""
-    from aigen.data.preprocess import BACKBONE, SCRATCH
+    harmonisation and input policy of their protocol (aigen.study.protocols); the scratch CNN
+    always takes its resized input."""
+    from aigen.data.preprocess import SCRATCH, backbone_spec
 
     kinds = {"scratch" if r == "scratch" else "backbone" for r in regimes.values()}
-    return {key: spec.harmonized(harmonize)
-            for key, spec in (("scratch", SCRATCH), ("backbone", BACKBONE)) if key in kinds}
+    specs = {"scratch": SCRATCH.harmonized(harmonize),
+             "backbone": backbone_spec(input_policy, harmonize)}
+    return {key: spec for key, spec in specs.items() if key in kinds}
 
 
 BATCH = 32  # images scored together (bounds the memory of the 224x224 inputs)
@@ -183,16 +188,26 @@ def score(models: dict[str, Any], results: dict, batch: dict[str, Any],
     fine-tuned models (and by further calls on the same batch that pass the same `prefix` dict);
     so are the pooled features of its pretrained stage, the input of every frozen model's head
     (all seeds alike). A full model has its own prefix: it scores the images themselves.
+
+    A backbone input (N, V, C, H, W) holds V views of each image (the crop policy's fixed
+    windows): each image's probability is the mean of its views' (preprocess.mean_over_windows).
     """
+    from aigen.data.preprocess import mean_over_windows
+
     prefix = {} if prefix is None else prefix
     probs = {}
+    views = 1
+    if "backbone" in batch and np.ndim(batch["backbone"]) == 5:
+        views = batch["backbone"].shape[1]
+        batch = {**batch, "backbone": batch["backbone"].reshape(
+            (-1,) + tuple(batch["backbone"].shape[2:]))}
     for name, model in models.items():
         regime = results["models"][name]["regime"]
         if regime == "scratch":
             probs[name] = model.predict_proba(batch["scratch"])
             continue
         if model.own_prefix:
-            probs[name] = model.predict_proba(batch["backbone"])
+            probs[name] = mean_over_windows(model.predict_proba(batch["backbone"]), views)
             continue
         backbone = model.backbone
         if backbone.name not in prefix:
@@ -203,7 +218,7 @@ def score(models: dict[str, Any], results: dict, batch: dict[str, Any],
             if key not in prefix:
                 prefix[key] = backbone.pooled_features(inputs, model.device)
             inputs = prefix[key]
-        probs[name] = model.predict_proba_from_prefix(inputs)
+        probs[name] = mean_over_windows(model.predict_proba_from_prefix(inputs), views)
     return probs
 
 
@@ -214,7 +229,6 @@ def chosen_seed(results: dict, seed: int | None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Print `path,model,seed,prob_ai,label` rows for every readable image; skips go to stderr."""
-    import numpy as np
     from tqdm import tqdm
 
     from aigen.data.loading import ImageSkip
@@ -222,12 +236,13 @@ def run(args: argparse.Namespace) -> int:
     from aigen.device import resolve_device
     from aigen.io import escape_undecodable
 
-    from aigen.study.protocols import protocol_view, resolve_names
+    from aigen.study.protocols import protocol_input, protocol_view, resolve_names
 
     run_dir = Path(args.run)
     results, config = read_run(run_dir)
-    # One protocol's models, under their run names, with that protocol's harmonisation.
-    _, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
+    # One protocol's models, under their run names, with that protocol's harmonisation and input.
+    key, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
+    input_policy = protocol_input(results, key)
     files = list(iter_files(args.paths))  # a missing path fails now, before any model is loaded
     device = resolve_device(args.device)
     models = load_models(run_dir, results, config, resolve_names(args.model, results["models"]),
@@ -239,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
               "images", file=sys.stderr)
     max_pixels = config.get("arguments", {}).get("max_pixels") or None
     specs = needed_specs({n: m["regime"] for n, m in results["models"].items() if n in models},
-                         harmonize)
+                         harmonize, input_policy)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["path", "model", "seed", "prob_ai", "label"])  # one layout for any --model
     n_skipped = 0

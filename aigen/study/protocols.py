@@ -1,14 +1,19 @@
-"""The study's input protocols: a harmonisation (`--harmonize`) x a train-time augmentation
-(`--augment`), each combination trained and evaluated on the same splits (docs/study.md).
+"""The study's input protocols: an input policy (`--input`) x a harmonisation (`--harmonize`) x a
+train-time augmentation (`--augment`), each combination trained and evaluated on the same splits
+(docs/study.md).
 
-- A protocol's key is "HARMONIZE/AUGMENT" (e.g. "none/none", "jpeg:96/blurjpeg"): the key of
-  results.json["protocols"]; its tag ("jpeg96-blurjpeg") is the file-safe form.
-- The first protocol (first --harmonize value x first --augment value) is the run's default: its
-  models keep their plain names ("efficientnet_lite0_frozen") and fill results.json["models"], as
-  in a run without protocols. Every other protocol's models are named "NAME@TAG" (e.g.
-  "efficientnet_lite0_frozen@jpeg96-blurjpeg") in checkpoints/, predictions.csv and history.csv.
-- The scratch CNN is never augmented: it is trained once per harmonisation, in the first protocol
-  with that harmonisation, and left out of that harmonisation's other protocols.
+- A protocol's key is "HARMONIZE/AUGMENT" (e.g. "none/none", "jpeg:96/blurjpeg") under the resize
+  policy, as before input policies existed, and "INPUT/HARMONIZE/AUGMENT" under another
+  ("crop/jpeg:96/none"): the key of results.json["protocols"]; its tag ("jpeg96-blurjpeg",
+  "crop-jpeg96-none") is the file-safe form.
+- The first protocol (first --input x first --harmonize x first --augment value) is the run's
+  default: its models keep their plain names ("efficientnet_lite0_frozen") and fill
+  results.json["models"], as in a run without protocols. Every other protocol's models are named
+  "NAME@TAG" (e.g. "efficientnet_lite0_frozen@jpeg96-blurjpeg") in checkpoints/, predictions.csv
+  and history.csv.
+- The scratch CNN is never augmented and always takes its 32x32 resized input: it is trained once
+  per harmonisation, in the first protocol with that harmonisation, and left out of that
+  harmonisation's other protocols.
 - `protocol_models(results, key)` is how a reader (`aigen predict`, `aigen evaluate`) gets one
   protocol's models and its harmonisation; a run written before protocols existed is one
   protocol, "none/none".
@@ -30,36 +35,61 @@ DEFAULT_KEY = "none/none"
 class Protocol:
     harmonize: str  # "none" or "jpeg:Q" (canonical)
     augment: str  # a key of aigen.data.augment.AUGMENTATIONS
+    input: str = "resize"  # "resize", "crop" or "crop:S" (aigen.data.preprocess.check_input)
 
     @property
     def key(self) -> str:
-        return f"{self.harmonize}/{self.augment}"
+        base = f"{self.harmonize}/{self.augment}"
+        return base if self.input == "resize" else f"{self.input}/{base}"
 
     @property
     def tag(self) -> str:
-        return f"{self.harmonize.replace(':', '')}-{self.augment}"
+        return self.key.replace(":", "").replace("/", "-")
 
     def specs(self) -> dict[str, Any]:
-        """{"scratch": Spec, "backbone": Spec}: the model inputs of this protocol."""
-        from aigen.data.preprocess import BACKBONE, SCRATCH
+        """{"scratch": Spec, "backbone": Spec}: the model inputs of this protocol (the scratch
+        CNN's is resized under every input policy)."""
+        from aigen.data.preprocess import SCRATCH, backbone_spec
 
         return {"scratch": SCRATCH.harmonized(self.harmonize),
-                "backbone": BACKBONE.harmonized(self.harmonize)}
+                "backbone": backbone_spec(self.input, self.harmonize)}
 
     def record(self) -> dict[str, Any]:
         """What results.json says about the protocol."""
         from aigen.data.augment import AUGMENTATIONS
-        from aigen.data.preprocess import HARMONIZE_JPEG
+        from aigen.data.preprocess import HARMONIZE_JPEG, crop_windows
 
-        harmonize = ("none: inputs are the resized decoded files" if self.harmonize == "none"
+        spec = self.specs()["backbone"]
+        where = ("after the resize to the model's input size" if not spec.crop else
+                 f"after the scaling to {spec.size}x{spec.size}, before the crops (the scratch "
+                 "CNN's input: after its resize)")
+        harmonize = ((f"none: inputs are the {'resized' if not spec.crop else 'cropped'} decoded "
+                      "files") if self.harmonize == "none"
                      else f"{self.harmonize}: every input of both classes JPEG-encoded at quality "
                           f"{self.harmonize.split(':')[1]} (Pillow, subsampling 4:2:0, baseline, "
-                          "not optimised) after the resize to the model's input size, and decoded "
-                          "again")
-        return {"key": self.key, "tag": self.tag, "harmonize": self.harmonize,
-                "augment": self.augment, "harmonize_text": harmonize,
-                "augment_text": AUGMENTATIONS[self.augment],
-                "jpeg_settings": None if self.harmonize == "none" else dict(HARMONIZE_JPEG)}
+                          f"not optimised) {where}, and decoded again")
+        record = {"key": self.key, "tag": self.tag, "harmonize": self.harmonize,
+                  "augment": self.augment, "harmonize_text": harmonize,
+                  "augment_text": AUGMENTATIONS[self.augment],
+                  "jpeg_settings": None if self.harmonize == "none" else dict(HARMONIZE_JPEG)}
+        if spec.crop:  # a resize protocol's record is the one written before input policies
+            record.update(input=self.input, input_text=input_text(spec),
+                          crop={"side": spec.size, "window": spec.crop,
+                                "test_windows": [list(w) for w in crop_windows(spec)]})
+        return record
+
+
+def input_text(spec) -> str:
+    """The backbones' input policy in words."""
+    if not spec.crop:
+        return ("resize: the whole image resized to 224x224 (aspect ratio not kept, nothing "
+                "cropped)")
+    from aigen.data.preprocess import n_windows
+
+    return (f"crop: the short side scaled to {spec.size} (enlarged when smaller) and the centre "
+            f"{spec.size}x{spec.size} square kept; training on one random {spec.crop}x{spec.crop} "
+            f"window per image and epoch, scoring by the mean probability of {n_windows(spec)} "
+            "fixed windows (centre and four corners); the scratch CNN keeps its 32x32 resize")
 
 
 def harmonize_arg(text: str) -> str:
@@ -82,13 +112,24 @@ def augment_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def study_protocols(harmonize: Sequence[str] | None, augment: Sequence[str] | None
-                    ) -> list[Protocol]:
-    """Every (harmonize, augment) combination, harmonisation outermost, in the order given
-    (duplicates dropped); the first is the default protocol."""
+def input_arg(text: str) -> str:
+    """argparse type of --input: resize, crop or crop:S."""
+    from aigen.data.preprocess import check_input
+
+    try:
+        return check_input(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def study_protocols(harmonize: Sequence[str] | None, augment: Sequence[str] | None,
+                    inputs: Sequence[str] | None = None) -> list[Protocol]:
+    """Every (input, harmonize, augment) combination, input outermost, then harmonisation, in
+    the order given (duplicates dropped); the first is the default protocol."""
+    ins = list(dict.fromkeys(inputs or ["resize"]))
     hs = list(dict.fromkeys(harmonize or ["none"]))
     augs = list(dict.fromkeys(augment or ["none"]))
-    return [Protocol(h, a) for h, a in itertools.product(hs, augs)]
+    return [Protocol(h, a, i) for i, h, a in itertools.product(ins, hs, augs)]
 
 
 def run_name(name: str, protocol: Protocol, default: Protocol) -> str:
@@ -138,6 +179,23 @@ def protocol_models(results: Mapping[str, Any], key: str | None = None
     return key, harmonize, models
 
 
+def protocol_input(results: Mapping[str, Any], key: str | None = None) -> str:
+    """The input policy of protocol `key` (default: the run's first): "resize" for a run
+    written before input policies existed."""
+    keys = protocol_keys(results)
+    key = keys[0] if key is None else key
+    record = (results.get("protocols") or {}).get(key)
+    if not isinstance(record, dict):
+        return "resize"
+    from aigen.data.preprocess import check_input
+
+    try:
+        return check_input(record.get("input", "resize"))
+    except ValueError as exc:
+        raise UserError(f"results.json: protocol {key!r}: {exc} (damaged, or written by another "
+                        "version of aigen)") from None
+
+
 def protocol_view(results: Mapping[str, Any], key: str | None = None
                   ) -> tuple[str, str, dict[str, Any]]:
     """(key, harmonisation, results) where results["models"] are protocol `key`'s models under
@@ -157,8 +215,17 @@ def resolve_names(names: Sequence[str] | None, models: Mapping[str, Any]) -> lis
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--harmonize and --augment of `aigen study`, in a group of their own."""
+    """--input, --harmonize and --augment of `aigen study`, in a group of their own."""
     protocol = parser.add_argument_group("input protocols (docs/study.md)")
+    protocol.add_argument("--input", nargs="+", type=input_arg, default=["resize"],
+                          metavar="resize|crop",
+                          help="the backbones' input: resize (the whole image resized to "
+                               "224x224) or crop (short side scaled to 384, centre square, "
+                               "random 224x224 windows for training, the mean over 5 fixed "
+                               "windows for scoring: keeps high-frequency traces; crop:S for "
+                               "another side S); the scratch CNN keeps its 32x32 resize; several "
+                               "values: each is a protocol trained on the same splits (default: "
+                               "resize)")
     protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
                           metavar="none|jpeg:Q",
                           help="jpeg:Q: every input of both classes (training, evaluation, "
@@ -174,5 +241,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 __all__ = ["add_arguments", "resolve_names", "Protocol", "study_protocols", "run_name", "harmonize_arg", "augment_arg",
-           "protocol_keys", "protocol_models", "protocol_view", "DEFAULT_KEY"]
+           "input_arg", "protocol_keys", "protocol_models", "protocol_view", "protocol_input",
+           "input_text", "DEFAULT_KEY"]
 

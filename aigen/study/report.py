@@ -859,20 +859,29 @@ SHORTCUT_DROP = 0.1  # a fall in test accuracy under harmonisation larger than t
 
 
 def protocol_rows(results: Mapping[str, Any]) -> tuple[list[str], list[str], list[tuple]]:
-    """(harmonisations, augmentations, rows) of the run's protocols: one row (model, augment,
-    {harmonize: model record or None}) per model and augmentation, in the run's order."""
+    """(harmonisations, augmentations, rows) of the run's protocols: one row (model, input,
+    augment, {harmonize: model record or None}) per model, input policy and augmentation, in
+    the run's order (input "resize" for a protocol recorded without one)."""
     protocols = results.get("protocols") or {}
     harmonize = list(dict.fromkeys(p["harmonize"] for p in protocols.values()))
     augment = list(dict.fromkeys(p["augment"] for p in protocols.values()))
+    inputs = list(dict.fromkeys(p.get("input", "resize") for p in protocols.values()))
+    by_parts = {(p.get("input", "resize"), p["harmonize"], p["augment"]): p
+                for p in protocols.values()}
     rows = []
     names = list(dict.fromkeys(n for p in protocols.values() for n in p.get("models", {})))
     for name in names:
-        for aug in augment:
-            by_h = {h: (protocols.get(f"{h}/{aug}") or {}).get("models", {}).get(name)
-                    for h in harmonize}
-            if any(by_h.values()):
-                rows.append((name, aug, by_h))
+        for policy in inputs:
+            for aug in augment:
+                by_h = {h: (by_parts.get((policy, h, aug)) or {}).get("models", {}).get(name)
+                        for h in harmonize}
+                if any(by_h.values()):
+                    rows.append((name, policy, aug, by_h))
     return harmonize, augment, rows
+
+
+def _input_words(policy: str) -> str:
+    return "" if policy == "resize" else f", input {policy}"
 
 
 def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> list[str]:
@@ -884,7 +893,7 @@ def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> l
         return []
     majority = majority_rate(results)
     flags = []
-    for name, aug, by_h in rows:
+    for name, policy, aug, by_h in rows:
         raw = by_h.get("none")
         if not raw or raw["test_accuracy"].get("mean") is None:
             continue
@@ -903,7 +912,8 @@ def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> l
                                    f"{majority:.3f}")
             if reasons:
                 flags.append(
-                    f"**Looks like a shortcut:** `{name}` (augmentation {aug}): "
+                    f"**Looks like a shortcut:** `{name}` (augmentation {aug}"
+                    f"{_input_words(policy)}): "
                     + " and ".join(reasons) + f" when every input is harmonised ({h}). What it "
                     "relied on does not survive one common JPEG re-encoding of both classes, so "
                     "it probably learnt the files' compression or resampling traces rather than "
@@ -911,14 +921,51 @@ def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> l
     return flags
 
 
+def _crop_lines(crops: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the crop policy is, and how often it had to enlarge each class's images."""
+    out = [
+        "*Crops* (input crop): the backbones see 224×224 windows of the image at close to its "
+        "stored resolution (short side scaled to S, centre S×S square; harmonised at that size, "
+        "before any window is cut), a random window per image and epoch in training and the mean "
+        "probability of five fixed windows (centre and corners) everywhere else; *resized* "
+        "inputs shrink the whole image to 224×224. Crops keep the high-frequency traces that "
+        "resizing smooths away, generation traces and compression traces alike: a model that "
+        "gains from crops on raw inputs but not once harmonised gained from the files' "
+        "compression. The scratch CNN keeps its 32×32 resized input.", ""]
+    seen = set()
+    for p in crops:
+        rescaled = p.get("rescaled")
+        if not rescaled or rescaled.get("side") in seen:
+            continue
+        seen.add(rescaled.get("side"))
+        parts = []
+        for cls, counts in (rescaled.get("per_class") or {}).items():
+            n = sum(counts.values())
+            if n:
+                parts.append(f"{cls}: {counts.get('enlarged', 0) / n:.0%} enlarged, "
+                             f"{counts.get('kept', 0) / n:.0%} kept, "
+                             f"{counts.get('reduced', 0) / n:.0%} reduced")
+        if parts:
+            out += [f"Scaling to S = {rescaled['side']} (of the study's images; resampling leaves "
+                    "traces of its own, so a class enlarged more often than the other carries a "
+                    "cue): " + "; ".join(parts) + ".", ""]
+    return out
+
+
 def protocols_section(results: Mapping[str, Any]) -> list[str]:
     """"Raw vs harmonised": test accuracy and ROC-AUC (mean ± std over seeds, 95% CI) of every
     model under every protocol side by side, and the shortcut flags; empty with one protocol."""
     protocols = results.get("protocols") or {}
     if len(protocols) < 2:
+        only = next(iter(protocols.values()), None)
+        if only and only.get("input", "resize") != "resize":  # a run with crops alone
+            return ["## Input policy: native-resolution crops", "", *_crop_lines([only])]
         return []
     harmonize, augment, rows = protocol_rows(results)
-    out = ["## Input protocols: raw vs harmonised, with and without augmentation", ""]
+    crops = [p for p in protocols.values() if p.get("input", "resize") != "resize"]
+    title = ("raw vs harmonised, resized vs native-resolution crops, with and without "
+             "augmentation" if crops else "raw vs harmonised, with and without augmentation")
+    out = [f"## Input protocols: {title}", ""]
     out.append(
         "Each protocol trains and tests every model on the same splits; only the inputs differ. "
         "*Harmonised* (jpeg:Q): every image of both classes, in training, validation and test "
@@ -929,20 +976,23 @@ def protocols_section(results: Mapping[str, Any]) -> list[str]:
         "the scratch CNN is never augmented. A model whose accuracy holds under harmonisation "
         "did not depend on the files' compression.")
     out.append("")
+    if crops:
+        out += _crop_lines(crops)
     out += [f"- `{key}`: {p.get('harmonize_text', p['harmonize'])}; augmentation: "
             f"{p.get('augment_text', p['augment'])}" for key, p in protocols.items()]
     out.append("")
     out.append(f"The other sections of this report show the first protocol, `{next(iter(protocols))}`"
                "; every protocol's numbers are in `results.json` under `protocols`.")
     out.append("")
-    header = ["model", "augmentation"]
+    header = ["model", *(["input"] if crops else []), "augmentation"]
     for h in harmonize:
         header += [f"test accuracy ({h})", f"test ROC-AUC ({h})"]
     table = []
-    for name, aug, by_h in rows:
-        shown = "none (never augmented)" if any(
-            m and m.get("regime") == "scratch" for m in by_h.values()) else aug
-        cells = [f"`{name}`", shown]
+    for name, policy, aug, by_h in rows:
+        scratch = any(m and m.get("regime") == "scratch" for m in by_h.values())
+        shown = "none (never augmented)" if scratch else aug
+        cells = [f"`{name}`", *([("resize (always)" if scratch else policy)] if crops else []),
+                 shown]
         for h in harmonize:
             m = by_h.get(h)
             cells += [_cell(m and m["test_accuracy"]), _cell(m and m["test_roc_auc"])]
