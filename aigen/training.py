@@ -623,7 +623,7 @@ def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs
 # ----------------------------------------------------------------------------------------------
 # The full regime: every layer trained
 
-# Defaults of `train_full` (and of `aigen study --full-*`); docs/models.md says where they come from.
+# Defaults of `train_full` and of `aigen study --full-*` (docs/models.md says why these).
 FULL_DEFAULTS = {"epochs": 12, "lr": 3e-4, "lr_decay": 0.3, "weight_decay": 0.05, "warmup": 1.0,
                  "patience": 3}
 

@@ -643,7 +643,8 @@ class BackboneClassifier:
 
             return mean_over_windows(self.predict_proba(X.flatten(0, 1), batch_size), X.shape[1])
         if self.own_prefix:
-            parts = [self._own_logits(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+            parts = [self._own_logits(X[i:i + batch_size])
+                     for i in range(0, X.shape[0], batch_size)]
             # float64 before the softmax, as in predict_proba_from_prefix
             return (torch.softmax(torch.cat(parts).double(), dim=1)[:, 1].numpy() if parts
                     else np.zeros(0))
