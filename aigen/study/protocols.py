@@ -223,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "224x224) or crop (short side scaled to 384, centre square, "
                                "random 224x224 windows for training, the mean over 5 fixed "
                                "windows for scoring: keeps high-frequency traces; crop:S for "
-                               "another side S); the scratch CNN keeps its 32x32 resize; several "
+                               "another side S, a multiple of 16 in 224..448); the scratch CNN keeps its 32x32 resize; several "
                                "values: each is a protocol trained on the same splits (default: "
                                "resize)")
     protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
