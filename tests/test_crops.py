@@ -250,18 +250,35 @@ def test_validation_of_several_views_averages_their_probabilities():
     assert torch.equal(_views_averaged(forward)(plain), forward(plain))
 
 
-def test_gradcam_of_a_crop_model_shows_the_centre_window(tmp_path):
-    from aigen.study.diagnostics import gradcam_diagnostic
+def test_gradcam_of_a_crop_model_shows_the_centre_window(tmp_path, monkeypatch):
+    from aigen.study import diagnostics
 
     store = _store(tmp_path, SMALL)
     clf = _tiny_classifier()
     y = np.array([1, 0, 1, 0, 1, 0])
     prob = clf.predict_proba(to_model_input(store.read(np.arange(6)), SMALL))
-    record = gradcam_diagnostic("m", clf, store, SMALL, np.arange(6), y, prob,
-                                [f"img{i}.png" for i in range(6)], 0, tmp_path / "cam.png")
+    prob[:3] = [0.7, 0.6, 0.2]  # image-level decisions (window means) the windows need not share
+    calls = []
+    real = diagnostics.classifier_grad_cam
+
+    def spy(clf, X, classes=None, device=None):
+        calls.append((np.array(X), np.array(classes)))
+        return real(clf, X, classes, device)
+
+    monkeypatch.setattr(diagnostics, "classifier_grad_cam", spy)
+    record = diagnostics.gradcam_diagnostic("m", clf, store, SMALL, np.arange(6), y, prob,
+                                            [f"img{i}.png" for i in range(6)], 0,
+                                            tmp_path / "cam.png")
     assert (tmp_path / "cam.png").is_file()
     assert sorted(e["path"] for e in record["examples"]) == [f"img{i}.png" for i in range(6)]
     assert {e["prob_ai"] for e in record["examples"]} == set(prob.tolist())
+    # Each map is of the centre window and explains the image's decision (the figure's group).
+    (X, classes), = calls
+    order = [int(e["path"][3:-4]) for e in record["examples"]]
+    top, left = crop_windows(SMALL)[0]
+    rows = store.read(np.array(order))[:, top:top + 32, left:left + 32]
+    np.testing.assert_array_equal(X, to_model_input(rows, SMALL.window()))
+    assert classes.tolist() == [int(prob[k] >= 0.5) for k in order]
 
 
 @pytest.mark.parametrize("regime", ["frozen", "finetuned", "full"])
