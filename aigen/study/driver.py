@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from aigen.data.preprocess import INPUT_RESIZE
 from aigen.errors import UserError
 from aigen.io import check_new_folder, new_results_folder, refuse_inside
 
@@ -1090,7 +1091,7 @@ class Study:
             "harmonize": self.protocol.harmonize,
             "augment": "none" if info["regime"] == "scratch" else self.protocol.augment,
             # (only under another input policy than resize: a resize record is as before)
-            **({"input": self.protocol.input} if self.protocol.input != "resize"
+            **({"input": self.protocol.input} if self.protocol.input != INPUT_RESIZE
                and info["regime"] != "scratch" else {}),
             "run_name": self.run_name(name),
             # backbones: which network and which weights file, exactly

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from aigen.data.preprocess import INPUT_RESIZE
 from aigen.study.metrics import format_ci, format_summary
 
 REGIME_WORDS = {
@@ -865,8 +866,8 @@ def protocol_rows(results: Mapping[str, Any]) -> tuple[list[str], list[str], lis
     protocols = results.get("protocols") or {}
     harmonize = list(dict.fromkeys(p["harmonize"] for p in protocols.values()))
     augment = list(dict.fromkeys(p["augment"] for p in protocols.values()))
-    inputs = list(dict.fromkeys(p.get("input", "resize") for p in protocols.values()))
-    by_parts = {(p.get("input", "resize"), p["harmonize"], p["augment"]): p
+    inputs = list(dict.fromkeys(p.get("input", INPUT_RESIZE) for p in protocols.values()))
+    by_parts = {(p.get("input", INPUT_RESIZE), p["harmonize"], p["augment"]): p
                 for p in protocols.values()}
     rows = []
     names = list(dict.fromkeys(n for p in protocols.values() for n in p.get("models", {})))
@@ -881,7 +882,7 @@ def protocol_rows(results: Mapping[str, Any]) -> tuple[list[str], list[str], lis
 
 
 def _input_words(policy: str) -> str:
-    return "" if policy == "resize" else f", input {policy}"
+    return "" if policy == INPUT_RESIZE else f", input {policy}"
 
 
 def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> list[str]:
@@ -958,11 +959,11 @@ def protocols_section(results: Mapping[str, Any]) -> list[str]:
     protocols = results.get("protocols") or {}
     if len(protocols) < 2:
         only = next(iter(protocols.values()), None)
-        if only and only.get("input", "resize") != "resize":  # a run with crops alone
+        if only and only.get("input", INPUT_RESIZE) != INPUT_RESIZE:  # a run with crops alone
             return ["## Input policy: native-resolution crops", "", *_crop_lines([only])]
         return []
     harmonize, augment, rows = protocol_rows(results)
-    crops = [p for p in protocols.values() if p.get("input", "resize") != "resize"]
+    crops = [p for p in protocols.values() if p.get("input", INPUT_RESIZE) != INPUT_RESIZE]
     title = ("raw vs harmonised, resized vs native-resolution crops, with and without "
              "augmentation" if crops else "raw vs harmonised, with and without augmentation")
     out = [f"## Input protocols: {title}", ""]
