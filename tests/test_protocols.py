@@ -261,6 +261,21 @@ def test_shortcut_flags_name_a_collapse_under_harmonisation():
     assert protocols_section({"protocols": {"none/none": calm["protocols"]["none/none"]}}) == []
 
 
+def test_protocols_section_says_where_crops_are_harmonised():
+    from aigen.study.report import protocols_section
+
+    resized = "\n".join(protocols_section(_results(_record(0.75, [0.70, 0.80]),
+                                                   _record(0.64, [0.58, 0.70]))))
+    assert "input size and decoded again" in resized and "S×S" not in resized
+    results = _results(_record(0.75, [0.70, 0.80]), _record(0.64, [0.58, 0.70]))
+    results["protocols"]["crop/none/none"] = {
+        "harmonize": "none", "augment": "none", "input": "crop",
+        "models": {"m_frozen": _record(0.95, [0.9, 0.99])}}
+    section = "\n".join(protocols_section(results))
+    assert "input size (crops: of the S×S square, before any window is cut) and decoded" in section
+    assert "may have gained from the files' compression" in section
+
+
 def test_protocol_view_gives_each_protocols_input_policy_and_refuses_unknown_ones():
     from aigen.errors import UserError
     from aigen.study.protocols import protocol_view

@@ -375,7 +375,7 @@ class Study:
                      "warmup_epochs": args.full_warmup, "patience": args.full_patience,
                      "batch_size": args.backbone_batch_size, "checkpoint": "best",
                      "optimizer": "AdamW",
-                     "schedule": "linear warm-up + cosine decay to 0 per update"},
+                     "schedule": "linear warm-up + cosine decay towards 0 per update"},
         }
         # Keyed by lr_key: values that print alike would overwrite each other's results.
         self.lrs = list({lr_key(lr): lr for lr in args.scratch_lrs}.values()) \

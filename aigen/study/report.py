@@ -931,8 +931,9 @@ def _crop_lines(crops: Sequence[Mapping[str, Any]]) -> list[str]:
         "probability of five fixed windows (centre and corners) everywhere else; *resized* "
         "inputs shrink the whole image to 224×224. Crops keep the high-frequency traces that "
         "resizing smooths away, generation traces and compression traces alike: a model that "
-        "gains from crops on raw inputs but not once harmonised gained from the files' "
-        "compression. The scratch CNN keeps its 32×32 resized input.", ""]
+        "gains from crops on raw inputs but not once harmonised may have gained from the files' "
+        "compression (the JPEG round trip also removes genuine high-frequency traces of the "
+        "generator). The scratch CNN keeps its 32×32 resized input.", ""]
     seen = set()
     for p in crops:
         rescaled = p.get("rescaled")
@@ -967,11 +968,12 @@ def protocols_section(results: Mapping[str, Any]) -> list[str]:
     title = ("raw vs harmonised, resized vs native-resolution crops, with and without "
              "augmentation" if crops else "raw vs harmonised, with and without augmentation")
     out = [f"## Input protocols: {title}", ""]
+    on_square = " (crops: of the S×S square, before any window is cut)" if crops else ""
     out.append(
         "Each protocol trains and tests every model on the same splits; only the inputs differ. "
         "*Harmonised* (jpeg:Q): every image of both classes, in training, validation and test "
-        "alike, is JPEG-encoded at quality Q after the resize to the model's input size and "
-        "decoded again, so both classes carry the same fresh compression and a difference in how "
+        "alike, is JPEG-encoded at quality Q after the resize to the model's input size"
+        f"{on_square} and decoded again, so both classes carry the same fresh compression and a difference in how "
         "the files were compressed is no longer an easy cue. *Augmented*: the backbone models "
         "train on randomly flipped (flip) and also blurred and re-compressed (blurjpeg) images; "
         "the scratch CNN is never augmented. A model whose accuracy holds under harmonisation "
