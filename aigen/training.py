@@ -229,7 +229,9 @@ def _to_device(batch, device):
 
 
 EPOCH_STATE_FORMAT = "aigen-epoch-state"
-EPOCH_STATE_VERSION = 1
+# 2: `best` became {"val_acc", "val_loss", "epoch", "modules"} (was (val_acc, modules)) and
+# "stopped" was added, for early stopping; a version-1 state is not read (the training restarts).
+EPOCH_STATE_VERSION = 2
 
 
 def _save_epoch_state(path, state: dict) -> None:
@@ -545,8 +547,6 @@ def _views_averaged(forward):
     views' class probabilities averaged, returned as log-probabilities (what cross-entropy and
     argmax take as logits). Such batches are only scored (validation, no gradients), VIEW_CHUNK
     views at a time. A batch (N, C, H, W) goes to `forward` unchanged."""
-    import math
-
     import torch
 
     def wrapped(batch):
@@ -626,6 +626,19 @@ def train_from_images(backbone, X_tr, y_tr, X_val, y_val, *, regime: str, epochs
 # Defaults of `train_full` and of `aigen study --full-*` (docs/models.md says why these).
 FULL_DEFAULTS = {"epochs": 12, "lr": 3e-4, "lr_decay": 0.3, "weight_decay": 0.05, "warmup": 1.0,
                  "patience": 3}
+# The momentum of the copied BatchNorm layers' running averages in the full regime (torch's
+# default). EfficientNet-Lite's own is 0.01: after an epoch of ~21 updates its running statistics
+# would still be ~81% ImageNet's, and early stopping compares epochs in eval mode, by them.
+FULL_BN_MOMENTUM = 0.1
+
+
+def set_bn_momentum(module, momentum: float) -> None:
+    """Every BatchNorm layer of `module` updates its running averages with `momentum`."""
+    import torch
+
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.momentum = momentum
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -669,7 +682,8 @@ def train_full(backbone, X_tr, y_tr, X_val, y_val, *, epochs: int = FULL_DEFAULT
     """Full regime: a copy of the whole backbone (prefix and stage) and a new head, every
     parameter trained from model-input images (X_tr / X_val as for `train_from_images`; X_tr's
     `augmented(index, epoch)`, if present, gives the training batches). BatchNorm layers train
-    normally (batch statistics, running averages updated).
+    normally (batch statistics, running averages updated, with momentum FULL_BN_MOMENTUM whatever
+    the backbone's own).
 
     AdamW (`full_param_groups`: lr for the head, lr x lr_decay for the stage, lr x lr_decay^2
     for the prefix; weight decay on the weights only), learning rates following `lr_factor` per
@@ -709,6 +723,8 @@ def train_full(backbone, X_tr, y_tr, X_val, y_val, *, epochs: int = FULL_DEFAULT
         stage = stage.to(memory_format=torch.channels_last)
     for param in list(prefix.parameters()) + list(stage.parameters()):
         param.requires_grad_(True)
+    for module in (prefix, stage):
+        set_bn_momentum(module, FULL_BN_MOMENTUM)
     head = new_head(backbone.n_features, seed).to(device)
 
     def forward(batch):
@@ -718,7 +734,7 @@ def train_full(backbone, X_tr, y_tr, X_val, y_val, *, epochs: int = FULL_DEFAULT
     total = epochs * steps_per_epoch
     warmup_steps = min(round(warmup * steps_per_epoch), total)
     recipe = {"optimiser": "AdamW", "lr_decay": lr_decay, "weight_decay": weight_decay,
-              "warmup": warmup, "patience": patience}
+              "warmup": warmup, "patience": patience, "bn_momentum": FULL_BN_MOMENTUM}
     with deterministic_torch(seed):
         history = _fit(
             [prefix, stage, head], _views_averaged(forward), X_tr, y_tr, X_val, y_val,

@@ -35,11 +35,28 @@ def test_crop_spec_keys_and_input_policies():
     assert backbone_spec("resize") == BACKBONE
     assert backbone_spec("resize", "jpeg:96") == BACKBONE.harmonized("jpeg:96")
     assert backbone_spec("crop", "jpeg:96").key == CROP.key + "-jpeg96s420"
-    assert backbone_spec("crop:512").size == 512
-    assert check_input(" CROP:384 ") == "crop" and check_input("crop:512") == "crop:512"
+    assert backbone_spec("crop:448").size == 448
+    assert check_input(" CROP:384 ") == "crop" and check_input("crop:448") == "crop:448"
+    assert check_input("crop:224") == "crop:224" and check_input("crop:240") == "crop:240"
     for bad in ("crop:100", "crop:", "cropped", "resize:2", ""):
         with pytest.raises(ValueError, match="resize, crop or crop:S"):
             check_input(bad)
+    # Sides off the 16-pixel steps or past 448 are refused, saying which are accepted.
+    for bad in ("crop:208", "crop:232", "crop:392", "crop:464", "crop:512", "crop:1024"):
+        with pytest.raises(ValueError, match="multiple of 16 in 224..448"):
+            check_input(bad)
+
+
+@pytest.mark.parametrize("side", [224, 240, 384, 432, 448])
+def test_fixed_windows_lie_on_the_jpeg_grid_and_cover_the_square(side):
+    spec = backbone_spec(f"crop:{side}")
+    windows = crop_windows(spec)
+    assert len(windows) == 5 and windows[0] == ((side - 224) // 2,) * 2
+    assert all(top % 8 == 0 and left % 8 == 0 for top, left in windows)
+    covered = np.zeros((side, side), bool)
+    for top, left in windows:
+        covered[top:top + 224, left:left + 224] = True
+    assert covered.all()
 
 
 def test_stored_row_is_the_centre_square_at_native_resolution():
@@ -153,7 +170,7 @@ def test_random_windows_are_seeded_inside_bounds_and_vary(tmp_path):
     corners = set()
     for i in range(6):
         top, left = random_window(SMALL, crop_rng(3, 1, i))
-        assert 0 <= top <= 16 and 0 <= left <= 16
+        assert top in (0, 8, 16) and left in (0, 8, 16)
         corners.add((top, left))
         assert (px[i, ..., 0] == i).all()
         assert np.array_equal(px[i, :, 0, 1], np.arange(top, top + 32))  # rows top..top+31
@@ -162,12 +179,21 @@ def test_random_windows_are_seeded_inside_bounds_and_vary(tmp_path):
     assert not torch.equal(first, ds.augmented(np.arange(6), 2))  # another epoch
     assert not torch.equal(first, AugmentedImages(store, SMALL, rows, "none", 4).augmented(
         np.arange(6), 1))  # another seed
-    # Draws cover every position, edges included (uniform over 0..S-crop).
+    # Draws cover every position on the 8-pixel grid, edges included (0, 8, ..., S - crop).
     seen = {random_window(SMALL, crop_rng(0, e, 0)) for e in range(400)}
-    assert {t for t, _ in seen} == set(range(17)) and {l for _, l in seen} == set(range(17))
+    assert {t for t, _ in seen} == {0, 8, 16} and {l for _, l in seen} == {0, 8, 16}
     # Without augmentation's draws: each image's fixed windows.
     assert torch.equal(ds[np.array([2, 0])], torch.from_numpy(to_model_input(
         store.read([2, 0]), SMALL)))
+
+
+def test_random_windows_of_the_default_square_start_on_the_jpeg_grid():
+    """S = 384: every draw is a multiple of 8 in 0..160 (the harmonisation JPEG's blocks start at
+    the square's corner, as the fixed windows do), and every such position is drawn."""
+    seen = {random_window(CROP, crop_rng(s, e, r)) for s in range(2) for e in range(20)
+            for r in range(40)}
+    positions = {t for t, _ in seen} | {l for _, l in seen}
+    assert positions == set(range(0, 161, 8))
 
 
 def test_augmentation_is_applied_to_the_window(tmp_path):
@@ -224,18 +250,35 @@ def test_validation_of_several_views_averages_their_probabilities():
     assert torch.equal(_views_averaged(forward)(plain), forward(plain))
 
 
-def test_gradcam_of_a_crop_model_shows_the_centre_window(tmp_path):
-    from aigen.study.diagnostics import gradcam_diagnostic
+def test_gradcam_of_a_crop_model_shows_the_centre_window(tmp_path, monkeypatch):
+    from aigen.study import diagnostics
 
     store = _store(tmp_path, SMALL)
     clf = _tiny_classifier()
     y = np.array([1, 0, 1, 0, 1, 0])
     prob = clf.predict_proba(to_model_input(store.read(np.arange(6)), SMALL))
-    record = gradcam_diagnostic("m", clf, store, SMALL, np.arange(6), y, prob,
-                                [f"img{i}.png" for i in range(6)], 0, tmp_path / "cam.png")
+    prob[:3] = [0.7, 0.6, 0.2]  # image-level decisions (window means) the windows need not share
+    calls = []
+    real = diagnostics.classifier_grad_cam
+
+    def spy(clf, X, classes=None, device=None):
+        calls.append((np.array(X), np.array(classes)))
+        return real(clf, X, classes, device)
+
+    monkeypatch.setattr(diagnostics, "classifier_grad_cam", spy)
+    record = diagnostics.gradcam_diagnostic("m", clf, store, SMALL, np.arange(6), y, prob,
+                                            [f"img{i}.png" for i in range(6)], 0,
+                                            tmp_path / "cam.png")
     assert (tmp_path / "cam.png").is_file()
     assert sorted(e["path"] for e in record["examples"]) == [f"img{i}.png" for i in range(6)]
     assert {e["prob_ai"] for e in record["examples"]} == set(prob.tolist())
+    # Each map is of the centre window and explains the image's decision (the figure's group).
+    (X, classes), = calls
+    order = [int(e["path"][3:-4]) for e in record["examples"]]
+    top, left = crop_windows(SMALL)[0]
+    rows = store.read(np.array(order))[:, top:top + 32, left:left + 32]
+    np.testing.assert_array_equal(X, to_model_input(rows, SMALL.window()))
+    assert classes.tolist() == [int(prob[k] >= 0.5) for k in order]
 
 
 @pytest.mark.parametrize("regime", ["frozen", "finetuned", "full"])

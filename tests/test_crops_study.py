@@ -150,7 +150,8 @@ def test_predict_with_a_crop_protocol_agrees_with_the_run(study, monkeypatch):
     from aigen.study.protocols import protocol_view
 
     name = "efficientnet_lite0_finetuned@crop-none-none"
-    _, _, view = protocol_view(study["results"], "crop/none/none")
+    _, _, policy, view = protocol_view(study["results"], "crop/none/none")
+    assert policy == "crop"
     model = load_run_model(study["out"], view, name, 0)
     x = load_model_input(path, CROP)
     assert x.shape == (1, 5, 3, 224, 224)

@@ -57,6 +57,19 @@ def test_grad_cam_explains_the_predicted_class():
     assert prob[0] < 0.5 and maps.shape == (1, 32, 32) and np.all(maps == 0)
 
 
+def test_grad_cam_explains_the_class_it_is_given():
+    """`classes` picks the class each map argues for, whatever the input predicts: the evidence
+    patch argues for ai, so asked about real the map is empty."""
+    prefix, stage, head = _tiny_model()
+    X = np.concatenate([_patches((0, 0), (24, 24))] * 2)
+    own, prob = diagnostics.grad_cam(prefix, stage, head, X)
+    assert (prob > 0.5).all() and (own > 0).any()
+    given, prob_given = diagnostics.grad_cam(prefix, stage, head, X, classes=np.array([1, 0]),
+                                             batch_size=1)
+    np.testing.assert_allclose(given[0], own[0], rtol=1e-6)
+    assert np.all(given[1] == 0) and np.allclose(prob_given, prob)
+
+
 def test_pick_examples_groups_by_class_and_correctness():
     y = np.array([1, 1, 1, 0, 0, 0, 1])
     p = np.array([0.9, 0.6, 0.2, 0.1, 0.45, 0.8, 0.99])

@@ -149,6 +149,8 @@ def test_one_full_step_is_plain_adamw_with_the_group_learning_rates(lite0, image
     assert len(history) == 1 and history[0]["lr"] == 1e-3  # one update, at the cosine's top
     # The same update written out with plain torch.
     prefix, stage = copy.deepcopy(lite0.prefix), copy.deepcopy(lite0.stage)
+    for layer in _batchnorms(prefix) + _batchnorms(stage):  # the full regime's, not Lite's 0.01
+        layer.momentum = 0.1
     head = new_head(lite0.n_features, 3)
     modules = (prefix, stage, head)
     groups = []
@@ -193,6 +195,13 @@ def test_full_trains_a_copy_and_round_trips_through_its_checkpoint(lite0, images
     assert clf.prefix is not lite0.prefix and clf.stage is not lite0.stage
     assert not any(p.requires_grad for m in (clf.prefix, clf.stage) for p in m.parameters())
     assert {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr"} == set(history[0])
+    # Its BatchNorm layers' running averages follow torch's default momentum; the pretrained
+    # backbone keeps EfficientNet-Lite's own (the frozen and fine-tuned regimes use it).
+    trained = _batchnorms(clf.prefix) + _batchnorms(clf.stage)
+    assert trained and {layer.momentum for layer in trained} == {0.1}
+    pretrained = _batchnorms(lite0.prefix) + _batchnorms(lite0.stage)
+    assert len(pretrained) == len(trained)
+    assert all(layer.momentum == pytest.approx(0.01) for layer in pretrained)  # 1 - 0.99
     X = np.concatenate([images[0], images[2]])
     expected = clf.predict_proba(X)
     assert expected.shape == (16,) and ((expected > 0) & (expected < 1)).all()
@@ -209,6 +218,11 @@ def test_full_trains_a_copy_and_round_trips_through_its_checkpoint(lite0, images
         assert loaded.regime == "full" and loaded.prefix is not lite0.prefix
         np.testing.assert_array_equal(loaded.predict_proba(X), expected)
     assert _module_fingerprint(lite0.prefix, lite0.stage) == before
+
+
+def _batchnorms(module):
+    return [layer for layer in module.modules()
+            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 class _Rows:

@@ -259,3 +259,38 @@ def test_shortcut_flags_name_a_collapse_under_harmonisation():
     assert "none of them looks like it relied" in "\n".join(protocols_section(calm))
     # One protocol: no section at all.
     assert protocols_section({"protocols": {"none/none": calm["protocols"]["none/none"]}}) == []
+
+
+def test_protocols_section_says_where_crops_are_harmonised():
+    from aigen.study.report import protocols_section
+
+    resized = "\n".join(protocols_section(_results(_record(0.75, [0.70, 0.80]),
+                                                   _record(0.64, [0.58, 0.70]))))
+    assert "input size and decoded again" in resized and "S×S" not in resized
+    results = _results(_record(0.75, [0.70, 0.80]), _record(0.64, [0.58, 0.70]))
+    results["protocols"]["crop/none/none"] = {
+        "harmonize": "none", "augment": "none", "input": "crop",
+        "models": {"m_frozen": _record(0.95, [0.9, 0.99])}}
+    section = "\n".join(protocols_section(results))
+    assert "input size (crops: of the S×S square, before any window is cut) and decoded" in section
+    assert "may have gained from the files' compression" in section
+
+
+def test_protocol_view_gives_each_protocols_input_policy_and_refuses_unknown_ones():
+    from aigen.errors import UserError
+    from aigen.study.protocols import protocol_view
+
+    model = {"regime": "frozen", "checkpoints": {"0": "m.pt"}}
+    results = {"models": {"m": model}, "protocols": {
+        "none/none": {"harmonize": "none", "augment": "none", "models": {"m": model}},
+        "crop/jpeg:96/none": {"harmonize": "jpeg:96", "augment": "none", "input": "crop",
+                              "models": {"m@crop-jpeg96-none": model}}}}
+    assert protocol_view(results)[:3] == ("none/none", "none", "resize")
+    key, harmonize, policy, view = protocol_view(results, "crop/jpeg:96/none")
+    assert (key, harmonize, policy, list(view["models"])) == ("crop/jpeg:96/none", "jpeg:96",
+                                                             "crop", ["m@crop-jpeg96-none"])
+    with pytest.raises(UserError, match="no protocol 'crop/none/none'"):
+        protocol_view(results, "crop/none/none")
+    results["protocols"]["crop/jpeg:96/none"]["input"] = "crop:512"  # not a side aigen takes
+    with pytest.raises(UserError, match="crop/jpeg:96/none.*multiple of 16"):
+        protocol_view(results, "crop/jpeg:96/none")

@@ -122,7 +122,8 @@ def test_predict_uses_each_protocols_preprocessing(study, monkeypatch):
     from aigen.study.checkpoints import load_run_model
     from aigen.study.protocols import protocol_view
 
-    _, _, view = protocol_view(study["results"], "jpeg:96/none")
+    _, _, policy, view = protocol_view(study["results"], "jpeg:96/none")
+    assert policy == "resize"
     model = load_run_model(study["out"], view, "efficientnet_lite0_frozen@jpeg96-none", 0)
     raw = model.predict_proba(load_model_input(path, BACKBONE))[0]
     harmonised = model.predict_proba(load_model_input(path, BACKBONE.harmonized("jpeg:96")))[0]
@@ -153,7 +154,7 @@ def test_evaluate_uses_the_chosen_protocols_preprocessing(study, tmp_path, monke
     from aigen.study.checkpoints import load_run_model
     from aigen.study.protocols import protocol_view
 
-    _, _, view = protocol_view(study["results"], "jpeg:96/blurjpeg")
+    _, _, _, view = protocol_view(study["results"], "jpeg:96/blurjpeg")
     model = load_run_model(study["out"], view, name, 0)
     x = load_model_input(other / row["path"], BACKBONE.harmonized("jpeg:96"))
     assert float(row["prob_ai"]) == pytest.approx(model.predict_proba(x)[0], abs=1e-5)
@@ -164,8 +165,9 @@ def test_protocols_of_a_run_without_them(tmp_path):
     from aigen.study.protocols import protocol_view
 
     results = {"models": {"scratch_cnn": {"regime": "scratch"}}, "seeds": [0]}
-    key, harmonize, view = protocol_view(results)
-    assert (key, harmonize, view["models"]) == ("none/none", "none", results["models"])
+    key, harmonize, policy, view = protocol_view(results)
+    assert (key, harmonize, policy, view["models"]) == ("none/none", "none", "resize",
+                                                         results["models"])
     assert SCRATCH.harmonized(harmonize) == SCRATCH
 
 

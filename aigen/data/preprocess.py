@@ -7,7 +7,7 @@ images into the float32 NCHW model input.
 Input policies (`--input`, docs/study.md): "resize" (SCRATCH, BACKBONE: the whole image resized to
 the model's input size) or "crop" (CROP: the image at close to its stored resolution, its short
 side scaled to S and the centre S x S square kept; the backbones see 224 x 224 windows of it,
-a random one per training step, CROP_WINDOWS fixed ones averaged everywhere else).
+a random one per training step, the fixed ones (crop_windows) averaged everywhere else).
 
 Harmonisation (`Spec.harmonize`, docs/study.md): "none", or "jpeg:Q" = after the resize to the
 model's input size, the image is JPEG-encoded at quality Q and decoded again (`harmonize_image`),
@@ -41,6 +41,12 @@ DECODE_MIN_SIDE = 224
 # enlarged) and shrinks 512x512 Stable Diffusion / COCO images by 0.75 only (docs/data.md).
 CROP_SIDE = 384
 CROP_WINDOW = 224
+# Every window starts on the harmonisation JPEG's 8 x 8 block grid (the square's, from its top-left
+# corner), so a training window and the test windows see the blocks at the same phase. Hence S is
+# a multiple of 16 (the centre window starts at (S - 224) / 2) and at most 2 x 224 (the centre
+# and the four corner windows then cover the whole square).
+CROP_GRID = 8
+CROP_SIDES = range(CROP_WINDOW, 2 * CROP_WINDOW + 1, 2 * CROP_GRID)  # 224, 240, ..., 448
 INPUT_RESIZE = "resize"
 INPUT_CROP = "crop"
 
@@ -66,15 +72,18 @@ def check_harmonize(text: str) -> str:
 
 
 def check_input(text: str) -> str:
-    """The canonical form of an input policy: "resize", "crop" (S = CROP_SIDE) or "crop:S" (S a
-    whole number in CROP_WINDOW..2048, "crop:384" written "crop"); ValueError otherwise."""
+    """The canonical form of an input policy: "resize", "crop" (S = CROP_SIDE) or "crop:S" (S in
+    CROP_SIDES: a multiple of 16 in 224..448; "crop:384" written "crop"); ValueError otherwise."""
     text = str(text).strip().lower()
     if text in (INPUT_RESIZE, INPUT_CROP):
         return text
     match = re.fullmatch(r"crop:(\d{1,4})", text)
-    if not match or not CROP_WINDOW <= int(match.group(1)) <= 2048:
-        raise ValueError(f"input policy {text!r}: use resize, crop or crop:S with a side S in "
-                         f"{CROP_WINDOW}..2048")
+    if not match or int(match.group(1)) not in CROP_SIDES:
+        raise ValueError(
+            f"input policy {text!r}: use resize, crop or crop:S with a side S that is a multiple "
+            f"of {2 * CROP_GRID} in {CROP_SIDES[0]}..{CROP_SIDES[-1]} (every {CROP_WINDOW}-pixel "
+            f"window then starts on the {CROP_GRID}x{CROP_GRID} JPEG grid, and the five fixed "
+            "windows cover the square)")
     side = int(match.group(1))
     return INPUT_CROP if side == CROP_SIDE else f"crop:{side}"
 
@@ -179,15 +188,17 @@ def backbone_spec(input_policy: str = INPUT_RESIZE, harmonize: str = HARMONIZE_N
 
 def crop_windows(spec: Spec) -> list[tuple[int, int]]:
     """(top, left) of the fixed windows of a crop spec, the views scored and averaged at test
-    time: the centre, then the four corners (together they cover the whole S x S square)."""
+    time: the centre, then the four corners (for the sides S of CROP_SIDES: all on the
+    CROP_GRID, together covering the whole S x S square)."""
     far, mid = spec.size - spec.crop, (spec.size - spec.crop) // 2
     return [(mid, mid), (0, 0), (0, far), (far, 0), (far, far)]
 
 
 def random_window(spec: Spec, rng: np.random.Generator) -> tuple[int, int]:
-    """(top, left) of a training window: uniform over every position inside the S x S square
-    (two draws from `rng`, always)."""
-    top, left = rng.integers(0, spec.size - spec.crop + 1, size=2)
+    """(top, left) of a training window: uniform over the positions inside the S x S square that
+    are multiples of CROP_GRID (on the harmonisation JPEG's block grid, as the fixed windows are;
+    two draws from `rng`, always)."""
+    top, left = rng.integers(0, (spec.size - spec.crop) // CROP_GRID + 1, size=2) * CROP_GRID
     return int(top), int(left)
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from aigen.data.preprocess import CACHE_VERSION, DECODE_MIN_SIDE, Spec, preprocess, to_model_input
+from aigen.data.preprocess import CACHE_VERSION, Spec, preprocess, to_model_input
 from aigen.data.store import RowFile, RowWriter
 
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of reusable features kept in RAM (1 GiB)
@@ -52,7 +52,7 @@ class StoreImages(_torch_dataset()):
 
 class ImageFiles(_torch_dataset()):
     """Model inputs decoded from image files, as dataset files are (same decode, same JPEG draft
-    scale), with an optional `transform` (PIL RGB image -> PIL image) applied before the
+    scale: Spec.decode_min_side), with an optional `transform` (PIL RGB image -> PIL image) applied before the
     preprocessing: perturbations, augmentations. `items` are (path, sha256) pairs; a file whose
     content no longer has that sha256 raises UserError (sha256 None: not checked)."""
 
@@ -73,7 +73,8 @@ class ImageFiles(_torch_dataset()):
         path, sha256 = self.items[i]
         try:
             data = read_unchanged(path, sha256) if sha256 else read_bytes(path)
-            img = decode_bytes(data, max_pixels=self.max_pixels, min_side=DECODE_MIN_SIDE)
+            img = decode_bytes(data, max_pixels=self.max_pixels,
+                               min_side=self.spec.decode_min_side)
         except ImageSkip as exc:
             raise UserError(f"{path}: {exc.reason}; leave the data folder alone while aigen "
                             "reads it") from None

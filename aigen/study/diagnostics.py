@@ -23,12 +23,13 @@ PER_GROUP = 3  # Grad-CAM examples per group
 SCRATCH_EXAMPLES = 4  # test images whose activation maps are shown
 
 
-def grad_cam(prefix, stage, head, X, *, device=None, batch_size: int = 16
+def grad_cam(prefix, stage, head, X, *, classes=None, device=None, batch_size: int = 16
              ) -> tuple[np.ndarray, np.ndarray]:
     """(maps (N, H, W) float32, >= 0, prob_ai (N,)) for model inputs X (N, C, H, W).
 
     The model is head(mean over h, w of stage(prefix(x))), as a BackboneClassifier computes it;
-    the map explains the predicted class (class 1 = ai)."""
+    each map explains a class (1 = ai): `classes[i]` if given (0/1 per input), else the class
+    the model predicts for that input."""
     import torch
     import torch.nn.functional as F
 
@@ -47,7 +48,9 @@ def grad_cam(prefix, stage, head, X, *, device=None, batch_size: int = 16
                 # Grad-CAM needs the gradient at the stage's output only, not through the prefix
                 a = a.detach().requires_grad_(True)
                 logits = head(stage(a).mean(dim=(2, 3)))
-                sign = torch.where(logits.argmax(dim=1) == 1, 1.0, -1.0)
+                chosen = logits.argmax(dim=1) if classes is None else torch.as_tensor(
+                    np.asarray(classes[start:start + batch_size]), device=device)
+                sign = torch.where(chosen == 1, 1.0, -1.0)
                 evidence = ((logits[:, 1] - logits[:, 0]) * sign).sum()
                 (grads,) = torch.autograd.grad(evidence, kept["A"])
         finally:
@@ -64,10 +67,11 @@ def grad_cam(prefix, stage, head, X, *, device=None, batch_size: int = 16
     return np.concatenate(maps).astype(np.float32), np.concatenate(probs)
 
 
-def classifier_grad_cam(clf, X, device=None) -> tuple[np.ndarray, np.ndarray]:
+def classifier_grad_cam(clf, X, classes=None, device=None) -> tuple[np.ndarray, np.ndarray]:
     """grad_cam of an aigen.models.backbones.BackboneClassifier with its own prefix and stage (the
     pretrained ones when frozen; the trained stage when fine-tuned; both trained when full)."""
-    return grad_cam(clf.prefix, clf.stage, clf.head, X, device=device or clf.device)
+    return grad_cam(clf.prefix, clf.stage, clf.head, X, classes=classes,
+                    device=device or clf.device)
 
 
 def pick_examples(y: np.ndarray, prob_ai: np.ndarray, per_group: int = PER_GROUP
@@ -177,25 +181,32 @@ def gradcam_diagnostic(name: str, clf, store, spec, indices: np.ndarray, y: np.n
     """Grad-CAM of one backbone model on examples of its seed's test images (`indices`: their
     rows in `store`, the uint8 inputs it was scored on; `y`, `prob_ai`: their labels and its
     probabilities); writes the figure, returns {"seed", "examples": [{"path", "group",
-    "label", "prob_ai"}]}. Under the crop policy the map is that of each image's centre window
-    (the first fixed window), shown on that window; `prob_ai` stays the image's (all windows)."""
+    "label", "prob_ai"}]}. Each map explains the class of the image's decision (`prob_ai` >=
+    0.5, which also places it in its group). Under the crop policy that decision is the mean over
+    the fixed windows, while the map is computed on, and shown over, the centre window alone: it
+    shows where that window holds evidence for the image's class, which the window on its own
+    may not have predicted (the map is then weak or empty); `prob_ai` stays the image's."""
     from aigen.data.preprocess import crop_windows, cut_window, to_model_input
 
     groups = pick_examples(y, prob_ai)
     chosen = np.concatenate([g for g in groups.values()]).astype(np.int64)
     u8 = store.read(np.asarray(indices)[chosen]) if len(chosen) else np.zeros((0, *spec.u8_shape),
                                                                                np.uint8)
-    if spec.crop:
+    crop = bool(spec.crop)
+    if crop:
         u8 = np.stack([cut_window(img, spec, *crop_windows(spec)[0]) for img in u8]) \
             if len(u8) else np.zeros((0, *spec.window().u8_shape), np.uint8)
         spec = spec.window()
-    maps, _ = classifier_grad_cam(clf, to_model_input(u8, spec), device=device) if len(chosen) \
-        else (np.zeros((0, spec.size, spec.size), np.float32), None)
+    decided = (np.asarray(prob_ai)[chosen] >= 0.5).astype(np.int64)
+    maps, _ = classifier_grad_cam(clf, to_model_input(u8, spec), decided, device=device) \
+        if len(chosen) else (np.zeros((0, spec.size, spec.size), np.float32), None)
     where = {int(k): j for j, k in enumerate(chosen)}
     local = {g: [where[int(k)] for k in members] for g, members in groups.items()}
+    shown = ("the centre windows of test images\n(bright: the window's evidence for the image's "
+             "decision; p(ai): the mean over its windows)" if crop else
+             "test images (bright: regions that drove the decision)")
     gradcam_figure(u8, maps, np.asarray(prob_ai)[chosen], local,
-                   f"{name}, seed {seed}: Grad-CAM on test images (bright: regions that drove "
-                   "the decision)", path)
+                   f"{name}, seed {seed}: Grad-CAM on {shown}", path)
     return {"seed": seed, "examples": [
         {"path": paths[int(k)], "group": group_label(g), "label": int(y[int(k)]),
          "prob_ai": float(prob_ai[int(k)])} for g, members in groups.items() for k in members]}

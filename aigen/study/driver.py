@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from aigen.data.preprocess import INPUT_RESIZE
 from aigen.errors import UserError
 from aigen.io import check_new_folder, new_results_folder, refuse_inside
 
@@ -377,7 +378,7 @@ class Study:
                      "warmup_epochs": args.full_warmup, "patience": args.full_patience,
                      "batch_size": args.backbone_batch_size, "checkpoint": "best",
                      "optimizer": "AdamW",
-                     "schedule": "linear warm-up + cosine decay to 0 per update"},
+                     "schedule": "linear warm-up + cosine decay towards 0 per update"},
         }
         # Keyed by lr_key: values that print alike would overwrite each other's results.
         self.lrs = list({lr_key(lr): lr for lr in args.scratch_lrs}.values()) \
@@ -1093,7 +1094,7 @@ class Study:
             "harmonize": self.protocol.harmonize,
             "augment": "none" if info["regime"] == "scratch" else self.protocol.augment,
             # (only under another input policy than resize: a resize record is as before)
-            **({"input": self.protocol.input} if self.protocol.input != "resize"
+            **({"input": self.protocol.input} if self.protocol.input != INPUT_RESIZE
                and info["regime"] != "scratch" else {}),
             "run_name": self.run_name(name),
             # backbones: which network and which weights file, exactly

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from aigen.data.preprocess import INPUT_RESIZE
 from aigen.errors import UserError
 
 EVAL_CHUNK = 64  # images decoded and scored together (bounds the float32 inputs held at once)
@@ -88,13 +89,13 @@ def run(args: argparse.Namespace) -> int:
     from aigen.io import atomic_folder, check_new_folder, new_results_folder, refuse_inside
     from aigen.study.predict import load_models, read_run
 
-    from aigen.study.protocols import protocol_input, protocol_view, resolve_names
+    from aigen.study.protocols import protocol_view, resolve_names
 
     run_dir = Path(args.run).expanduser().resolve()
     results, config = read_run(run_dir)
     # One protocol's models (under their run names), its harmonisation and input policy.
-    protocol, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
-    input_policy = protocol_input(results, protocol)
+    protocol, harmonize, input_policy, results = protocol_view(results,
+                                                               getattr(args, "protocol", None))
     seeds = check_run(run_dir, results)
     data_root = check_root(args.data).resolve()
     name = set_name(args.name) if args.name else safe_name(data_root.name)
@@ -163,14 +164,14 @@ def _chosen_models(run_dir: Path, results: Mapping[str, Any], names: list[str] |
 
 
 def run_preprocessing(config: Mapping[str, Any], harmonize: str = "none",
-                      input_policy: str = "resize") -> dict[str, Any]:
+                      input_policy: str = INPUT_RESIZE) -> dict[str, Any]:
     """How the run turned files into model inputs: the pixel limit, read from its config.json,
     and the harmonisation and input policy of the protocol whose models score them
     (aigen.study.protocols; "input" is recorded only when it is not "resize"). Every image
     scored with the run's models goes through this."""
     arguments = config.get("arguments") or {}
     out = {"max_pixels": arguments.get("max_pixels") or None, "harmonize": harmonize}
-    if input_policy != "resize":
+    if input_policy != INPUT_RESIZE:
         out["input"] = input_policy
     return out
 
@@ -232,7 +233,7 @@ def load_eval_dataset(root: Path, class_map, preprocessing: Mapping[str, Any],
     from aigen.study.predict import needed_specs
 
     specs = needed_specs(regimes, preprocessing.get("harmonize", "none"),
-                         preprocessing.get("input", "resize"))
+                         preprocessing.get("input", INPUT_RESIZE))
     dataset = load_dataset(root, class_map=class_map, max_pixels=preprocessing["max_pixels"],
                            workers=workers, progress=progress, specs=tuple(specs.values()),
                            both=False)
@@ -262,7 +263,7 @@ def make_scorer(models: Mapping[int, Mapping[str, Any]], regimes: Mapping[str, s
 def evaluate_dataset(dataset, scorer: Scorer, regimes: Mapping[str, str], seeds: Sequence[int],
                      val: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]],
                      training_sha256: set[str], progress: bool = True, harmonize: str = "none",
-                     input_policy: str = "resize"
+                     input_policy: str = INPUT_RESIZE
                      ) -> tuple[dict[str, Any], list[list[Any]], list[list[Any]]]:
     """Score every usable image of `dataset` with every (model, seed) and compute the metrics.
 

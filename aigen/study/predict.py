@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from aigen.data.preprocess import INPUT_RESIZE
 from aigen.errors import UserError
 
 
@@ -165,7 +166,7 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
 
 
 def needed_specs(regimes: Mapping[str, str], harmonize: str = "none",
-                 input_policy: str = "resize") -> dict[str, Any]:
+                 input_policy: str = INPUT_RESIZE) -> dict[str, Any]:
     """{"scratch"/"backbone": Spec} of the inputs models of these regimes take, under the
     harmonisation and input policy of their protocol (aigen.study.protocols); the scratch CNN
     always takes its resized input."""
@@ -236,13 +237,12 @@ def run(args: argparse.Namespace) -> int:
     from aigen.device import resolve_device
     from aigen.io import escape_undecodable
 
-    from aigen.study.protocols import protocol_input, protocol_view, resolve_names
+    from aigen.study.protocols import protocol_view, resolve_names
 
     run_dir = Path(args.run)
     results, config = read_run(run_dir)
     # One protocol's models, under their run names, with that protocol's harmonisation and input.
-    key, harmonize, results = protocol_view(results, getattr(args, "protocol", None))
-    input_policy = protocol_input(results, key)
+    key, harmonize, input_policy, results = protocol_view(results, getattr(args, "protocol", None))
     files = list(iter_files(args.paths))  # a missing path fails now, before any model is loaded
     device = resolve_device(args.device)
     models = load_models(run_dir, results, config, resolve_names(args.model, results["models"]),

@@ -14,9 +14,9 @@ train-time augmentation (`--augment`), each combination trained and evaluated on
 - The scratch CNN is never augmented and always takes its 32x32 resized input: it is trained once
   per harmonisation, in the first protocol with that harmonisation, and left out of that
   harmonisation's other protocols.
-- `protocol_models(results, key)` is how a reader (`aigen predict`, `aigen evaluate`) gets one
-  protocol's models and its harmonisation; a run written before protocols existed is one
-  protocol, "none/none".
+- `protocol_view(results, key)` is how a reader (`aigen predict`, `aigen evaluate`) gets one
+  protocol's models, its harmonisation and its input policy; a run written before protocols
+  existed is one protocol, "none/none" (resized inputs).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from aigen.data.preprocess import INPUT_RESIZE
 from aigen.errors import UserError
 
 DEFAULT_KEY = "none/none"
@@ -35,12 +36,12 @@ DEFAULT_KEY = "none/none"
 class Protocol:
     harmonize: str  # "none" or "jpeg:Q" (canonical)
     augment: str  # a key of aigen.data.augment.AUGMENTATIONS
-    input: str = "resize"  # "resize", "crop" or "crop:S" (aigen.data.preprocess.check_input)
+    input: str = INPUT_RESIZE  # "resize", "crop" or "crop:S" (preprocess.check_input)
 
     @property
     def key(self) -> str:
         base = f"{self.harmonize}/{self.augment}"
-        return base if self.input == "resize" else f"{self.input}/{base}"
+        return base if self.input == INPUT_RESIZE else f"{self.input}/{base}"
 
     @property
     def tag(self) -> str:
@@ -126,7 +127,7 @@ def study_protocols(harmonize: Sequence[str] | None, augment: Sequence[str] | No
                     inputs: Sequence[str] | None = None) -> list[Protocol]:
     """Every (input, harmonize, augment) combination, input outermost, then harmonisation, in
     the order given (duplicates dropped); the first is the default protocol."""
-    ins = list(dict.fromkeys(inputs or ["resize"]))
+    ins = list(dict.fromkeys(inputs or [INPUT_RESIZE]))
     hs = list(dict.fromkeys(harmonize or ["none"]))
     augs = list(dict.fromkeys(augment or ["none"]))
     return [Protocol(h, a, i) for i, h, a in itertools.product(ins, hs, augs)]
@@ -146,25 +147,27 @@ def protocol_keys(results: Mapping[str, Any]) -> list[str]:
 
 
 def protocol_models(results: Mapping[str, Any], key: str | None = None
-                    ) -> tuple[str, str, dict[str, Any]]:
-    """(key, harmonisation, {run name: model record}) of protocol `key` (default: the run's
-    first). The records are results.json's; run names are those of the checkpoints'
-    identities and of predictions.csv."""
+                    ) -> tuple[str, str, str, dict[str, Any]]:
+    """(key, harmonisation, input policy, {run name: model record}) of protocol `key` (default:
+    the run's first; UserError for a key the run does not have). The records are results.json's;
+    run names are those of the checkpoints' identities and of predictions.csv. A protocol
+    recorded without an input policy (and a run written before protocols) resized its inputs."""
     keys = protocol_keys(results)
     key = keys[0] if key is None else key
     if key not in keys:
         raise UserError(f"the run has no protocol {key!r}; its protocols: {', '.join(keys)}")
     protocols = results.get("protocols")
     if not isinstance(protocols, dict) or not protocols:
-        return key, "none", dict(results.get("models") or {})
+        return key, "none", INPUT_RESIZE, dict(results.get("models") or {})
     record = protocols[key]
     if not isinstance(record, dict) or not isinstance(record.get("models"), dict):
         raise UserError(f"results.json: protocol {key!r} has no models (damaged, or written by "
                         "another version of aigen)")
-    from aigen.data.preprocess import check_harmonize
+    from aigen.data.preprocess import check_harmonize, check_input
 
     try:
         harmonize = check_harmonize(record.get("harmonize", "none"))
+        input_policy = check_input(record.get("input", INPUT_RESIZE))
     except ValueError as exc:
         raise UserError(f"results.json: protocol {key!r}: {exc} (damaged, or written by another "
                         "version of aigen)") from None
@@ -176,32 +179,16 @@ def protocol_models(results: Mapping[str, Any], key: str | None = None
         raise UserError(f"results.json: protocol {key!r} has models without their regime and "
                         "checkpoints (damaged, or written by another version of aigen)")
     models = {m.get("run_name", name): m for name, m in source.items()}
-    return key, harmonize, models
-
-
-def protocol_input(results: Mapping[str, Any], key: str | None = None) -> str:
-    """The input policy of protocol `key` (default: the run's first): "resize" for a run
-    written before input policies existed."""
-    keys = protocol_keys(results)
-    key = keys[0] if key is None else key
-    record = (results.get("protocols") or {}).get(key)
-    if not isinstance(record, dict):
-        return "resize"
-    from aigen.data.preprocess import check_input
-
-    try:
-        return check_input(record.get("input", "resize"))
-    except ValueError as exc:
-        raise UserError(f"results.json: protocol {key!r}: {exc} (damaged, or written by another "
-                        "version of aigen)") from None
+    return key, harmonize, input_policy, models
 
 
 def protocol_view(results: Mapping[str, Any], key: str | None = None
-                  ) -> tuple[str, str, dict[str, Any]]:
-    """(key, harmonisation, results) where results["models"] are protocol `key`'s models under
-    their run names: what predict and evaluate read, whichever protocol is chosen."""
-    key, harmonize, models = protocol_models(results, key)
-    return key, harmonize, {**results, "models": models}
+                  ) -> tuple[str, str, str, dict[str, Any]]:
+    """(key, harmonisation, input policy, results) where results["models"] are protocol `key`'s
+    models under their run names: what predict and evaluate read, whichever protocol is
+    chosen."""
+    key, harmonize, input_policy, models = protocol_models(results, key)
+    return key, harmonize, input_policy, {**results, "models": models}
 
 
 def resolve_names(names: Sequence[str] | None, models: Mapping[str, Any]) -> list[str] | None:
@@ -217,20 +204,21 @@ def resolve_names(names: Sequence[str] | None, models: Mapping[str, Any]) -> lis
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """--input, --harmonize and --augment of `aigen study`, in a group of their own."""
     protocol = parser.add_argument_group("input protocols (docs/study.md)")
-    protocol.add_argument("--input", nargs="+", type=input_arg, default=["resize"],
+    protocol.add_argument("--input", nargs="+", type=input_arg, default=[INPUT_RESIZE],
                           metavar="resize|crop",
                           help="the backbones' input: resize (the whole image resized to "
                                "224x224) or crop (short side scaled to 384, centre square, "
                                "random 224x224 windows for training, the mean over 5 fixed "
                                "windows for scoring: keeps high-frequency traces; crop:S for "
-                               "another side S); the scratch CNN keeps its 32x32 resize; several "
-                               "values: each is a protocol trained on the same splits (default: "
-                               "resize)")
+                               "another side S, a multiple of 16 in 224..448); the scratch CNN "
+                               "keeps its 32x32 resize; several values: each is a protocol "
+                               "trained on the same splits (default: resize)")
     protocol.add_argument("--harmonize", nargs="+", type=harmonize_arg, default=["none"],
                           metavar="none|jpeg:Q",
                           help="jpeg:Q: every input of both classes (training, evaluation, "
                                "degradation sweep, prediction) is JPEG-encoded at quality Q after the "
-                               "resize to the model's size and decoded again; several values: "
+                               "resize to the model's size (crops: of the S x S square) and "
+                               "decoded again; several values: "
                                "each is a protocol trained on the same splits (default: none)")
     protocol.add_argument("--augment", nargs="+", type=augment_arg, default=["none"],
                           metavar="none|flip|blurjpeg",
@@ -241,6 +229,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 __all__ = ["add_arguments", "resolve_names", "Protocol", "study_protocols", "run_name", "harmonize_arg", "augment_arg",
-           "input_arg", "protocol_keys", "protocol_models", "protocol_view", "protocol_input",
+           "input_arg", "protocol_keys", "protocol_models", "protocol_view",
            "input_text", "DEFAULT_KEY"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from aigen.data.preprocess import INPUT_RESIZE
 from aigen.study.metrics import format_ci, format_summary
 
 REGIME_WORDS = {
@@ -865,8 +866,8 @@ def protocol_rows(results: Mapping[str, Any]) -> tuple[list[str], list[str], lis
     protocols = results.get("protocols") or {}
     harmonize = list(dict.fromkeys(p["harmonize"] for p in protocols.values()))
     augment = list(dict.fromkeys(p["augment"] for p in protocols.values()))
-    inputs = list(dict.fromkeys(p.get("input", "resize") for p in protocols.values()))
-    by_parts = {(p.get("input", "resize"), p["harmonize"], p["augment"]): p
+    inputs = list(dict.fromkeys(p.get("input", INPUT_RESIZE) for p in protocols.values()))
+    by_parts = {(p.get("input", INPUT_RESIZE), p["harmonize"], p["augment"]): p
                 for p in protocols.values()}
     rows = []
     names = list(dict.fromkeys(n for p in protocols.values() for n in p.get("models", {})))
@@ -881,7 +882,7 @@ def protocol_rows(results: Mapping[str, Any]) -> tuple[list[str], list[str], lis
 
 
 def _input_words(policy: str) -> str:
-    return "" if policy == "resize" else f", input {policy}"
+    return "" if policy == INPUT_RESIZE else f", input {policy}"
 
 
 def shortcut_flags(results: Mapping[str, Any], drop: float = SHORTCUT_DROP) -> list[str]:
@@ -930,8 +931,9 @@ def _crop_lines(crops: Sequence[Mapping[str, Any]]) -> list[str]:
         "probability of five fixed windows (centre and corners) everywhere else; *resized* "
         "inputs shrink the whole image to 224×224. Crops keep the high-frequency traces that "
         "resizing smooths away, generation traces and compression traces alike: a model that "
-        "gains from crops on raw inputs but not once harmonised gained from the files' "
-        "compression. The scratch CNN keeps its 32×32 resized input.", ""]
+        "gains from crops on raw inputs but not once harmonised may have gained from the files' "
+        "compression (the JPEG round trip also removes genuine high-frequency traces of the "
+        "generator). The scratch CNN keeps its 32×32 resized input.", ""]
     seen = set()
     for p in crops:
         rescaled = p.get("rescaled")
@@ -958,19 +960,20 @@ def protocols_section(results: Mapping[str, Any]) -> list[str]:
     protocols = results.get("protocols") or {}
     if len(protocols) < 2:
         only = next(iter(protocols.values()), None)
-        if only and only.get("input", "resize") != "resize":  # a run with crops alone
+        if only and only.get("input", INPUT_RESIZE) != INPUT_RESIZE:  # a run with crops alone
             return ["## Input policy: native-resolution crops", "", *_crop_lines([only])]
         return []
     harmonize, augment, rows = protocol_rows(results)
-    crops = [p for p in protocols.values() if p.get("input", "resize") != "resize"]
+    crops = [p for p in protocols.values() if p.get("input", INPUT_RESIZE) != INPUT_RESIZE]
     title = ("raw vs harmonised, resized vs native-resolution crops, with and without "
              "augmentation" if crops else "raw vs harmonised, with and without augmentation")
     out = [f"## Input protocols: {title}", ""]
+    on_square = " (crops: of the S×S square, before any window is cut)" if crops else ""
     out.append(
         "Each protocol trains and tests every model on the same splits; only the inputs differ. "
         "*Harmonised* (jpeg:Q): every image of both classes, in training, validation and test "
-        "alike, is JPEG-encoded at quality Q after the resize to the model's input size and "
-        "decoded again, so both classes carry the same fresh compression and a difference in how "
+        "alike, is JPEG-encoded at quality Q after the resize to the model's input size"
+        f"{on_square} and decoded again, so both classes carry the same fresh compression and a difference in how "
         "the files were compressed is no longer an easy cue. *Augmented*: the backbone models "
         "train on randomly flipped (flip) and also blurred and re-compressed (blurjpeg) images; "
         "the scratch CNN is never augmented. A model whose accuracy holds under harmonisation "
