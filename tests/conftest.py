@@ -11,6 +11,14 @@ def aigen_cache_dir(tmp_path_factory, monkeypatch):
     return path
 
 
+@pytest.fixture(scope="session")
+def lite0():
+    """EfficientNet-Lite0 with its packaged ImageNet weights (no download), loaded once."""
+    from aigen.models.backbones import load_backbone
+
+    return load_backbone("efficientnet_lite0")
+
+
 # ---- the study: a tiny image folder and one quick run, shared by test_study.py / test_predict.py
 
 def _write_study_images(root, n_per_class=20, seed=0):

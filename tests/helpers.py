@@ -16,6 +16,25 @@ def run_cli(argv):
     return code, out.getvalue(), err.getvalue()
 
 
+def run_tiny_study(data, out, cache, *options):
+    """`aigen study --data DATA --out OUT OPTIONS` on tiny generated data: offline, its own cache
+    folder, on the CPU with one loader worker, no progress bars and no metadata audit (random
+    forests, tested with the quick study); asserts it succeeds and returns its stdout."""
+    import pytest
+
+    from aigen.data import explore
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIGEN_CACHE_DIR", str(cache))
+        mp.setenv("AIGEN_OFFLINE", "1")
+        mp.setattr(explore, "shortcut_audit", lambda *a, **k: {})
+        code, stdout, stderr = run_cli(["study", "--data", str(data), "--out", str(out),
+                                        "--device", "cpu", "--workers", "1", "--no-progress",
+                                        *options])
+    assert code == 0, stderr
+    return stdout
+
+
 def read_csv(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))

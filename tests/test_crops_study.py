@@ -9,10 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from aigen.data import explore
 from aigen.study import driver
 from aigen.data.preprocess import CROP, load_model_input
-from helpers import read_csv, run_cli
+from helpers import read_csv, run_cli, run_tiny_study
 
 PROTOCOLS = ["none/none", "jpeg:96/none", "crop/none/none", "crop/jpeg:96/none"]
 BACKBONE_MODELS = {"efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
@@ -24,18 +23,10 @@ def no_diagnostics(self):
 
 def _study(data, out, cache, *extra):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIGEN_CACHE_DIR", str(cache))
-        mp.setenv("AIGEN_OFFLINE", "1")
-        # The metadata audit (random forests, tested with the quick study) is not under test here.
-        mp.setattr(explore, "shortcut_audit", lambda *a, **k: {})
         # Grad-CAM of a crop model (its centre window) is tested in test_crops.py.
         mp.setattr(driver.Study, "_diagnostics", no_diagnostics)
-        code, stdout, stderr = run_cli([
-            "study", "--data", str(data), "--out", str(out), "--quick", "--device", "cpu",
-            "--backbones", "efficientnet_lite0", "--scratch-lrs", "0.01", "--workers", "1",
-            "--spectrum-images", "0", "--no-progress", *extra])
-    assert code == 0, stderr
-    return stdout
+        return run_tiny_study(data, out, cache, "--quick", "--backbones", "efficientnet_lite0",
+                              "--scratch-lrs", "0.01", "--spectrum-images", "0", *extra)
 
 
 @pytest.fixture(scope="module")

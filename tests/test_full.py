@@ -14,11 +14,11 @@ import pytest
 
 from aigen import training
 from aigen.errors import UserError
-from aigen.models.backbones import (_module_fingerprint, load_backbone, load_classifier,
+from aigen.models.backbones import (_module_fingerprint, load_classifier,
                                     new_head, pool, read_checkpoint)
 from aigen.training import (_fit, best_epoch, full_param_groups, lr_factor, train_finetuned,
                             train_full)
-from helpers import read_csv, run_cli
+from helpers import read_csv, run_cli, run_tiny_study
 
 torch = pytest.importorskip("torch")
 
@@ -26,11 +26,6 @@ torch = pytest.importorskip("torch")
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("AIGEN_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return load_backbone("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
@@ -363,21 +358,12 @@ def test_two_processes_train_the_full_network_alike(lite0, tmp_path):
 
 @pytest.fixture(scope="module")
 def full_study(tmp_path_factory, make_study_images):
-    from aigen.data import explore
-
     base = tmp_path_factory.mktemp("full-study")
     data = make_study_images(base / "data", n_per_class=12)
     out = base / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIGEN_CACHE_DIR", str(base / "cache"))
-        mp.setenv("AIGEN_OFFLINE", "1")
-        # The metadata audit (random forests, tested with the quick study) is not under test here.
-        mp.setattr(explore, "shortcut_audit", lambda *a, **k: {})
-        code, stdout, stderr = run_cli([
-            "study", "--data", str(data), "--out", str(out), "--models", "full", "--device",
-            "cpu", "--backbones", "efficientnet_lite0", "--full-epochs", "2", "--workers", "1",
-            "--spectrum-images", "0", "--sweep", "jpeg", "--no-progress"])
-    assert code == 0, stderr
+    stdout = run_tiny_study(data, out, base / "cache", "--models", "full", "--backbones",
+                            "efficientnet_lite0", "--full-epochs", "2", "--spectrum-images", "0",
+                            "--sweep", "jpeg")
     return {"data": data, "out": out, "stdout": stdout, "base": base,
             "results": json.loads((out / "results.json").read_text()),
             "config": json.loads((out / "config.json").read_text())}

@@ -160,16 +160,6 @@ def test_augmented_images_seeded_and_unaugmented_view_matches_the_store(tmp_path
 # Training from images
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    import os
-
-    os.environ.setdefault("AIGEN_OFFLINE", "1")
-    from aigen.models.backbones import load_backbone
-
-    return load_backbone("efficientnet_lite0")
-
-
 @pytest.mark.parametrize("regime,epochs", [("frozen", 3), ("finetuned", 2)])
 def test_training_from_images_matches_cached_activations(lite0, tmp_path, regime, epochs):
     """Without augmentation, training from images is the cached-activation training: the same

@@ -12,7 +12,7 @@ import pytest
 from aigen.data import explore
 from aigen.data.preprocess import BACKBONE, SCRATCH, load_model_input
 from aigen.study import driver
-from helpers import forbid_training, read_csv, run_cli
+from helpers import forbid_training, read_csv, run_cli, run_tiny_study
 
 PROTOCOLS = ["none/none", "none/blurjpeg", "jpeg:96/none", "jpeg:96/blurjpeg"]
 BACKBONE_MODELS = {"efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
@@ -24,17 +24,9 @@ def study(tmp_path_factory, make_study_images):
     base = tmp_path_factory.mktemp("protocols")
     data = make_study_images(base / "data", n_per_class=12)
     out = base / "out"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AIGEN_CACHE_DIR", str(base / "cache"))
-        mp.setenv("AIGEN_OFFLINE", "1")
-        # The metadata audit (random forests, tested with the quick study) is not under test here.
-        mp.setattr(explore, "shortcut_audit", lambda *a, **k: {})
-        code, stdout, stderr = run_cli([
-            "study", "--data", str(data), "--out", str(out), "--quick", "--device", "cpu",
-            "--backbones", "efficientnet_lite0", "--harmonize", "none", "jpeg:96",
-            "--augment", "none", "blurjpeg", "--scratch-lrs", "0.01", "--workers", "1",
-            "--no-progress"])
-    assert code == 0, stderr
+    stdout = run_tiny_study(data, out, base / "cache", "--quick", "--backbones",
+                            "efficientnet_lite0", "--harmonize", "none", "jpeg:96", "--augment",
+                            "none", "blurjpeg", "--scratch-lrs", "0.01")
     return {"data": data, "out": out, "stdout": stdout, "base": base,
             "results": json.loads((out / "results.json").read_text()),
             "config": json.loads((out / "config.json").read_text())}

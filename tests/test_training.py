@@ -81,11 +81,6 @@ def test_training_rejects_bad_labels_and_lengths():
 
 
 @pytest.fixture(scope="module")
-def lite0():
-    return load_backbone("efficientnet_lite0")
-
-
-@pytest.fixture(scope="module")
 def images():
     rng = np.random.default_rng(5)
     y = np.arange(24) % 2
