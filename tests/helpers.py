@@ -35,6 +35,23 @@ def run_tiny_study(data, out, cache, *options):
     return stdout
 
 
+def interrupt_training_after(monkeypatch, epoch):
+    """Make a backbone training stop (KeyboardInterrupt) right after writing epoch `epoch`'s
+    state (None: never); returns the list of epochs whose state gets written."""
+    from aigen import training
+
+    real_save, written = training._save_epoch_state, []
+
+    def save(path, state):
+        real_save(path, state)
+        written.append(state["epoch"])
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_epoch_state", save)
+    return written
+
+
 def read_csv(path):
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))

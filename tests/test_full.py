@@ -18,7 +18,7 @@ from aigen.models.backbones import (_module_fingerprint, load_classifier,
                                     new_head, pool, read_checkpoint)
 from aigen.training import (_fit, best_epoch, full_param_groups, lr_factor, train_finetuned,
                             train_full)
-from helpers import read_csv, run_cli, run_tiny_study
+from helpers import interrupt_training_after, read_csv, run_cli, run_tiny_study
 
 torch = pytest.importorskip("torch")
 
@@ -257,22 +257,6 @@ def test_checkpoint_versions(lite0, images, tmp_path):
         load_classifier(tmp_path / "no-prefix.pt")
 
 
-REAL_SAVE_EPOCH_STATE = training._save_epoch_state
-
-
-def _interrupt_after(monkeypatch, epoch):
-    written = []
-
-    def save(path, state):
-        REAL_SAVE_EPOCH_STATE(path, state)
-        written.append(state["epoch"])
-        if state["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "_save_epoch_state", save)
-    return written
-
-
 @pytest.mark.parametrize("interrupt, patience", [(2, 5), (3, 1)])
 def test_an_interrupted_full_training_resumes_bitwise(tiny, images, tmp_path, monkeypatch,
                                                       interrupt, patience):
@@ -290,7 +274,7 @@ def test_an_interrupted_full_training_resumes_bitwise(tiny, images, tmp_path, mo
     assert len(history) == (4 if patience == 5 else 3)
     state = tmp_path / "state.pt"
     queue[:] = scripted or []
-    written = _interrupt_after(monkeypatch, interrupt)
+    written = interrupt_training_after(monkeypatch, interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_full(tiny, *images, epoch_state=state, **kwargs)
     written.clear()

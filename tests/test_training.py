@@ -11,7 +11,7 @@ from aigen.models.backbones import (
     load_classifier,
     new_head,
 )
-from aigen import training as training_module
+from helpers import interrupt_training_after
 from aigen.training import train_finetuned, train_frozen, train_scratch
 
 torch = pytest.importorskip("torch")
@@ -189,26 +189,6 @@ def test_loading_with_different_backbone_weights_is_refused(images, tmp_path):
 # Epoch states: an interrupted backbone training continues to the uninterrupted result
 
 
-REAL_SAVE_EPOCH_STATE = training_module._save_epoch_state
-
-
-def _interrupt_after(monkeypatch, epoch):
-    """Make the training stop (KeyboardInterrupt) right after writing epoch `epoch`'s state
-    (None: never); returns the list of epochs whose state gets written."""
-    from aigen import training
-
-    real_save, written = REAL_SAVE_EPOCH_STATE, []
-
-    def save(path, state):
-        real_save(path, state)
-        written.append(state["epoch"])
-        if state["epoch"] == epoch:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "_save_epoch_state", save)
-    return written
-
-
 @pytest.mark.parametrize("regime,checkpoint", [("finetuned", "last"), ("frozen", "best")])
 def test_an_interrupted_training_resumes_bitwise(lite0, images, activations, tmp_path, monkeypatch,
                                                 regime, checkpoint):
@@ -218,7 +198,7 @@ def test_an_interrupted_training_resumes_bitwise(lite0, images, activations, tmp
     whole, history = train(lite0, *data, **kwargs)
     state = tmp_path / "state.pt"
 
-    written = _interrupt_after(monkeypatch, 2)
+    written = interrupt_training_after(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(lite0, *data, epoch_state=state, **kwargs)
     assert written == [1, 2] and state.is_file()
@@ -236,10 +216,10 @@ def test_an_epoch_state_of_another_training_is_not_used(lite0, images, activatio
                                                         monkeypatch):
     data = _split(activations, images)
     state = tmp_path / "state.pt"
-    written = _interrupt_after(monkeypatch, 1)
+    written = interrupt_training_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train_frozen(lite0, *data, epochs=2, seed=1, progress=False, epoch_state=state)
-    written = _interrupt_after(monkeypatch, None)
+    written = interrupt_training_after(monkeypatch, None)
     train_frozen(lite0, *data, epochs=2, seed=2, progress=False, epoch_state=state)
     assert written == [1, 2]  # another seed: trained from its first epoch
     state.write_bytes(b"not a torch file")
@@ -323,7 +303,7 @@ def test_an_interrupted_cuda_training_resumes_bitwise(lite0, images, activations
     kwargs = dict(epochs=2, seed=4, progress=False, device="cuda", amp="fp16")
     whole, history = train_finetuned(lite0, *data, **kwargs)
     state = tmp_path / "state.pt"
-    _interrupt_after(monkeypatch, 1)
+    interrupt_training_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         train_finetuned(lite0, *data, epoch_state=state, **kwargs)
     resumed, resumed_history = train_finetuned(lite0, *data, epoch_state=state, **kwargs)
