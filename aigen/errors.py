@@ -32,3 +32,13 @@ def terminate_like_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def plain_worker_signals() -> None:
+    """Initializer of forked worker processes: they inherit the parent's SIGTERM handler, which
+    would turn the SIGTERM that ends a pool into a Terminated traceback in every worker; a worker
+    just ends on SIGTERM, and leaves Ctrl-C to the parent, which stops the pool."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

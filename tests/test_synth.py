@@ -300,6 +300,22 @@ def test_cli_synth(tmp_path, capsys):
         [hashes(lib)[p.relative_to(lib).as_posix()] for p in image_files(lib)]
 
 
+def test_cli_synth_with_worker_processes_ends_quietly(tmp_path):
+    """The pool's workers end on the SIGTERM that closes the pool, without a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "aigen.cli", "synth", str(tmp_path / "proxy"),
+                           "--n", "16", "--workers", "2", "--quiet"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "wrote 16 images" in done.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (["--difficulty", "1.5"], "aigen synth: error: difficulty must be in [0, 1], got 1.5"),
     (["--n", "3"], "aigen synth: error: need at least 4 images (2 per class), got n_images=3"),

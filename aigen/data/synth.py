@@ -452,7 +452,10 @@ def generate(out_dir: str | os.PathLike, n_images: int = DEFAULT_N_IMAGES, seed:
         else:
             import multiprocessing
 
-            with multiprocessing.Pool(min(workers, n_images)) as pool:
+            from aigen.errors import plain_worker_signals
+
+            with multiprocessing.Pool(min(workers, n_images),
+                                      initializer=plain_worker_signals) as pool:
                 for result in pool.imap_unordered(_write_one, jobs, chunksize=4):
                     results.append(result)
                     bar.update(1)
