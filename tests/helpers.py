@@ -71,10 +71,10 @@ def snapshot(root: Path) -> dict:
 def forbid_training(monkeypatch):
     """From now on, training any model of a study fails the test (for resumed runs that must
     read every finished model back)."""
-    from aigen.study import driver
+    from aigen.study.stages import train
 
     def trained_again(*args, **kwargs):
         raise AssertionError("trained again")
 
-    monkeypatch.setattr(driver.Study, "_fit_scratch", trained_again)
-    monkeypatch.setattr(driver.Study, "_train_backbone", trained_again)
+    monkeypatch.setattr(train, "fit_scratch", trained_again)
+    monkeypatch.setattr(train, "train_backbone", trained_again)

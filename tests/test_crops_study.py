@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from aigen.study import driver
+from aigen.study.stages import score
 from aigen.data.preprocess import CROP, load_model_input
 from helpers import read_csv, run_cli, run_tiny_study
 
@@ -17,14 +17,14 @@ PROTOCOLS = ["none/none", "jpeg:96/none", "crop/none/none", "crop/jpeg:96/none"]
 BACKBONE_MODELS = {"efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
 
 
-def no_diagnostics(self):
-    self.diagnostics, self.diagnostic_figures = {}, {}
+def no_diagnostics(*args):
+    return {}
 
 
 def _study(data, out, cache, *extra):
     with pytest.MonkeyPatch.context() as mp:
         # Grad-CAM of a crop model (its centre window) is tested in test_crops.py.
-        mp.setattr(driver.Study, "_diagnostics", no_diagnostics)
+        mp.setattr(score, "diagnose", no_diagnostics)
         return run_tiny_study(data, out, cache, "--quick", "--backbones", "efficientnet_lite0",
                               "--scratch-lrs", "0.01", "--spectrum-images", "0", *extra)
 

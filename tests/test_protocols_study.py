@@ -11,7 +11,7 @@ import pytest
 
 from aigen.data import explore
 from aigen.data.preprocess import BACKBONE, SCRATCH, load_model_input
-from aigen.study import driver
+from aigen.study.stages import score
 from helpers import forbid_training, read_csv, run_cli, run_tiny_study
 
 PROTOCOLS = ["none/none", "none/blurjpeg", "jpeg:96/none", "jpeg:96/blurjpeg"]
@@ -167,8 +167,8 @@ def test_resume_with_protocols_trains_nothing_again(tmp_path, make_study_images,
     """Interrupted after the last protocol's models: the resumed run reads every protocol's
     models back and reproduces the uninterrupted run's numbers."""
     monkeypatch.setattr(explore, "shortcut_audit", lambda *a, **k: {})
-    monkeypatch.setattr(driver.Study, "_sweep", no_sweep)  # not under test here
-    monkeypatch.setattr(driver.Study, "_diagnostics", no_diagnostics)
+    monkeypatch.setattr(score, "degradation_sweep", no_sweep)  # not under test here
+    monkeypatch.setattr(score, "diagnose", no_diagnostics)
     monkeypatch.setenv("AIGEN_OFFLINE", "1")
     data = make_study_images(tmp_path / "data", n_per_class=8)
     argv = lambda out: [  # noqa: E731
@@ -179,18 +179,18 @@ def test_resume_with_protocols_trains_nothing_again(tmp_path, make_study_images,
     code, _, err = run_cli(argv(tmp_path / "whole"))
     assert code == 0, err
 
-    real_external = driver.Study._external
+    real_external = score.evaluate_sets
 
-    def interrupt(self):
-        if self.protocol == self.protocols[-1]:
+    def interrupt(ctx, data, splits, run):
+        if run.protocol == ctx.protocols[-1]:
             raise KeyboardInterrupt
-        real_external(self)
+        return real_external(ctx, data, splits, run)
 
-    monkeypatch.setattr(driver.Study, "_external", interrupt)
+    monkeypatch.setattr(score, "evaluate_sets", interrupt)
     code, _, err = run_cli(argv(tmp_path / "out"))
     assert code == 130, err
 
-    monkeypatch.setattr(driver.Study, "_external", real_external)
+    monkeypatch.setattr(score, "evaluate_sets", real_external)
     forbid_training(monkeypatch)
     code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])
     assert code == 0, err
@@ -207,9 +207,9 @@ def test_resume_with_protocols_trains_nothing_again(tmp_path, make_study_images,
         "test_accuracy"]["mean"])
 
 
-def no_sweep(self):
-    self.sweep = {}
+def no_sweep(*args):
+    return {}
 
 
-def no_diagnostics(self):
-    self.diagnostics, self.diagnostic_figures = {}, {}
+def no_diagnostics(*args):
+    return {}

@@ -14,6 +14,7 @@ import pytest
 
 from aigen import io
 from aigen.study import driver, runfolder
+from aigen.study.stages import score, train
 from helpers import forbid_training
 from test_study import assert_one_line_error, audit_once, run_cli, scratch_argv  # noqa: F401
 
@@ -38,9 +39,7 @@ def run_subprocess(argv, hook, tmp_path):
     code = textwrap.dedent("""
         import os, signal, sys
         from aigen import cli
-        from aigen.data import explore
-        from aigen.study import driver
-        explore.shortcut_audit = lambda *a, **k: {}  # not persisted: the resumed run computes it
+        from aigen.study.stages import train
     """) + textwrap.dedent(hook) + "\nsys.exit(cli.main(sys.argv[1:]))\n"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=tmp_path,
@@ -48,12 +47,12 @@ def run_subprocess(argv, hook, tmp_path):
 
 
 KILL_AT_SECOND_SEED = """
-    train = driver.Study._train_scratch
-    def _train_scratch(self, seed):
+    real_train_scratch = train.train_scratch
+    def _train_scratch(ctx, splits, run, seed):
         if seed == 1:
             os.kill(os.getpid(), signal.{sig})
-        train(self, seed)
-    driver.Study._train_scratch = _train_scratch
+        real_train_scratch(ctx, splits, run, seed)
+    train.train_scratch = _train_scratch
 """
 
 
@@ -76,9 +75,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, make_study_
         "scratch_cnn_seed0.npz"]
 
     trained = []
-    real_train = driver.Study._train_scratch
-    monkeypatch.setattr(driver.Study, "_train_scratch",
-                        lambda self, seed: trained.append(seed) or real_train(self, seed))
+    real_train = train.train_scratch
+    monkeypatch.setattr(train, "train_scratch",
+                        lambda ctx, splits, run, seed: trained.append(seed)
+                        or real_train(ctx, splits, run, seed))
     code, _, err = run_cli(["study", "--resume", str(out), "--no-progress"])
     assert code == 0, err
     assert trained == [1]  # seed 0 was read back, not trained again
@@ -90,33 +90,45 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, make_study_
     assert config["arguments"]["seeds"] == [0, 1] and config["arguments"]["resume"] == str(out)
 
 
-def test_resume_restores_backbone_models_and_the_lr_study(tmp_path, make_study_images,
-                                                         audit_once, monkeypatch):
-    """Interrupted in the degradation sweep, after every model: the resumed run trains nothing and
-    reproduces the uninterrupted run's numbers from the saved checkpoints."""
+def test_resume_restores_models_and_finished_stages(tmp_path, make_study_images, audit_once,
+                                                   monkeypatch):
+    """Interrupted in the diagnostics, after every model, the learning-rate study, the
+    exploration and the degradation sweep: the resumed run trains nothing, reads the finished
+    stages' records back instead of computing them again, and reproduces the uninterrupted run's
+    numbers."""
+    from aigen.data import explore
+    from aigen.study import sweep
+
     data = make_study_images(tmp_path / "data", n_per_class=8)
     argv = lambda out: two_seed_argv(  # noqa: E731
         data, out, "--models", "scratch", "frozen", "--backbones", "efficientnet_lite0",
-        "--init", "random", "--frozen-epochs", "1")
+        "--init", "random", "--frozen-epochs", "1", "--sweep", "jpeg", "noise")
     code, _, err = run_cli(argv(tmp_path / "whole"))
     assert code == 0, err
 
-    real_sweep = driver.Study._sweep
+    real_diagnose = score.diagnose
 
-    def interrupt(self):
+    def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver.Study, "_sweep", interrupt)
+    monkeypatch.setattr(score, "diagnose", interrupt)
     code, _, err = run_cli(argv(tmp_path / "out"))
     assert code == 130 and "Traceback" not in err
     assert f"aigen study --resume {tmp_path / 'out'}" in err
     assert not (tmp_path / "out").exists()
+    stages = runfolder.work_path(tmp_path / "out") / "resume" / "stages"
+    assert sorted(p.name for p in stages.iterdir()) == ["exploration.json", "sweep@none-none.json"]
 
-    monkeypatch.setattr(driver.Study, "_sweep", real_sweep)
+    monkeypatch.setattr(score, "diagnose", real_diagnose)
     forbid_training(monkeypatch)
+    for module, name in ((sweep, "run_sweep"), (explore, "summarize")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("a finished stage ran again"))
     code, _, err = run_cli(["study", "--resume", str(tmp_path / "out"), "--no-progress"])
     assert code == 0, err
+    assert "sweep@none-none: finished by the earlier attempt" in err
     assert numbers(tmp_path / "out") == numbers(tmp_path / "whole")
+    whole, resumed = ((tmp_path / d / "report.md").read_text().splitlines() for d in ("whole", "out"))
+    assert whole[3:] == resumed[3:]  # the same report below its header (run time, out folder)
 
 
 def test_resume_continues_a_backbone_training_from_its_last_epoch(tmp_path, make_study_images,
@@ -173,9 +185,9 @@ def test_sigterm_exits_143_and_keeps_finished_work(tmp_path, make_study_images):
 def test_sigterm_before_anything_finished_leaves_nothing(tmp_path, make_study_images):
     data = make_study_images(tmp_path / "data", n_per_class=6)
     hook = """
-        def _train_all(self):
+        def train_protocol(*args):
             os.kill(os.getpid(), signal.SIGTERM)
-        driver.Study._train_all = _train_all
+        train.train_protocol = train_protocol
     """
     done = run_subprocess(scratch_argv(data, tmp_path / "out"), hook, tmp_path)
     assert done.returncode == 143 and "Traceback" not in done.stderr
@@ -219,10 +231,10 @@ def test_resume_errors(tmp_path, make_study_images):
 @pytest.fixture
 def no_study(monkeypatch, tmp_path):
     """The study must not start; returns an (empty) data folder for the command line."""
-    def fail(self):
+    def fail(ctx):
         raise AssertionError("the study started")
 
-    monkeypatch.setattr(driver.Study, "run", fail)
+    monkeypatch.setattr(driver, "run_stages", fail)
     for cls in ("ai", "real"):
         (tmp_path / "data" / cls).mkdir(parents=True)
     return tmp_path / "data"
@@ -354,11 +366,11 @@ def test_a_preset_run_records_its_expanded_arguments(tmp_path, monkeypatch):
 
     seen = {}
 
-    def stop(self):
-        seen.update(vars(self.args))
+    def stop(ctx):
+        seen.update(vars(ctx.args))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver.Study, "run", stop)
+    monkeypatch.setattr(driver, "run_stages", stop)
     data = tmp_path / "data"
     for cls in ("ai", "real"):
         (data / cls).mkdir(parents=True)

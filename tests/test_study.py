@@ -18,7 +18,9 @@ from scipy import stats
 
 from aigen import cli
 from aigen.errors import UserError
-from aigen.study import driver, figures, report, sweep
+from aigen.study import figures, report, sweep
+from aigen.study.stages import data as data_stage
+from aigen.study.stages import train as train_stage
 from helpers import read_csv, run_cli
 
 MODELS = {"scratch_cnn", "efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"}
@@ -482,11 +484,11 @@ def test_out_inside_the_data_folder_is_refused(tmp_path, make_study_images):
 def test_interrupted_run_leaves_nothing(tmp_path, make_study_images, monkeypatch, audit_once):
     data = make_study_images(tmp_path / "data")
 
-    def interrupt(self):  # after the data, exploration and split files have been written
-        assert (self.work / "split.csv").is_file() and (self.work / "skipped.csv").is_file()
+    def interrupt(ctx, *args):  # after the data, exploration and split files have been written
+        assert (ctx.work / "split.csv").is_file() and (ctx.work / "skipped.csv").is_file()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(driver.Study, "_train_all", interrupt)
+    monkeypatch.setattr(train_stage, "train_protocol", interrupt)
     code, _, err = run_cli(scratch_argv(data, tmp_path / "out"))
     assert code == 130 and "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
@@ -499,11 +501,11 @@ def test_interrupted_run_leaves_nothing(tmp_path, make_study_images, monkeypatch
 def test_data_kind_recognises_the_synthetic_dataset(tmp_path):
     from aigen.data import synth
 
-    assert driver.data_kind(tmp_path)[0] == "real"
+    assert data_stage.data_kind(tmp_path)[0] == "real"
     (tmp_path / synth.MANIFEST_NAME).write_text(json.dumps(
         {"generator": synth.GENERATOR_NAME, "generator_version": 1, "seed": 0,
          "difficulty": 0.5}))
-    kind, description = driver.data_kind(tmp_path)
+    kind, description = data_stage.data_kind(tmp_path)
     assert kind == "synthetic" and "proxy" in description
 
 

@@ -82,7 +82,7 @@ def test_prefix_then_stage_is_the_whole_network(arch, prefix_channels, n_feature
 
 def test_stage_and_trained_parameters_per_regime():
     """Frozen: the new head only; fine-tuned: the last stage + head (counted as the study does)."""
-    from aigen.study.driver import _parameter_counts
+    from aigen.study.stages.train import parameter_counts as _parameter_counts
     from aigen.training import train_finetuned, train_frozen
 
     backbone = load_backbone("torchvision:mobilenet_v3_small", init="random")

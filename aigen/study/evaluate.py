@@ -405,7 +405,7 @@ def by_source(y, sources, probs: Sequence[np.ndarray]) -> dict[str, Any]:
 
 
 def _data_record(dataset, y: np.ndarray, sources: Sequence[str]) -> dict[str, Any]:
-    from aigen.study.driver import data_kind
+    from aigen.study.stages.data import data_kind
 
     kind, description = data_kind(Path(dataset.root))
     categories = collections.Counter(s.category for s in dataset.skipped)

@@ -233,6 +233,33 @@ def load_run(work: Path, name: str, seed: int) -> tuple[list[dict], np.ndarray, 
     return header["history"], prob, header["info"]
 
 
+STAGES_DIR = "stages"
+
+
+def _stage_file(work: Path, key: str) -> Path:
+    return work / RESUME_DIR / STAGES_DIR / (key.replace("/", "-").replace(":", "") + ".json")
+
+
+def save_stage(work: Path, key: str, record: Any) -> None:
+    """Record a finished stage's output (a JSON value), read back by a resumed run."""
+    from aigen.io import write_json
+
+    path = _stage_file(work, key)
+    path.parent.mkdir(exist_ok=True)
+    write_json(path, record)
+
+
+def load_stage(work: Path, key: str) -> Any | None:
+    """The output an earlier attempt of the run recorded for stage `key`, else None."""
+    path = _stage_file(work, key)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is damaged ({exc}); delete it to run that stage again") from None
+
+
 # ----------------------------------------------------------------------------------------------
 # --resume and --config: the arguments of an earlier run, back on a command line
 
