@@ -9,10 +9,11 @@ reads. Also measured in this process: reopening the warm dataset (load_dataset o
 and prefix-activation throughput from the store against a plain torchvision eager loop over the
 same files.
 
-    python scripts/bench_scale.py --n 1000 4000 --work /tmp/bench-scale [-- STUDY OPTIONS]
+    python scripts/bench_scale.py --n 1000 4000 --work /tmp/bench-scale [--phases cold] \
+        [-- STUDY OPTIONS]
 
 Study options after `--` replace the defaults (--backbones efficientnet_lite0 --seeds 0). Prints
-a Markdown table and writes bench.json under --work.
+a Markdown table and adds its figures to bench.json under --work.
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for everything")
     parser.add_argument("--throughput", type=int, default=512, metavar="N",
                         help="images for the throughput comparison (0 = skip)")
+    parser.add_argument("--phases", nargs="+", choices=("cold", "warm"), default=["cold", "warm"],
+                        help="which studies to run per N (default: cold warm)")
     args = parser.parse_args(argv)
     study_args = DEFAULT_STUDY if extra is None else extra
     args.work.mkdir(parents=True, exist_ok=True)
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         data = make_data(n, args.work, args.data, env)
         cache = args.work / f"cache-{n}"
         row = {"n": n}
-        for phase in ("cold", "warm"):
+        for phase in args.phases:
             out = args.work / f"out-{n}-{phase}"
             run_env = {**env, "AIGEN_CACHE_DIR": str(cache)}
             cmd = [sys.executable, "-m", "aigen.cli", "study", "--data", str(data), "--out", str(out),
@@ -163,20 +166,28 @@ def main(argv: list[str] | None = None) -> int:
             row["throughput"] = throughput(data, args.throughput, str(cache))
         results.append(row)
         print(json.dumps(row), flush=True)
-    (args.work / "bench.json").write_text(json.dumps(
-        {"study_args": study_args, "machine": os.uname().nodename, "cores": os.cpu_count(),
-         "results": results}, indent=1))
-    print("\n| N | phase | wall s | peak RSS GiB | peak anon GiB | load | prefix | train | sweep |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    # One record per (N, study options): a later invocation adds to what earlier ones measured.
+    record = args.work / "bench.json"
+    runs = json.loads(record.read_text())["runs"] if record.is_file() else []
+    runs.append({"study_args": study_args, "machine": os.uname().nodename,
+                 "cores": os.cpu_count(), "results": results})
+    record.write_text(json.dumps({"runs": runs}, indent=1))
+    print("\n| N | phase | wall s | peak RSS GiB | peak anon GiB | load | prefix | train "
+          "| lr study | sweep | diagnostics | rest |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
-        for phase in ("cold", "warm"):
+        for phase in args.phases:
             r = row[phase]
             st = r.get("stages", {})
-            prefix = sum(v for k, v in st.items() if k.startswith("prefix_activations"))
-            train = sum(v for k, v in st.items() if k.startswith("train:"))
+            parts = {"load": st.get("load_data", 0.0),
+                     "prefix": sum(v for k, v in st.items() if k.startswith("prefix_activations")),
+                     "train": sum(v for k, v in st.items() if k.startswith("train:")),
+                     "lr_study": st.get("lr_study", 0.0), "sweep": st.get("sweep", 0.0),
+                     "diagnostics": st.get("diagnostics", 0.0)}
+            rest = r["wall_s"] - sum(parts.values())  # start-up, exploration, split, results
             print(f"| {row['n']} | {phase} | {r['wall_s']} | {r['peak_rss_gib']} | "
-                  f"{r['peak_rss_anon_gib']} | {st.get('load_data', '')} | {prefix:.1f} | "
-                  f"{train:.1f} | {st.get('sweep', '')} |")
+                  f"{r['peak_rss_anon_gib']} | "
+                  + " | ".join(f"{v:.1f}" for v in parts.values()) + f" | {rest:.1f} |")
     return 0
 
 
