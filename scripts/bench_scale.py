@@ -5,7 +5,8 @@ in equal numbers per class by symlinks), then `aigen study` twice in a fresh cac
 (empty cache) and warm (same cache: hash index, packed store and prefix activations reused).
 Each run is a child process; its peak RSS is the kernel's (wait4 ru_maxrss), and a sampler reads
 its anonymous memory (RssAnon, /proc) every 0.2 s, which leaves out the page cache of files it
-reads. Also measured in this process: reopening the warm dataset (load_dataset on the warm cache),
+reads; the study shows its progress bars, and the longest stretch without output on its stderr is
+recorded. Also measured in this process: reopening the warm dataset (load_dataset on the warm cache),
 and prefix-activation throughput from the store against a plain torchvision eager loop over the
 same files.
 
@@ -43,7 +44,9 @@ def _rss_anon_kib(pid: int) -> int:
 
 
 def run_child(argv: list[str], env: dict[str, str]) -> dict:
-    """Run argv; -> wall seconds, peak RSS (GiB, ru_maxrss), peak RssAnon (GiB, sampled), rc."""
+    """Run argv; -> wall seconds, peak RSS (GiB, ru_maxrss), peak RssAnon (GiB, sampled), rc, and
+    the longest stretch without any output on stderr (the progress bars and messages a user
+    watches) with the last output before it."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak_anon = [0]
@@ -56,7 +59,15 @@ def run_child(argv: list[str], env: dict[str, str]) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    err = proc.stderr.read()
+    err = b""
+    last, silence, before = time.perf_counter(), 0.0, ""
+    while chunk := os.read(proc.stderr.fileno(), 65536):
+        now = time.perf_counter()
+        if now - last > silence:
+            tail = err[-200:].decode(errors="replace").replace("\r", "\n").splitlines()
+            silence, before = now - last, (tail[-1] if tail else "(start)")
+        last = now
+        err = (err + chunk)[-20000:]
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     done.set()
@@ -65,7 +76,8 @@ def run_child(argv: list[str], env: dict[str, str]) -> dict:
         sys.stderr.write(err.decode(errors="replace")[-2000:])
     return {"rc": proc.returncode, "wall_s": round(time.perf_counter() - start, 1),
             "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3),
-            "peak_rss_anon_gib": round(peak_anon[0] / 2**20, 3)}
+            "peak_rss_anon_gib": round(peak_anon[0] / 2**20, 3),
+            "longest_silence_s": round(silence, 1), "silent_after": before.strip()[:160]}
 
 
 def make_data(n: int, work: Path, source: Path | None, env: dict[str, str]) -> Path:
@@ -149,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         for phase in args.phases:
             out = args.work / f"out-{n}-{phase}"
             run_env = {**env, "AIGEN_CACHE_DIR": str(cache)}
+            # With progress bars, as a user sees it: the longest silence on stderr is measured.
             cmd = [sys.executable, "-m", "aigen.cli", "study", "--data", str(data), "--out", str(out),
-                   "--no-progress", *study_args]
+                   *study_args]
             row[phase] = run_child(cmd, run_env)
             config = out / "config.json"
             if config.is_file():
@@ -173,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                  "cores": os.cpu_count(), "results": results})
     record.write_text(json.dumps({"runs": runs}, indent=1))
     print("\n| N | phase | wall s | peak RSS GiB | peak anon GiB | load | prefix | train "
-          "| lr study | sweep | diagnostics | rest |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| lr study | sweep | diagnostics | rest | longest silence s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         for phase in args.phases:
             r = row[phase]
@@ -187,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             rest = r["wall_s"] - sum(parts.values())  # start-up, exploration, split, results
             print(f"| {row['n']} | {phase} | {r['wall_s']} | {r['peak_rss_gib']} | "
                   f"{r['peak_rss_anon_gib']} | "
-                  + " | ".join(f"{v:.1f}" for v in parts.values()) + f" | {rest:.1f} |")
+                  + " | ".join(f"{v:.1f}" for v in parts.values())
+                  + f" | {rest:.1f} | {r.get('longest_silence_s', '')} |")
     return 0
 
 
