@@ -1,8 +1,6 @@
 """Input protocols: harmonisation (Spec.harmonize, everywhere an image becomes a model input) and
 train-time augmentation (aigen.data.augment, training from images)."""
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -201,7 +199,7 @@ def test_training_with_augmentation_is_reproducible_and_differs(lite0, tmp_path)
                                  y[:16], AugmentedImages(store, SMALL, np.arange(16, 24)), y[16:],
                                  regime="frozen", epochs=2, lr=1e-3, batch_size=8, seed=2, progress=False)
 
-    (a, ha), (b, hb), (c, hc) = fit("blurjpeg"), fit("blurjpeg"), fit("none")
+    (a, ha), (b, hb), (c, _) = fit("blurjpeg"), fit("blurjpeg"), fit("none")
     assert ha == hb
     assert torch.equal(a.head.weight, b.head.weight)
     assert not torch.equal(a.head.weight, c.head.weight)

@@ -17,7 +17,6 @@ from PIL import Image
 from scipy import stats
 
 from aigen import cli
-from aigen.errors import UserError
 from aigen.study import figures, report, sweep
 from aigen.study.stages import data as data_stage
 from aigen.study.stages import train as train_stage

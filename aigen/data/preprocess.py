@@ -26,7 +26,7 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
-from aigen.data.loading import DEFAULT_MAX_PIXELS, ImageSkip, decode_bytes, open_image
+from aigen.data.loading import DEFAULT_MAX_PIXELS, decode_bytes
 
 # Bumped whenever decoding, resizing or the cache layout changes, so old entries are never reused.
 CACHE_VERSION = 2
