@@ -385,8 +385,13 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
         stopped = bool(state.get("stopped", False))
         first = state["epoch"] + 1
     step_forward = _parallel(modules, forward, device) if K > 1 else forward
-    bar = _epoch_bar(epochs, desc, progress, first)
-    for epoch in bar:
+    # Counted in batches: an epoch of a large training set can take minutes.
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="batch", disable=not progress, leave=False,
+               total=epochs * steps_per_epoch, initial=(first - 1) * steps_per_epoch)
+    for epoch in range(first, epochs + 1):
+        bar.set_description(f"{desc} (epoch {epoch}/{epochs})")
         if stopped:  # early stopping ended the training before the interruption
             break
         for m in modules:
@@ -427,6 +432,7 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
             loss_sum += batch_loss
             if K == 1 or weight:
                 correct += int((logits.detach().argmax(1) == yb).sum())
+            bar.update(1)
         if K > 1:  # every process ends the epoch with the first one's BatchNorm statistics
             distributed.broadcast_buffers(step_forward.module)
             loss_sum, correct = distributed.all_sum(loss_sum, correct)

@@ -78,3 +78,13 @@ def forbid_training(monkeypatch):
 
     monkeypatch.setattr(train, "fit_scratch", trained_again)
     monkeypatch.setattr(train, "train_backbone", trained_again)
+
+
+def every_progress_update(monkeypatch):
+    """From now on, tqdm bars created with `from tqdm import tqdm` draw every update (not at most
+    one per 0.1 s), so a test can read each step from stderr."""
+    import functools
+
+    import tqdm
+
+    monkeypatch.setattr(tqdm, "tqdm", functools.partial(tqdm.tqdm, mininterval=0, miniters=1))

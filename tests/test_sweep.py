@@ -11,7 +11,7 @@ from PIL import Image
 
 from aigen.errors import UserError
 from aigen.study import figures, sweep
-from helpers import snapshot
+from helpers import every_progress_update, snapshot
 
 SHA = "ab" * 32
 
@@ -123,6 +123,36 @@ def test_sweep_images_degrade_at_stored_resolution_and_leave_the_data_alone(tmp_
     (data / "real" / "small.png").write_bytes((data / "ai" / "stripes.jpg").read_bytes())
     with pytest.raises(UserError, match="changed during the run"):
         ds[[1]]
+
+
+def test_sweep_progress_moves_per_condition(tmp_path, capsys, monkeypatch):
+    """The bar counts (image, condition) pairs, so it moves while one batch is scored under
+    every condition (minutes on a CPU), and ends at images x conditions."""
+    from aigen.data.dataset import load_dataset
+    from aigen.data.preprocess import SCRATCH
+
+    data = tmp_path / "data"
+    for cls in ("ai", "real"):
+        (data / cls).mkdir(parents=True)
+    _image(seed=1).save(data / "ai" / "a.png")
+    _image(seed=2).save(data / "real" / "b.png")
+    dataset = load_dataset(data, workers=1, progress=False)
+    n_conditions = len(sweep.conditions(["blur"]))
+    every_progress_update(monkeypatch)
+    scored = []
+
+    def scorer(batch):
+        scored.append(len(batch["scratch"]))
+        return {("m", 0): np.full(len(batch["scratch"]), 0.25)}
+
+    probs = sweep.sweep_probabilities(dataset.images, {"scratch": SCRATCH}, scorer,
+                                      perturbations=["blur"], progress=True)
+    total = 2 * n_conditions
+    err = capsys.readouterr().err
+    assert f"{total}/{total}" in err and all(f"{k}/{total}" in err for k in range(2, total, 2))
+    assert scored == [2] * n_conditions and set(probs) == {
+        sweep.condition_name(k, s) for k, s in sweep.conditions(["blur"])}
+    assert all(np.array_equal(p[("m", 0)], [0.25, 0.25]) for p in probs.values())
 
 
 def _probs(n, seeds, rng):

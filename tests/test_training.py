@@ -11,7 +11,7 @@ from aigen.models.backbones import (
     load_classifier,
     new_head,
 )
-from helpers import interrupt_training_after
+from helpers import every_progress_update, interrupt_training_after
 from aigen.training import train_finetuned, train_frozen, train_scratch
 
 torch = pytest.importorskip("torch")
@@ -153,6 +153,18 @@ def test_best_checkpoint_for_backbones(lite0, images, activations):
     best = max(h["val_acc"] for h in history)
     assert best > history[-1]["val_acc"]  # so "best" differs from "last" here
     assert accuracy == pytest.approx(best)
+
+
+def test_backbone_progress_moves_per_batch(lite0, images, activations, capsys, monkeypatch):
+    """The bar counts batches (an epoch at scale takes minutes): 16 training rows in batches of
+    4 over 2 epochs is 8 steps, each shown, with the epoch in the description."""
+    every_progress_update(monkeypatch)
+    train_frozen(lite0, *_split(activations, images), epochs=2, batch_size=4, seed=0,
+                 progress=True)
+    err = capsys.readouterr().err
+    assert "8/8" in err and "batch" in err
+    assert all(f"{k}/8" in err for k in range(1, 8))
+    assert "(epoch 2/2)" in err
 
 
 @pytest.mark.parametrize("regime", ["frozen", "finetuned"])

@@ -209,23 +209,24 @@ def sweep_probabilities(images: Sequence[Any], specs: Mapping[str, Any], scorer:
                           perturbations=perturbations)
     probs: dict[str, dict[tuple[str, int], np.ndarray]] = {}
     start = 0
-    with tqdm(total=len(images), desc="degradation sweep", unit="img", disable=not progress,
-              leave=False) as bar:
+    # Counted per image and condition: one batch is scored under every condition (minutes on a
+    # CPU), so the bar moves as each condition is done.
+    with tqdm(total=len(images) * len(dataset.conditions), desc="degradation sweep",
+              unit="img×condition", disable=not progress, leave=False) as bar:
         for batch in batches(dataset, BATCH, workers=workers):
-            n = None
+            n = len(np.asarray(batch["clean"][0]))  # every image of the batch, unperturbed
             for name, (positions, u8) in batch.items():
                 positions = np.asarray(positions)
-                if name == "clean":
-                    n = len(positions)
                 if not len(positions):
+                    bar.update(n)
                     continue
                 scores = scorer({k: to_model_input(np.asarray(v), specs[k]) for k, v in u8.items()})
                 for model_seed, p in scores.items():
                     out = probs.setdefault(name, {}).setdefault(
                         model_seed, np.full(len(images), np.nan))
                     out[start + positions] = p
+                bar.update(n)
             start += n
-            bar.update(n)
     return probs
 
 
