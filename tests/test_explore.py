@@ -15,7 +15,7 @@ from aigen import cli
 from aigen.data import explore
 from aigen.data.dataset import load_dataset
 from aigen.errors import UserError
-from helpers import snapshot
+from helpers import every_progress_update, snapshot
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data" / "aiart"
@@ -148,6 +148,19 @@ def test_accuracy_interval_never_has_zero_width():
     lo, hi = explore._accuracy_interval([1.0, 1.0, 1.0], 12)
     assert lo < 0.8 and hi == 1.0
     assert explore._accuracy_interval([0.5, 0.75], 8) == explore._t_interval([0.5, 0.75])
+
+
+def test_audit_progress_moves_per_cross_validation(separable_dataset, capsys, monkeypatch):
+    """The audit's forests take ~30 s at 16k images: its bar moves after each cross-validated
+    model (forest, logistic regression, one forest per feature group)."""
+    every_progress_update(monkeypatch)
+    explore.shortcut_audit(separable_dataset, seed=0, progress=True)
+    total = 2 + len(explore.FEATURE_GROUPS)
+    err = capsys.readouterr().err
+    assert "metadata shortcut audit" in err
+    assert all(f"{k}/{total}" in err for k in range(1, total + 1))
+    explore.shortcut_audit(separable_dataset, seed=0)
+    assert capsys.readouterr().err == ""
 
 
 def test_audit_is_at_chance_when_metadata_is_identical(tmp_path):

@@ -32,7 +32,7 @@ _AUDITS = {}
 def _memoised_audit(real_audit):
     """The real shortcut audit, computed once per dataset content and seed: the cheap runs below
     all use the same generated images, and the audit (dozens of random forests) dominates them."""
-    def audit(dataset, seed=0, folds=5, metadata=None):
+    def audit(dataset, seed=0, folds=5, metadata=None, progress=False):
         key = (dataset.manifest_sha256(), seed, folds, metadata is None)
         if key not in _AUDITS:
             _AUDITS[key] = real_audit(dataset, seed=seed, folds=folds, metadata=metadata)

@@ -454,7 +454,8 @@ def _cross_validate(make_model, X: np.ndarray, y: np.ndarray, folds) -> dict:
 
 
 def shortcut_audit(dataset, seed: int = 0, folds: int = 5,
-                   metadata: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+                   metadata: Mapping[str, Mapping[str, Any]] | None = None,
+                   progress: bool = False) -> dict:
     """How well metadata alone separates the classes (stratified k-fold cross-validation).
 
     Features: width, height, aspect, file size, bytes per pixel, and one-hot format and colour
@@ -467,8 +468,10 @@ def shortcut_audit(dataset, seed: int = 0, folds: int = 5,
     of a zero-width one. Folds are grouped by content hash, as the study's split is: an exact duplicate never sits on
     both sides of a fold, where its twin would give its metadata away.
     With `metadata` (rel_path -> dict), those values replace the ones read from the files.
+    `progress` shows a bar over the cross-validations (about 30 s at 16k images on 2 cores).
     """
     from sklearn.model_selection import StratifiedGroupKFold
+    from tqdm import tqdm
 
     _check_override_coverage(dataset, metadata)
     records = metadata_records(dataset, metadata)
@@ -486,8 +489,12 @@ def shortcut_audit(dataset, seed: int = 0, folds: int = 5,
                   .split(records, y, groups=contents))
     X, names, groups = _feature_matrix(records)
 
+    bar = tqdm(total=2 + len(FEATURE_GROUPS), desc="metadata shortcut audit", unit="model",
+               disable=not progress, leave=False)
     forest = _cross_validate(lambda: _forest(seed), X, y, splits)
+    bar.update(1)
     logistic = _cross_validate(_logistic, X, y, splits)
+    bar.update(1)
     importances = forest.pop("importances")
     by_group = {g: float(sum(imp for imp, gg in zip(importances, groups) if gg == g))
                 for g in FEATURE_GROUPS}
@@ -498,6 +505,8 @@ def shortcut_audit(dataset, seed: int = 0, folds: int = 5,
         r.pop("importances", None)
         single[g] = {"accuracy": r["accuracy"], "accuracy_ci95": r["accuracy_ci95"],
                      "roc_auc": r["roc_auc"]}
+        bar.update(1)
+    bar.close()
     leading = max(single, key=lambda g: (single[g]["accuracy"], single[g]["roc_auc"]))
     majority = float(max((y == LABEL_AI).mean(), (y == LABEL_REAL).mean()))
     return {

@@ -125,7 +125,8 @@ def explore(ctx: StudyContext, data: StudyData) -> dict[str, Any]:
         return {"summary": summary,
                 "figures": [Path(p).relative_to(ctx.work).as_posix() for p in figures],
                 "shortcut_audit": explore_data.shortcut_audit(data.dataset, seed=ctx.seeds[0],
-                                                              metadata=ctx.metadata)}
+                                                              metadata=ctx.metadata,
+                                                              progress=ctx.progress)}
 
     return ctx.persisted("exploration", compute)
 
