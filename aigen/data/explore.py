@@ -594,7 +594,8 @@ def run(args: argparse.Namespace) -> int:
     # Header probes are all the exploration needs: no decoding into the preprocessing cache.
     dataset = dataset_from_args(args, progress=not args.quiet, specs=())
     summary = summarize(dataset, metadata)
-    audit = shortcut_audit(dataset, seed=args.seed, folds=args.folds, metadata=metadata)
+    audit = shortcut_audit(dataset, seed=args.seed, folds=args.folds, metadata=metadata,
+                           progress=not args.quiet)
     spectra = None
     if args.spectrum_images:
         from aigen.data.dataset import available_cores
