@@ -217,14 +217,13 @@ def sweep_probabilities(images: Sequence[Any], specs: Mapping[str, Any], scorer:
             n = len(np.asarray(batch["clean"][0]))  # every image of the batch, unperturbed
             for name, (positions, u8) in batch.items():
                 positions = np.asarray(positions)
-                if not len(positions):
-                    bar.update(n)
-                    continue
-                scores = scorer({k: to_model_input(np.asarray(v), specs[k]) for k, v in u8.items()})
-                for model_seed, p in scores.items():
-                    out = probs.setdefault(name, {}).setdefault(
-                        model_seed, np.full(len(images), np.nan))
-                    out[start + positions] = p
+                if len(positions):  # (a condition may apply to none of the batch's images)
+                    scores = scorer({k: to_model_input(np.asarray(v), specs[k])
+                                     for k, v in u8.items()})
+                    for model_seed, p in scores.items():
+                        out = probs.setdefault(name, {}).setdefault(
+                            model_seed, np.full(len(images), np.nan))
+                        out[start + positions] = p
                 bar.update(n)
             start += n
     return probs
