@@ -2,6 +2,8 @@
 random training windows, the fixed test windows and the mean of their probabilities."""
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -321,3 +323,63 @@ def test_a_run_with_crops_alone_says_so_in_the_report():
     resize = {**Protocol("none", "none").record(), "models": {}}
     assert "input" not in resize and Protocol("none", "none").key == "none/none"
     assert protocols_section({"protocols": {"none/none": resize}}) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The Kaggle copy's extreme files
+
+SHARED_AIART = Path(__file__).resolve().parents[2] / "shared" / "data" / "aiart"
+
+
+def _extreme_files(root):
+    """Relative path -> (width, height, mode) of the files at the crop policy's edges: the
+    smallest and the largest short side, the most elongated, one of each non-RGB mode and the
+    files whose extension does not say their format."""
+    sizes = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        with Image.open(path) as im:
+            sizes[path.relative_to(root).as_posix()] = (im.width, im.height, im.mode, im.format)
+    short = {p: min(w, h) for p, (w, h, _, _) in sizes.items()}
+    chosen = {min(short, key=short.get), max(short, key=short.get),
+              max(sizes, key=lambda p: max(sizes[p][:2]) / short[p])}
+    for mode in ("P", "L", "RGBA"):
+        chosen.add(next(p for p, s in sizes.items() if s[2] == mode))
+    formats = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF"}
+    chosen |= {p for p, s in sizes.items()
+               if formats.get(os.path.splitext(p)[1].lower()) != s[3]}
+    return {p: sizes[p][:3] for p in sorted(chosen)}
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not SHARED_AIART.is_dir(), reason="../shared/data/aiart is absent")
+def test_crop_inputs_of_the_real_datas_extreme_files():
+    """Real files through the crop policy: the smallest (enlarged) and largest (reduced, decoded
+    in JPEG draft mode) short sides, the most elongated, palette / grey / alpha files and lying
+    extensions each give five finite 224 x 224 windows in ImageNet normalisation; their centre
+    window is the centre of the S x S square of the fully decoded image within JPEG draft
+    rounding; and `rescaling` calls each image what its stored size says."""
+    from aigen.data.preprocess import load_model_input
+
+    files = _extreme_files(SHARED_AIART)
+    assert len(files) >= 6
+    modes = {mode for _, _, mode in files.values()}
+    assert {"P", "L", "RGBA"} <= modes
+    seen, window = set(), CROP.window()
+    low = (0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    high = (1 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    for rel, (w, h, _) in files.items():
+        path = SHARED_AIART / rel
+        x = load_model_input(path, CROP)
+        assert x.shape == (1, 5, 3, 224, 224) and np.isfinite(x).all(), rel
+        assert (x.min(axis=(0, 1, 3, 4)) >= low - 1e-5).all(), rel
+        assert (x.max(axis=(0, 1, 3, 4)) <= high + 1e-5).all(), rel
+        # Against the fully decoded image (no JPEG draft): the same window, up to the two
+        # downscalers' difference, and much closer than the window one grid step (8 px) over.
+        full = preprocess(decode_bytes(path.read_bytes()), CROP)
+        top, left = crop_windows(CROP)[0]
+        same = to_model_input(cut_window(full, CROP, top, left), window)[0]
+        shifted = to_model_input(cut_window(full, CROP, top + 8, left), window)[0]
+        gap, off = (np.abs(v - x[0, 0]).mean() for v in (same, shifted))
+        assert gap < 0.1 and gap < off / 3, (rel, gap, off)
+        seen.add(rescaling(w, h, CROP))
+    assert {"enlarged", "reduced"} <= seen
