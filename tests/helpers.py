@@ -8,6 +8,9 @@ from pathlib import Path
 from aigen import cli
 from aigen.training import _save_epoch_state as _SAVE_EPOCH_STATE
 
+# ../shared beside the checkout (real data for the tests marked `shared`; absent -> they skip).
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
 
 def run_cli(argv):
     """`aigen ARGV` in this process: (exit code, stdout, stderr)."""

@@ -3,7 +3,6 @@ random training windows, the fixed test windows and the mean of their probabilit
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from aigen.data.preprocess import (BACKBONE, CROP, CROP_SIDE, IMAGENET_MEAN, IMA
                                    preprocess, random_window, rescaling, to_model_input)
 from aigen.data.loading import decode_bytes
 from aigen.data.store import RowFile, RowWriter
+from helpers import SHARED
 
 torch = pytest.importorskip("torch")
 
@@ -328,7 +328,7 @@ def test_a_run_with_crops_alone_says_so_in_the_report():
 # ----------------------------------------------------------------------------------------------
 # The Kaggle copy's extreme files
 
-SHARED_AIART = Path(__file__).resolve().parents[2] / "shared" / "data" / "aiart"
+SHARED_AIART = SHARED / "data" / "aiart"
 
 
 def _extreme_files(root):

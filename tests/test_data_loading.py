@@ -18,9 +18,8 @@ from aigen.data.discover import (LABEL_AI, LABEL_REAL, discover, find_class_fold
                                  parse_class_args)
 from aigen.data.loading import ImageSkip, open_image
 from aigen.errors import UserError
-from helpers import snapshot
+from helpers import SHARED, snapshot
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def noise(seed: int, size=(16, 12), mode="RGB") -> Image.Image:

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_cli, read_csv, snapshot
+from helpers import SHARED, run_cli, read_csv, snapshot
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SD_COCO = SHARED / "data" / "sd_coco"
 MODELS = ["scratch_cnn", "efficientnet_lite0_frozen", "efficientnet_lite0_finetuned"]
 SUMMARY_KEYS = {"mean", "std", "per_seed", "ci95"}

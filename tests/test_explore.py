@@ -15,9 +15,8 @@ from aigen import cli
 from aigen.data import explore
 from aigen.data.dataset import load_dataset
 from aigen.errors import UserError
-from helpers import every_progress_update, snapshot
+from helpers import SHARED, every_progress_update, snapshot
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data" / "aiart"
 SHARED_MANIFEST = SHARED / "data" / "aiart_manifest.csv"
 FIGURES = ("width", "height", "aspect", "n_bytes", "bytes_per_pixel", "format", "mode")
