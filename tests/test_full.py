@@ -14,8 +14,10 @@ import pytest
 
 from aigen import training
 from aigen.errors import UserError
-from aigen.models.backbones import (_module_fingerprint, load_classifier,
-                                    new_head, pool, read_checkpoint)
+from aigen.models import backbones
+from aigen.models.backbones import (BackboneClassifier, BackboneUnavailable, _module_fingerprint,
+                                    load_backbone, load_classifier, new_head, pool,
+                                    read_checkpoint)
 from aigen.training import (_fit, best_epoch, full_param_groups, lr_factor, train_finetuned,
                             train_full)
 from helpers import interrupt_training_after, read_csv, run_cli, run_tiny_study
@@ -215,6 +217,54 @@ def test_full_trains_a_copy_and_round_trips_through_its_checkpoint(lite0, images
     assert _module_fingerprint(lite0.prefix, lite0.stage) == before
 
 
+def _no_weights_anywhere(monkeypatch):
+    def unavailable(name, weights=None):
+        raise BackboneUnavailable(f"{name}: no weights file here")
+
+    monkeypatch.setattr(backbones, "resolve_weights", unavailable)
+    with pytest.raises(BackboneUnavailable):
+        load_backbone("efficientnet_lite0")
+
+
+def test_a_full_model_loads_and_scores_without_the_pretrained_weights(lite0, images, tmp_path,
+                                                                      monkeypatch):
+    clf, _ = train_full(lite0, *images[:2], *images[:2], epochs=1, batch_size=5, seed=2,
+                        progress=False)
+    clf.save(tmp_path / "full.pt")
+    frozen = BackboneClassifier(lite0, "frozen", lite0.stage, new_head(lite0.n_features, 0))
+    frozen.save(tmp_path / "frozen.pt")
+    X = images[2]
+    expected = clf.predict_proba(X)
+    _no_weights_anywhere(monkeypatch)
+
+    # The checkpoint holds every weight: no weights file is read, not even a given one.
+    loaded = load_classifier(tmp_path / "full.pt", weights=tmp_path / "missing.pt")
+    np.testing.assert_array_equal(loaded.predict_proba(X), expected)
+    shell = loaded.backbone
+    assert not shell.has_weights and shell.fingerprint == lite0.fingerprint
+    assert (shell.weights_source, shell.weights_sha256) == (lite0.weights_source,
+                                                            lite0.weights_sha256)
+    # Saved again, it records the pretrained backbone it came from, as the original did.
+    loaded.save(tmp_path / "again.pt")
+    again, original = read_checkpoint(tmp_path / "again.pt"), read_checkpoint(tmp_path / "full.pt")
+    for key in ("backbone_fingerprint", "weights_source", "weights_sha256", "init", "pretrained"):
+        assert again[key] == original[key]
+    assert _states_equal(again["prefix"], original["prefix"])
+    # The structure computes nothing, and no other model can use it as its backbone.
+    with pytest.raises(ValueError, match="holds no weights"):
+        shell.prefix_activations(X)
+    with pytest.raises(ValueError, match="needs a backbone with weights"):
+        load_classifier(tmp_path / "frozen.pt", backbone=shell)
+    with pytest.raises(BackboneUnavailable):  # a frozen model does need the weights file
+        load_classifier(tmp_path / "frozen.pt")
+    # A damaged full checkpoint (a prefix tensor missing) is an error, not a meta tensor.
+    checkpoint = torch.load(tmp_path / "full.pt", weights_only=True)
+    checkpoint["prefix"].pop(next(iter(checkpoint["prefix"])))
+    torch.save(checkpoint, tmp_path / "damaged.pt")
+    with pytest.raises(UserError, match="damaged checkpoint"):
+        load_classifier(tmp_path / "damaged.pt")
+
+
 def _batchnorms(module):
     return [layer for layer in module.modules()
             if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm)]
@@ -383,7 +433,9 @@ def test_study_reports_the_full_model_like_the_others(full_study):
     assert (out / "checkpoints" / "efficientnet_lite0_full_seed0.pt").is_file()
 
 
-def test_predict_reproduces_the_study_predictions_of_the_full_model(full_study):
+def test_predict_reproduces_the_study_predictions_of_the_full_model(full_study, monkeypatch):
+    # without the pretrained weights: the checkpoint holds all of a full model's
+    _no_weights_anywhere(monkeypatch)
     data, out = full_study["data"], full_study["out"]
     study = {(r["path"], r["model"]): float(r["prob_ai"])
              for r in read_csv(out / "predictions.csv")}

@@ -454,8 +454,10 @@ class Backbone:
 
     Attributes: `name`, `architecture` (where the network comes from and how it is split, in
     words), `weights_source` (plain words), `pretrained`, `init`, `weights_sha256` (None for a
-    random init), `n_features`, `prefix`, `stage`. Both modules start frozen
+    random init), `n_features`, `prefix`, `stage`, `has_weights`. Both modules start frozen
     (`requires_grad=False`, eval mode); the fine-tuned regime trains a copy of `stage`.
+    A backbone without weights (`has_weights` False, from `architecture_only`) is the structure
+    of one, kept by a full model that holds all of its own weights; it computes nothing.
     """
 
     def __init__(self, name, prefix, stage, n_features, *, weights_source, pretrained, init,
@@ -474,6 +476,12 @@ class Backbone:
         for param in list(prefix.parameters()) + list(stage.parameters()):
             param.requires_grad_(False)
         self._fingerprint: str | None = None
+        self.has_weights = True
+
+    def _check_has_weights(self) -> None:
+        if not self.has_weights:
+            raise ValueError(f"the {self.name} backbone of a full model holds no weights (the "
+                             "model runs its own prefix and stage): load the backbone itself")
 
     def __repr__(self) -> str:
         return f"Backbone({self.name!r}, {self.weights_source!r})"
@@ -493,6 +501,7 @@ class Backbone:
         """
         import torch
 
+        self._check_has_weights()
         X = _as_tensor(X)
         device = _as_device(device)
         if X.ndim != 4 or X.shape[1] != 3:
@@ -516,7 +525,9 @@ class Backbone:
         """Global-average-pooled features of the (pretrained, eval-mode) stage for prefix activations A."""
         import torch
 
-        stage = self.stage if stage is None else stage
+        if stage is None:
+            self._check_has_weights()
+            stage = self.stage
         device = _as_device(device)
         was_training = stage.training
         stage.to(device).eval()
@@ -556,6 +567,43 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None,
     prefix, stage, n_features = _split(name, network)
     return Backbone(name, prefix, stage, n_features, weights_source=source, pretrained=pretrained,
                     init=init, weights_sha256=digest)
+
+
+def architecture_only(name: str, *, weights_source: str, pretrained: bool, init: str,
+                      weights_sha256: str | None, fingerprint: str) -> Backbone:
+    """The backbone `name` as a structure only, with the identity of the weights a model was
+    trained from: what a full model keeps, since it holds all of its weights itself, so that
+    scoring it needs no pretrained weights file. The modules are built on the meta device (no
+    memory, no initialisation); `has_weights` is False."""
+    import torch
+
+    check_name(name)
+    with torch.device("meta"):
+        network = _build_network(name)
+    prefix, stage, n_features = _split(name, network)
+    backbone = Backbone(name, prefix, stage, n_features, weights_source=weights_source,
+                        pretrained=pretrained, init=init, weights_sha256=weights_sha256)
+    backbone._fingerprint = fingerprint
+    backbone.has_weights = False
+    return backbone
+
+
+def _own_copy(module, state: dict, on_meta: bool):
+    """A copy of `module` holding `state` (a checkpoint's trained prefix or stage), in eval mode."""
+    import torch
+
+    module = copy.deepcopy(module)
+    try:
+        # On the meta device there is nothing to copy into: the checkpoint's tensors become the
+        # module's own (requires_grad stays the module's: False).
+        module.load_state_dict(state, assign=on_meta)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"a damaged checkpoint: its weights do not fit the model ({problem})"
+                        ) from exc
+    if on_meta and any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        raise UserError("a damaged checkpoint: it lacks some of the weights of its full model")
+    return module.to(memory_format=torch.channels_last).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -738,13 +786,25 @@ def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None =
                     device=None, backbone: Backbone | None = None) -> BackboneClassifier:
     """Rebuild a saved BackboneClassifier: the backbone again (pretrained weights needed, or give an
     already loaded `backbone`), then the saved head and, if fine-tuned, stage (if full, prefix
-    and stage: copies, the backbone's own are left untouched)."""
+    and stage: copies, the backbone's own are left untouched).
+
+    A full model holds all of its weights, so without a `backbone` it needs no weights file
+    (`weights` is not read): its backbone is then `architecture_only`, which has no weights."""
     checkpoint = read_checkpoint(path)
     name = checkpoint["backbone"]
+    full = checkpoint["regime"] == "full"
     if backbone is None:
-        backbone = load_backbone(name, weights=weights, init=checkpoint["init"])
+        backbone = (architecture_only(name, weights_source=checkpoint["weights_source"],
+                                      pretrained=checkpoint["pretrained"],
+                                      init=checkpoint["init"],
+                                      weights_sha256=checkpoint["weights_sha256"],
+                                      fingerprint=checkpoint["backbone_fingerprint"])
+                    if full else load_backbone(name, weights=weights, init=checkpoint["init"]))
     elif backbone.name != name:
         raise UserError(f"{path} holds a {name} classifier, but a {backbone.name} backbone was given")
+    elif not (backbone.has_weights or full):
+        raise ValueError(f"{path} is a {checkpoint['regime']} model: it needs a backbone with "
+                         "weights, not the structure a full model keeps")
     if backbone.fingerprint != checkpoint["backbone_fingerprint"]:
         raise UserError(
             f"{path} was trained on {name} with {checkpoint['weights_source']}; the backbone loaded "
@@ -754,15 +814,11 @@ def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None =
     head.load_state_dict(checkpoint["head"])
     prefix = None
     if checkpoint["regime"] in ("finetuned", "full"):
-        stage = copy.deepcopy(backbone.stage)
-        stage.load_state_dict(checkpoint["stage"])
+        stage = _own_copy(backbone.stage, checkpoint["stage"], not backbone.has_weights)
     else:
-        stage = backbone.stage
-    if checkpoint["regime"] == "full":
-        prefix = copy.deepcopy(backbone.prefix)
-        prefix.load_state_dict(checkpoint["prefix"])
-        prefix.eval()
-    stage.eval()
+        stage = backbone.stage.eval()
+    if full:
+        prefix = _own_copy(backbone.prefix, checkpoint["prefix"], not backbone.has_weights)
     clf = BackboneClassifier(backbone, checkpoint["regime"], stage, head.eval(), device=device,
                              prefix=prefix)
     clf.metadata = dict(checkpoint.get("metadata") or {})  # what `save` was given

@@ -159,7 +159,7 @@ def load_models(run_dir: Path, results: dict, config: dict, names: list[str] | N
         model = load_run_model(run_dir, results, name, seed,
                                weights=weights.get(backbone_name),
                                device=device, backbone=backbones.get(backbone_name))
-        if backbone_name:
+        if backbone_name and model.backbone.has_weights:  # a full model's holds none to share
             backbones[backbone_name] = model.backbone
         models[name] = model
     return models
