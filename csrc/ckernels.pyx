@@ -280,10 +280,11 @@ cdef int _conv_fwd(const floating *x, const floating *w, const floating *b, floa
 cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, floating *dx,
                    floating *dw, floating *db, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
                    Py_ssize_t W, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW) except -1:
-    """Fills dx, dw and db completely (they may arrive uninitialised).
+    """Fills dx, dw and db completely (they may arrive uninitialised); dx NULL: dw and db only.
 
     Whatever the threads, dx[n] is accumulated over f in order by one thread, and dw[f], db[f] over
-    n in order (starting from zero) by one thread, so the results are the same bit for bit.
+    n in order (starting from zero) by one thread, so the results are the same bit for bit (and
+    the same with or without dx).
     """
     cdef Py_ssize_t OH = H - KH + 1, OW = W - KW + 1, n, f
     cdef Py_ssize_t pad = (KH - 1) * W + KW - 1, zlen = pad + H * W
@@ -303,16 +304,18 @@ cdef int _conv_bwd(const floating *dy, const floating *x, const floating *w, flo
             for n in range(N):
                 for f in range(F):
                     _spread_rows(z + pad, dy + (n * F + f) * OH * OW, OH, OW, W)
-                    _conv_bwd_dx_plane(z, w, dx + n * C * H * W, f, C, H, W, KH, KW)
+                    if dx != NULL:
+                        _conv_bwd_dx_plane(z, w, dx + n * C * H * W, f, C, H, W, KH, KW)
                     _conv_bwd_dw_plane(z, x + n * C * H * W, dw + f * C * KH * KW, db + f,
                                        C, H, W, KH, KW)
         else:
             # dx over the batch, then dw/db over the filters: no two threads write one value.
-            for n in prange(N, num_threads=nt_n, use_threads_if=nt_n > 1, schedule="static"):
-                zt = z + threadid() * zlen
-                for f in range(F):
-                    _spread_rows(zt + pad, dy + (n * F + f) * OH * OW, OH, OW, W)
-                    _conv_bwd_dx_plane(zt, w, dx + n * C * H * W, f, C, H, W, KH, KW)
+            if dx != NULL:
+                for n in prange(N, num_threads=nt_n, use_threads_if=nt_n > 1, schedule="static"):
+                    zt = z + threadid() * zlen
+                    for f in range(F):
+                        _spread_rows(zt + pad, dy + (n * F + f) * OH * OW, OH, OW, W)
+                        _conv_bwd_dx_plane(zt, w, dx + n * C * H * W, f, C, H, W, KH, KW)
             for f in prange(F, num_threads=nt_f, use_threads_if=nt_f > 1, schedule="static"):
                 zt = z + threadid() * zlen
                 for n in range(N):
@@ -505,10 +508,12 @@ def conv2d_forward(x, w, b, out=None):
     return y
 
 
-def conv2d_backward(dy, x, w, out=None):
+def conv2d_backward(dy, x, w, out=None, input_grad=True):
     """(dx, dw, db): gradients of conv2d_forward given dy of shape (N, F, H-KH+1, W-KW+1).
 
     out: an optional tuple of three buffers (dx, dw, db), written in place and returned.
+    input_grad=False: dx is not computed and is None (out[0] must then be None); dw and db are
+    the same bit for bit.
     """
     cdef int t = _float_type(x, 4)
     cdef Dims xs
@@ -534,13 +539,14 @@ def conv2d_backward(dy, x, w, out=None):
     cdef cnp.ndarray db
     cdef tuple args = (("dy", dy), ("x", x), ("w", w))
     if out is None:
-        dx = cnp.PyArray_EMPTY(4, xs, t, 0)
+        dx = cnp.PyArray_EMPTY(4, xs, t, 0) if input_grad else None
         dw = cnp.PyArray_EMPTY(4, ws, t, 0)
         db = cnp.PyArray_EMPTY(1, ws, t, 0)
     else:
-        if type(out) is not tuple or len(out) != 3:
-            out = _checks.check_out_tuple(out, 3)
-        dx = _output(out[0], 4, xs, t, x, "out[0] (dx)", args)
+        if (type(out) is not tuple or len(out) != 3 or out[1] is None or out[2] is None
+                or (out[0] is None) == bool(input_grad)):  # _output would allocate for a None
+            out = _checks.check_backward_out(out, dy, x, w, input_grad)
+        dx = _output(out[0], 4, xs, t, x, "out[0] (dx)", args) if input_grad else None
         dw = _output(out[1], 4, ws, t, x, "out[1] (dw)", args + (("out[0] (dx)", dx),))
         db = _output(out[2], 1, ws, t, x, "out[2] (db)",
                      (("dy", dy), ("x", x), ("out[0] (dx)", dx), ("out[1] (dw)", dw)))
@@ -548,12 +554,12 @@ def conv2d_backward(dy, x, w, out=None):
             _checks.check_out("out[2] (db)", db, (ws[0],), x, args)
     if t == cnp.NPY_FLOAT:
         _conv_bwd(<float *> _data(da), <float *> _data(xa), <float *> _data(wa),
-                  <float *> _data(dx), <float *> _data(dw), <float *> _data(db),
-                  xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
+                  <float *> _data(dx) if dx is not None else NULL, <float *> _data(dw),
+                  <float *> _data(db), xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
     else:
         _conv_bwd(<double *> _data(da), <double *> _data(xa), <double *> _data(wa),
-                  <double *> _data(dx), <double *> _data(dw), <double *> _data(db),
-                  xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
+                  <double *> _data(dx) if dx is not None else NULL, <double *> _data(dw),
+                  <double *> _data(db), xs[0], xs[1], xs[2], xs[3], ws[0], ws[2], ws[3])
     return dx, dw, db
 
 

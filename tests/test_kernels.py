@@ -724,6 +724,32 @@ def test_out_buffers_give_the_fresh_results_and_are_returned(backend, dtype, xs,
     np.testing.assert_array_equal(y_buf, k.conv2d_forward(x, -w, b))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws", [((64, 1, 32, 32), (16, 1, 3, 3)), ((3, 2, 9, 8), (4, 2, 3, 3)),
+                                   ((1, 1, 5, 5), (1, 1, 1, 1)), ((0, 2, 5, 5), (3, 2, 3, 3))])
+def test_without_input_grad_dw_and_db_are_the_same_bits_and_dx_is_none(backend, dtype, xs, ws):
+    """An input layer's step (the scratch CNN's) skips dx; dw and db do not change by a bit."""
+    k = get_backend(backend)
+    rng = np.random.default_rng(sum(xs) + 7)
+    x, w = rand(rng, xs, dtype), rand(rng, ws, dtype)
+    dy = rand(rng, (xs[0], ws[0], xs[2] - ws[2] + 1, xs[3] - ws[3] + 1), dtype)
+    _, dw, db = k.conv2d_backward(dy, x, w)
+    dx_none, dw_only, db_only = k.conv2d_backward(dy, x, w, input_grad=False)
+    assert dx_none is None
+    np.testing.assert_array_equal(dw_only, dw)
+    np.testing.assert_array_equal(db_only, db)
+    bufs = nan_buffers(dw, db)
+    got = k.conv2d_backward(dy, x, w, out=(None, *bufs), input_grad=False)
+    assert got[0] is None and got[1] is bufs[0] and got[2] is bufs[1]
+    np.testing.assert_array_equal(bufs[0], dw)
+    np.testing.assert_array_equal(bufs[1], db)
+    with pytest.raises(ValueError, match=r"out\[0\] \(dx\) must be None with input_grad=False"):
+        k.conv2d_backward(dy, x, w, out=(np.empty_like(x), *bufs), input_grad=False)
+    with pytest.raises(ValueError, match=r"out\[0\] \(dx\) must be a numpy array"):
+        k.conv2d_backward(dy, x, w, out=(None, *bufs))  # with input_grad, dx needs its buffer
+
+
 @needs_cython
 def test_the_cython_out_check_accepts_what_the_python_rules_accept():
     """Views that are valid buffers (a contiguous slab of a bigger block next to an input in the same

@@ -5,6 +5,7 @@
 
     conv2d_forward(x, w, b) -> y                  # x (N,C,H,W), w (F,C,KH,KW), b (F,)
     conv2d_backward(dy, x, w) -> (dx, dw, db)     # y, dy: (N, F, H-KH+1, W-KW+1)
+    conv2d_backward(dy, x, w, input_grad=False) -> (None, dw, db)   # an input layer's step
     maxpool2d_forward(x, size=2) -> y             # y: (N, C, H//size, W//size)
     maxpool2d_backward(dy, x, size=2) -> dx
 

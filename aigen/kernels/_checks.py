@@ -139,3 +139,18 @@ def check_out_tuple(out, count: int) -> tuple:
         raise ValueError(f"out must be a tuple of {count} arrays, got {type(out).__name__}"
                          + (f" of length {len(out)}" if isinstance(out, (tuple, list)) else ""))
     return tuple(out)
+
+
+def check_backward_out(out, dy, x, w, input_grad: bool = True) -> tuple:
+    """conv2d_backward's validated (dx, dw, db) buffers: right shapes, and no overlap with an
+    argument or each other; with input_grad=False no dx is computed, and out[0] must be None."""
+    out = check_out_tuple(out, 3)
+    if not input_grad and out[0] is not None:
+        raise ValueError("out[0] (dx) must be None with input_grad=False: no dx is computed")
+    args = (("dy", dy), ("x", x), ("w", w))
+    shapes = (x.shape, w.shape, (w.shape[0],))
+    names = ("out[0] (dx)", "out[1] (dw)", "out[2] (db)")
+    for i, (name, buf, shape) in enumerate(zip(names, out, shapes)):
+        if i > 0 or input_grad:
+            check_out(name, buf, shape, x, args + tuple(zip(names[:i], out[:i])))
+    return out

@@ -8,12 +8,12 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from aigen.kernels._checks import (
+    check_backward_out,
     check_conv2d_backward,
     check_conv2d_forward,
     check_maxpool2d_backward,
     check_maxpool2d_forward,
     check_out,
-    check_out_tuple,
     conv2d_output_shape,
     maxpool2d_output_shape,
 )
@@ -43,38 +43,31 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, out=None) -> np.
     return _written(np.ascontiguousarray(y + b[None, :, None, None]), out)
 
 
-def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, out=None):
+def conv2d_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, out=None, input_grad=True):
     """(dx, dw, db): gradients of conv2d_forward's output y with respect to x, w and b, given dy.
 
-    out: an optional tuple of three buffers (dx, dw, db), returned filled.
+    out: an optional tuple of three buffers (dx, dw, db), returned filled.  input_grad=False: dx
+    is not computed and is None (out[0] must then be None), as for a network's input layer.
     """
     check_conv2d_backward(dy, x, w)
     if out is not None:
-        out = _backward_out(out, dy, x, w)
+        out = check_backward_out(out, dy, x, w, input_grad)
     kh, kw = w.shape[2:]
     oh, ow = dy.shape[2:]
     windows = sliding_window_view(x, (kh, kw), axis=(2, 3))
     dw = np.einsum("nfhv,nchvij->fcij", dy, windows, optimize=True)
     db = dy.sum(axis=(0, 2, 3))
-    # Each kernel tap (i, j) moved x[:, :, i:i+OH, j:j+OW] into y; send dy back the same way.
-    dx = np.zeros_like(x, order="C")
-    for i in range(kh):
-        for j in range(kw):
-            dx[:, :, i : i + oh, j : j + ow] += np.einsum("nfhv,fc->nchv", dy, w[:, :, i, j])
+    dx = None
+    if input_grad:
+        # Each kernel tap (i, j) moved x[:, :, i:i+OH, j:j+OW] into y; send dy back the same way.
+        dx = np.zeros_like(x, order="C")
+        for i in range(kh):
+            for j in range(kw):
+                dx[:, :, i : i + oh, j : j + ow] += np.einsum("nfhv,fc->nchv", dy, w[:, :, i, j])
     if out is None:
         return dx, np.ascontiguousarray(dw), np.ascontiguousarray(db)
-    return tuple(_written(value, buf) for value, buf in zip((dx, dw, db), out))
-
-
-def _backward_out(out, dy, x, w) -> tuple:
-    """The validated (dx, dw, db) buffers: right shapes, and no overlap with an argument or each other."""
-    out = check_out_tuple(out, 3)
-    args = (("dy", dy), ("x", x), ("w", w))
-    shapes = (x.shape, w.shape, (w.shape[0],))
-    names = ("out[0] (dx)", "out[1] (dw)", "out[2] (db)")
-    for i, (name, buf, shape) in enumerate(zip(names, out, shapes)):
-        check_out(name, buf, shape, x, args + tuple(zip(names[:i], out[:i])))
-    return out
+    return tuple(None if buf is None else _written(value, buf)
+                 for value, buf in zip((dx, dw, db), out))
 
 
 def _windows(x: np.ndarray, size: int) -> np.ndarray:

@@ -179,7 +179,7 @@ class ScratchCNN:
         if backward and "dz1" not in ws:
             ws.update(dz1=np.empty((n, f, CONV_OUT, CONV_OUT), dt),
                       dpooled=np.empty((n, f * POOL_OUT * POOL_OUT), dt),
-                      mask=np.empty((n, f, POOL_OUT, POOL_OUT), bool), dx=np.empty((n, *INPUT_SHAPE), dt),
+                      mask=np.empty((n, f, POOL_OUT, POOL_OUT), bool),
                       dw=np.empty(self.conv_w.shape, dt), db=np.empty(self.conv_b.shape, dt))
         return ws
 
@@ -232,8 +232,9 @@ class ScratchCNN:
         # whenever m1 > 0, and the gradient is zero otherwise, so this is the exact gradient of
         # conv -> ReLU -> pool (PyTorch's, ties included).
         dz1 = k.maxpool2d_backward(dm1, z1, POOL_SIZE, None if ws is None else ws["dz1"])
-        outs = None if ws is None else (ws["dx"], ws["dw"], ws["db"])
-        _, g_conv_w, g_conv_b = k.conv2d_backward(dz1, x, self.conv_w, outs)
+        outs = None if ws is None else (None, ws["dw"], ws["db"])
+        # The input layer: the images need no gradient, so none is computed.
+        _, g_conv_w, g_conv_b = k.conv2d_backward(dz1, x, self.conv_w, outs, input_grad=False)
         grads = {"conv_w": g_conv_w, "conv_b": g_conv_b, "fc_w": g_fc_w, "fc_b": g_fc_b}
         return loss, grads, logits
 
