@@ -476,6 +476,7 @@ def _fit(modules, forward, A_tr, y_tr, A_val, y_val, *, epochs, lr, batch_size, 
 def _prepare(backbone, A_tr, y_tr, A_val, y_val, epochs, batch_size, checkpoint, device, amp):
     from aigen.models.backbones import _as_device, _as_tensor
 
+    backbone.check_has_weights()
     y_tr = _check_xy(A_tr, y_tr, "training set")
     y_val = _check_xy(A_val, y_val, "validation set")
     _check_common(epochs, batch_size, checkpoint, len(y_tr))
@@ -714,6 +715,7 @@ def train_full(backbone, X_tr, y_tr, X_val, y_val, *, epochs: int = FULL_DEFAULT
     if checkpoint != "best":
         raise ValueError("the full regime keeps its best epoch (early stopping): checkpoint "
                          f"must be 'best', got {checkpoint!r}")
+    backbone.check_has_weights()
     y_tr = _check_xy(X_tr, y_tr, "training set")
     y_val = _check_xy(X_val, y_val, "validation set")
     _check_common(epochs, batch_size, "best", len(y_tr))

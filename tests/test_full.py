@@ -253,6 +253,10 @@ def test_a_full_model_loads_and_scores_without_the_pretrained_weights(lite0, ima
     # The structure computes nothing, and no other model can use it as its backbone.
     with pytest.raises(ValueError, match="holds no weights"):
         shell.prefix_activations(X)
+    with pytest.raises(ValueError, match="holds no weights"):
+        train_full(shell, *images, epochs=1, progress=False)
+    with pytest.raises(ValueError, match="holds no weights"):
+        train_finetuned(shell, X, images[3], X, images[3], epochs=1, progress=False)
     with pytest.raises(ValueError, match="needs a backbone with weights"):
         load_classifier(tmp_path / "frozen.pt", backbone=shell)
     with pytest.raises(BackboneUnavailable):  # a frozen model does need the weights file
@@ -263,6 +267,15 @@ def test_a_full_model_loads_and_scores_without_the_pretrained_weights(lite0, ima
     torch.save(checkpoint, tmp_path / "damaged.pt")
     with pytest.raises(UserError, match="damaged checkpoint"):
         load_classifier(tmp_path / "damaged.pt")
+    checkpoint = torch.load(tmp_path / "full.pt", weights_only=True)
+    checkpoint["head"]["weight"] = checkpoint["head"]["weight"][:1]
+    torch.save(checkpoint, tmp_path / "bad-head.pt")
+    with pytest.raises(UserError, match="damaged checkpoint"):
+        load_classifier(tmp_path / "bad-head.pt")
+    del checkpoint["backbone_fingerprint"]
+    torch.save(checkpoint, tmp_path / "no-fingerprint.pt")
+    with pytest.raises(UserError, match="damaged checkpoint .no backbone_fingerprint"):
+        load_classifier(tmp_path / "no-fingerprint.pt")
 
 
 def _batchnorms(module):
@@ -395,7 +408,7 @@ def full_study(tmp_path_factory, make_study_images):
     base = tmp_path_factory.mktemp("full-study")
     data = make_study_images(base / "data", n_per_class=12)
     out = base / "out"
-    stdout = run_tiny_study(data, out, base / "cache", "--models", "full", "--backbones",
+    stdout = run_tiny_study(data, out, base / "cache", "--models", "frozen", "full", "--backbones",
                             "efficientnet_lite0", "--full-epochs", "2", "--spectrum-images", "0",
                             "--sweep", "jpeg")
     return {"data": data, "out": out, "stdout": stdout, "base": base,
@@ -405,7 +418,7 @@ def full_study(tmp_path_factory, make_study_images):
 
 def test_study_reports_the_full_model_like_the_others(full_study):
     results, out = full_study["results"], full_study["out"]
-    assert list(results["models"]) == ["efficientnet_lite0_full"]
+    assert list(results["models"]) == ["efficientnet_lite0_frozen", "efficientnet_lite0_full"]
     m = results["models"]["efficientnet_lite0_full"]
     assert m["regime"] == "full" and m["backbone"] == "efficientnet_lite0"
     assert m["trainable_params"] == m["n_params"] > 3_000_000  # every parameter trains
@@ -433,29 +446,38 @@ def test_study_reports_the_full_model_like_the_others(full_study):
     assert (out / "checkpoints" / "efficientnet_lite0_full_seed0.pt").is_file()
 
 
+def _predict_rows(out, files, *models):
+    code, stdout, stderr = run_cli(["predict", "--run", str(out), "--no-progress",
+                                    *(f"--model={m}" for m in models), *map(str, files)])
+    assert code == 0, stderr
+    return list(csv.reader(io.StringIO(stdout)))[1:]
+
+
 def test_predict_reproduces_the_study_predictions_of_the_full_model(full_study, monkeypatch):
-    # without the pretrained weights: the checkpoint holds all of a full model's
-    _no_weights_anywhere(monkeypatch)
     data, out = full_study["data"], full_study["out"]
     study = {(r["path"], r["model"]): float(r["prob_ai"])
              for r in read_csv(out / "predictions.csv")}
     files = sorted(data.rglob("*_0[0-3].*"))
-    code, stdout, stderr = run_cli(["predict", "--run", str(out), "--no-progress",
-                                    *map(str, files)])
-    assert code == 0, stderr
-    rows = list(csv.reader(io.StringIO(stdout)))[1:]
-    assert len(rows) == len(files) == 8
+    full, frozen = "efficientnet_lite0_full", "efficientnet_lite0_frozen"
+    # The full model first: its backbone has no weights to share, so the frozen model, loaded
+    # next, must load the pretrained backbone itself.
+    rows = _predict_rows(out, files, full, frozen)
+    assert len(rows) == 2 * len(files) == 16
     for path, model, seed, prob, label in rows:
         rel = Path(path).relative_to(data).as_posix()
-        assert model == "efficientnet_lite0_full"
         assert float(prob) == pytest.approx(study[(rel, model)], abs=1e-5)
+    assert {row[1] for row in rows} == {full, frozen}
+    # Without the pretrained weights: the checkpoint holds all of a full model's.
+    _no_weights_anywhere(monkeypatch)
+    assert _predict_rows(out, files, full) == [row for row in rows if row[1] == full]
 
 
-def test_evaluate_scores_the_full_model(full_study, tmp_path, make_study_images):
+def test_evaluate_scores_the_full_model(full_study, tmp_path, make_study_images, monkeypatch):
     other = make_study_images(tmp_path / "other", n_per_class=4, seed=9)
+    _no_weights_anywhere(monkeypatch)  # not needed for a full model
     code, stdout, stderr = run_cli(["evaluate", "--run", str(full_study["out"]), "--data",
                                     str(other), "--out", str(tmp_path / "eval"), "--workers",
-                                    "1", "--no-progress"])
+                                    "1", "--no-progress", "--models", "efficientnet_lite0_full"])
     assert code == 0, stderr
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["models"]["efficientnet_lite0_full"]["accuracy"]["mean"] is not None

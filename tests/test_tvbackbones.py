@@ -80,6 +80,24 @@ def test_prefix_then_stage_is_the_whole_network(arch, prefix_channels, n_feature
     assert arch in backbone.architecture
 
 
+@pytest.mark.parametrize("arch", [arch for arch, _, _ in FAMILIES])
+def test_a_full_model_of_every_family_loads_without_a_weights_file(arch, tmp_path):
+    """A full checkpoint holds all of its weights: it is rebuilt on the architecture alone (on the
+    meta device; RegNet, which computes while it builds, on the CPU) and scores the same."""
+    import copy
+
+    from aigen.models.backbones import BackboneClassifier, load_classifier, new_head
+
+    backbone = load_backbone(f"torchvision:{arch}", init="random")
+    clf = BackboneClassifier(backbone, "full", copy.deepcopy(backbone.stage),
+                             new_head(backbone.n_features, 3), prefix=copy.deepcopy(backbone.prefix))
+    clf.save(tmp_path / "full.pt")
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    loaded = load_classifier(tmp_path / "full.pt")  # no weights file exists for it anywhere
+    assert not loaded.backbone.has_weights and loaded.backbone.n_features == backbone.n_features
+    np.testing.assert_array_equal(loaded.predict_proba(x), clf.predict_proba(x))
+
+
 def test_stage_and_trained_parameters_per_regime():
     """Frozen: the new head only; fine-tuned: the last stage + head (counted as the study does)."""
     from aigen.study.stages.train import parameter_counts as _parameter_counts

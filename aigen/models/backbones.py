@@ -363,12 +363,26 @@ def check_weights(name: str, weights: str | os.PathLike) -> None:
     path, _, _ = resolve_weights(name, weights)
     if is_torchvision(name):
         state = _read_state(name, path)
-        with torch.device("meta"):
-            network = _build_network(name)
+        network = _structure(name)
         problem = _state_mismatch(network, state)
         if problem is not None:
             raise BackboneUnavailable(
                 f"{name}: weights file {path} does not fit the architecture: {problem}")
+
+
+def _structure(name: str):
+    """The architecture's modules, without meaningful weights: built on the meta device (no
+    memory, no initialisation) where it can be; on the CPU otherwise (torchvision's RegNet
+    computes with tensors while it builds), from a fixed seed that touches no other generator."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return _build_network(name)
+    except (NotImplementedError, RuntimeError):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            return _build_network(name)
 
 
 def imagenet_model(name: str, weights: str | os.PathLike | None = None):
@@ -478,7 +492,8 @@ class Backbone:
         self._fingerprint: str | None = None
         self.has_weights = True
 
-    def _check_has_weights(self) -> None:
+    def check_has_weights(self) -> None:
+        """ValueError for the weightless structure a full model keeps (`architecture_only`)."""
         if not self.has_weights:
             raise ValueError(f"the {self.name} backbone of a full model holds no weights (the "
                              "model runs its own prefix and stage): load the backbone itself")
@@ -501,7 +516,7 @@ class Backbone:
         """
         import torch
 
-        self._check_has_weights()
+        self.check_has_weights()
         X = _as_tensor(X)
         device = _as_device(device)
         if X.ndim != 4 or X.shape[1] != 3:
@@ -526,7 +541,7 @@ class Backbone:
         import torch
 
         if stage is None:
-            self._check_has_weights()
+            self.check_has_weights()
             stage = self.stage
         device = _as_device(device)
         was_training = stage.training
@@ -573,14 +588,10 @@ def architecture_only(name: str, *, weights_source: str, pretrained: bool, init:
                       weights_sha256: str | None, fingerprint: str) -> Backbone:
     """The backbone `name` as a structure only, with the identity of the weights a model was
     trained from: what a full model keeps, since it holds all of its weights itself, so that
-    scoring it needs no pretrained weights file. The modules are built on the meta device (no
-    memory, no initialisation); `has_weights` is False."""
-    import torch
-
+    scoring it needs no pretrained weights file. The modules come from `_structure`; their
+    weights mean nothing, and `has_weights` is False."""
     check_name(name)
-    with torch.device("meta"):
-        network = _build_network(name)
-    prefix, stage, n_features = _split(name, network)
+    prefix, stage, n_features = _split(name, _structure(name))
     backbone = Backbone(name, prefix, stage, n_features, weights_source=weights_source,
                         pretrained=pretrained, init=init, weights_sha256=weights_sha256)
     backbone._fingerprint = fingerprint
@@ -588,20 +599,21 @@ def architecture_only(name: str, *, weights_source: str, pretrained: bool, init:
     return backbone
 
 
-def _own_copy(module, state: dict, on_meta: bool):
-    """A copy of `module` holding `state` (a checkpoint's trained prefix or stage), in eval mode."""
+def _own_copy(module, state: dict, structure_only: bool):
+    """A copy of `module` holding `state` (a checkpoint's trained prefix, stage or head), in eval
+    mode."""
     import torch
 
     module = copy.deepcopy(module)
     try:
-        # On the meta device there is nothing to copy into: the checkpoint's tensors become the
-        # module's own (requires_grad stays the module's: False).
-        module.load_state_dict(state, assign=on_meta)
+        # A structure's tensors (on the meta device, or placeholders) are not copied into but
+        # replaced by the checkpoint's (requires_grad stays the module's).
+        module.load_state_dict(state, assign=structure_only)
     except (RuntimeError, TypeError, AttributeError) as exc:
         problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"a damaged checkpoint: its weights do not fit the model ({problem})"
                         ) from exc
-    if on_meta and any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+    if structure_only and any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
         raise UserError("a damaged checkpoint: it lacks some of the weights of its full model")
     return module.to(memory_format=torch.channels_last).eval()
 
@@ -779,6 +791,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             (checkpoint.get("regime") == "full") != (checkpoint.get("prefix") is not None)):
         raise UserError(f"{path}: a damaged checkpoint (regime {checkpoint.get('regime')!r} "
                         "without the weights it needs)")
+    missing = [key for key in ("backbone", "init", "backbone_fingerprint", "head", "stage")
+               if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path}: a damaged checkpoint (no {', '.join(missing)})")
     return checkpoint
 
 
@@ -794,10 +810,10 @@ def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None =
     name = checkpoint["backbone"]
     full = checkpoint["regime"] == "full"
     if backbone is None:
-        backbone = (architecture_only(name, weights_source=checkpoint["weights_source"],
-                                      pretrained=checkpoint["pretrained"],
+        backbone = (architecture_only(name, weights_source=checkpoint.get("weights_source"),
+                                      pretrained=checkpoint.get("pretrained"),
                                       init=checkpoint["init"],
-                                      weights_sha256=checkpoint["weights_sha256"],
+                                      weights_sha256=checkpoint.get("weights_sha256"),
                                       fingerprint=checkpoint["backbone_fingerprint"])
                     if full else load_backbone(name, weights=weights, init=checkpoint["init"]))
     elif backbone.name != name:
@@ -810,8 +826,7 @@ def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None =
             f"{path} was trained on {name} with {checkpoint['weights_source']}; the backbone loaded "
             f"now ({backbone.weights_source}) has different weights"
         )
-    head = new_head(backbone.n_features, 0)
-    head.load_state_dict(checkpoint["head"])
+    head = _own_copy(new_head(backbone.n_features, 0), checkpoint["head"], False)
     prefix = None
     if checkpoint["regime"] in ("finetuned", "full"):
         stage = _own_copy(backbone.stage, checkpoint["stage"], not backbone.has_weights)
@@ -819,7 +834,7 @@ def load_classifier(path: str | os.PathLike, weights: str | os.PathLike | None =
         stage = backbone.stage.eval()
     if full:
         prefix = _own_copy(backbone.prefix, checkpoint["prefix"], not backbone.has_weights)
-    clf = BackboneClassifier(backbone, checkpoint["regime"], stage, head.eval(), device=device,
+    clf = BackboneClassifier(backbone, checkpoint["regime"], stage, head, device=device,
                              prefix=prefix)
     clf.metadata = dict(checkpoint.get("metadata") or {})  # what `save` was given
     return clf
