@@ -356,10 +356,8 @@ def _state_mismatch(network, state: dict) -> str | None:
 def check_weights(name: str, weights: str | os.PathLike) -> None:
     """An explicit weights file for backbone `name`, checked before a study starts: it exists,
     its sha256 fits, and (for torchvision:NAME, whose files carry no required hash) its
-    state_dict fits the architecture, built on the meta device (no memory, no initialisation).
+    state_dict fits the architecture (`_structure`: built without weights where it can be).
     Raises BackboneUnavailable."""
-    import torch
-
     path, _, _ = resolve_weights(name, weights)
     if is_torchvision(name):
         state = _read_state(name, path)
