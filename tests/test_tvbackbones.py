@@ -96,6 +96,9 @@ def test_a_full_model_of_every_family_loads_without_a_weights_file(arch, tmp_pat
     loaded = load_classifier(tmp_path / "full.pt")  # no weights file exists for it anywhere
     assert not loaded.backbone.has_weights and loaded.backbone.n_features == backbone.n_features
     np.testing.assert_array_equal(loaded.predict_proba(x), clf.predict_proba(x))
+    # A weights file is checked against the same structure before a study starts.
+    _state_file(tmp_path / "weights.pth", arch)
+    check_weights(f"torchvision:{arch}", tmp_path / "weights.pth")
 
 
 def test_stage_and_trained_parameters_per_regime():
