@@ -26,6 +26,7 @@ getrusage: a count, independent of machine load) are reported beside the times.
     python scripts/bench_kernels.py --quick                 # a rough table in well under a minute
     python scripts/bench_kernels.py --json results.json     # also write every figure as JSON
     python scripts/bench_kernels.py --allocator cold --ops step step_out   # the cold case only
+    python scripts/bench_kernels.py --runs 3                # medians over 3 runs (a noisy host)
 """
 
 from __future__ import annotations
@@ -349,17 +350,46 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
-def fmt_ratio(num: float | None, den: float | None) -> str:
-    if num is None or den is None:
+def fmt_ratio(ratios: list[float]) -> str:
+    """The median of per-run ratios, with their range when there are several runs."""
+    if not ratios:
         return "-"
-    return f"{num / den:.1f}x" if num / den >= 10 else f"{num / den:.2f}x"
+    mid = statistics.median(ratios)
+    text = f"{mid:.1f}x" if mid >= 10 else f"{mid:.2f}x"
+    if len(ratios) > 1:
+        text += f" ({min(ratios):.1f}-{max(ratios):.1f})"
+    return text
+
+
+def per_run(results: list[dict], threads: int, allocator: str = "warm") -> dict:
+    """{(lib, batch, filters, op): {run: median seconds per call}} for one thread count and
+    allocator state."""
+    out: dict = {}
+    for r in results:
+        if r["threads"] == threads and r.get("allocator", "warm") == allocator:
+            out.setdefault((r["lib"], r["batch"], r["filters"], r["op"]), {})[r.get("run", 0)] = (
+                r["median_s"])
+    return out
+
+
+def median_time(times: dict | None) -> float | None:
+    """The median over runs of a case's per-run median time (None when it was not timed)."""
+    return statistics.median(times.values()) if times else None
+
+
+def run_ratios(num: dict | None, den: dict | None) -> list[float]:
+    """num / den within each run both were timed in: host speed that drifts between runs then
+    cancels out of each ratio."""
+    if not num or not den:
+        return []
+    return [num[run] / den[run] for run in sorted(num) if run in den]
 
 
 def table(results: list[dict], threads: int, libs, allocator: str = "warm") -> str:
-    med = {(r["lib"], r["batch"], r["filters"], r["op"]): r["median_s"]
-           for r in results if r["threads"] == threads and r.get("allocator", "warm") == allocator}
+    """Median over runs of each time, and of each run's ratio."""
+    times = per_run(results, threads, allocator)
     cases = sorted({(r["batch"], r["filters"]) for r in results}, key=lambda c: (-c[0], c[1]))
-    ops = [op for op in OPS if any(key[3] == op for key in med)]
+    ops = [op for op in OPS if any(key[3] == op for key in times)]
     head = ["case", "op", *libs]
     if "cython" in libs and "numpy" in libs:
         head.append("cython vs numpy")
@@ -368,12 +398,12 @@ def table(results: list[dict], threads: int, libs, allocator: str = "warm") -> s
     rows = []
     for batch, filters in cases:
         for op in ops:
-            times = {lib: med.get((lib, batch, filters, op)) for lib in libs}
-            row = [f"N={batch} F={filters}", OP_TITLES[op], *(fmt_time(times[lib]) for lib in libs)]
-            if "cython vs numpy" in head:
-                row.append(fmt_ratio(times["numpy"], times["cython"]))
-            if "cython vs torch" in head:
-                row.append(fmt_ratio(times["torch"], times["cython"]))
+            case = {lib: times.get((lib, batch, filters, op)) for lib in libs}
+            row = [f"N={batch} F={filters}", OP_TITLES[op],
+                   *(fmt_time(median_time(case[lib])) for lib in libs)]
+            for other in ("numpy", "torch"):
+                if f"cython vs {other}" in head:
+                    row.append(fmt_ratio(run_ratios(case[other], case["cython"])))
             rows.append(row)
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(h.ljust(wd) if i < 2 else h.rjust(wd) for i, (h, wd) in enumerate(zip(head, widths)))]
@@ -385,35 +415,37 @@ def table(results: list[dict], threads: int, libs, allocator: str = "warm") -> s
 
 
 def fault_lines(results: list[dict]) -> list[str]:
-    """Minor page faults per layer step at 1 thread, by allocator state (counts: load-independent)."""
-    lines = []
-    for r in sorted(results, key=lambda r: (r.get("allocator", "warm"), -r["batch"], r["filters"],
-                                            r["op"], r["lib"])):
+    """Minor page faults per layer step at 1 thread, by allocator state (counts: load-independent;
+    the median over runs)."""
+    faults: dict = {}
+    for r in results:
         if r["threads"] == 1 and r["op"] in COLD_OPS and r["batch"] > 1:
-            lines.append(f"  {r.get('allocator', 'warm'):4}  N={r['batch']} F={r['filters']}  "
-                         f"{OP_TITLES[r['op']]:11} {r['lib']:6} {r['minor_faults_per_call']:8.1f}")
-    return lines
+            key = (r.get("allocator", "warm"), -r["batch"], r["filters"], r["op"], r["lib"])
+            faults.setdefault(key, []).append(r["minor_faults_per_call"])
+    return [f"  {allocator:4}  N={-neg_batch} F={filters}  {OP_TITLES[op]:11} {lib:6} "
+            f"{statistics.median(counts):8.1f}"
+            for (allocator, neg_batch, filters, op, lib), counts in sorted(faults.items())]
 
 
 def target_lines(results: list[dict]) -> tuple[list[str], bool]:
     """The Cython step (allocating, and with out= buffers) against the NumPy reference's and torch's
-    step in the same allocator state, at 1 thread."""
-    med = {(r.get("allocator", "warm"), r["lib"], r["batch"], r["filters"], r["op"]): r["median_s"]
-           for r in results if r["threads"] == 1}
+    step in the same allocator state, at 1 thread: the median over runs of each run's ratio."""
     lines, all_met = [], True
-    for allocator, batch, filters, op in sorted({(a, b, f, o) for (a, lib, b, f, o) in med
-                                                 if lib == "cython" and o in COLD_OPS},
-                                                key=lambda c: (c[0], -c[1], c[2], c[3])):
-        cy = med[(allocator, "cython", batch, filters, op)]
-        for lib, target in (("numpy", STEP_TARGET_VS_NUMPY), ("torch", STEP_TARGET_VS_TORCH)):
-            other = med.get((allocator, lib, batch, filters, "step"))
-            if other is None:
-                continue
-            ratio = other / cy
-            met = ratio >= target
-            all_met &= met
-            lines.append(f"  {allocator:4} N={batch} F={filters} {OP_TITLES[op]:11}: cython {ratio:.2f}x "
-                         f"{lib} step (target >= {target:g}x) {'met' if met else 'MISSED'}")
+    for allocator in ALLOCATORS:
+        times = per_run(results, 1, allocator)
+        for batch, filters, op in sorted({(b, f, o) for (lib, b, f, o) in times
+                                          if lib == "cython" and o in COLD_OPS},
+                                         key=lambda c: (-c[0], c[1], c[2])):
+            cy = times[("cython", batch, filters, op)]
+            for lib, target in (("numpy", STEP_TARGET_VS_NUMPY), ("torch", STEP_TARGET_VS_TORCH)):
+                ratios = run_ratios(times.get((lib, batch, filters, "step")), cy)
+                if not ratios:
+                    continue
+                met = statistics.median(ratios) >= target
+                all_met &= met
+                lines.append(f"  {allocator:4} N={batch} F={filters} {OP_TITLES[op]:11}: cython "
+                             f"{fmt_ratio(ratios)} {lib} step (target >= {target:g}x) "
+                             f"{'met' if met else 'MISSED'}")
     return lines, all_met
 
 
@@ -433,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="ops to time (default: all warm; the layer steps cold)")
     parser.add_argument("--allocator", nargs="+", choices=ALLOCATORS, default=list(ALLOCATORS),
                         help="allocator states to time (default: warm cold)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run every worker this many times, the libraries in turn within each "
+                             "run; report medians over runs, and ratios within runs (default 1)")
     parser.add_argument("--json", metavar="PATH", help="also write all figures as JSON ('-' = print it)")
     parser.add_argument("--worker", choices=LIBS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -447,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup = 0.02 if args.quick else 0.1
     if args.worker:
         return worker(args)
+    if args.runs < 1:
+        parser.error(f"--runs must be at least 1, got {args.runs}")
 
     machine = machine_info()
     thread_counts = sorted({all_cores() if t == "all" else int(t) for t in args.threads})
@@ -454,18 +491,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"versions: python {machine['python']}, numpy {machine['numpy']}, torch {machine['torch']}, "
           f"Cython {machine['cython']}")
     print(f"float32, x = (N, 1, {SIDE}, {SIDE}), {KERNEL}x{KERNEL} kernels, {POOL}x{POOL} pool; median of "
-          f"{args.repeats} repeats (each >= {args.min_time * 1e3:g} ms) after {args.warmup:g} s warm-up")
+          f"{args.repeats} repeats (each >= {args.min_time * 1e3:g} ms) after {args.warmup:g} s warm-up"
+          + (f"; {args.runs} runs: medians over runs, ratios within runs (range)"
+             if args.runs > 1 else ""))
     print("layer step = conv fwd + ReLU + pool fwd + pool bwd + ReLU mask + conv bwd (dw, db)")
 
     results, infos = [], []
-    for allocator in args.allocator:
-        for threads in thread_counts:
-            for lib in args.libs:
-                print(f"  timing {lib} at {threads} thread(s), {allocator} allocator ...",
-                      file=sys.stderr, flush=True)
-                out = run_worker(lib, threads, args, allocator)
-                infos.append(out["info"])
-                results.extend(out["results"])
+    for run in range(args.runs):
+        for allocator in args.allocator:
+            for threads in thread_counts:
+                for lib in args.libs:
+                    print(f"  timing {lib} at {threads} thread(s), {allocator} allocator"
+                          + (f", run {run + 1} of {args.runs}" if args.runs > 1 else "") + " ...",
+                          file=sys.stderr, flush=True)
+                    out = run_worker(lib, threads, args, allocator)
+                    if run == 0:
+                        infos.append(out["info"])
+                    results.extend({**r, "run": run} for r in out["results"])
     for info in infos:
         if info["lib"] == "cython":
             print(f"cython kernels: OpenMP {info['openmp']['openmp']}, SIMD {info['simd']['active']}")
@@ -487,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(lines))
 
     document = {"machine": machine, "workers": infos,
-                "settings": {"repeats": args.repeats, "min_time_s": args.min_time,
+                "settings": {"runs": args.runs, "repeats": args.repeats, "min_time_s": args.min_time,
                              "warmup_s": args.warmup, "dtype": "float32", "side": SIDE,
                              "kernel": KERNEL, "pool": POOL, "threads": thread_counts,
                              "allocators": args.allocator},
