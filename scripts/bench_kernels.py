@@ -350,14 +350,16 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
-def fmt_ratio(ratios: list[float]) -> str:
-    """The median of per-run ratios, with their range when there are several runs."""
+def fmt_ratio(ratios: list[float], digits: int | None = None) -> str:
+    """The median of per-run ratios (to `digits` decimals; default 1 from 10x up, else 2), with
+    their range, to the same precision, when there are several runs."""
     if not ratios:
         return "-"
     mid = statistics.median(ratios)
-    text = f"{mid:.1f}x" if mid >= 10 else f"{mid:.2f}x"
+    digits = (1 if mid >= 10 else 2) if digits is None else digits
+    text = f"{mid:.{digits}f}x"
     if len(ratios) > 1:
-        text += f" ({min(ratios):.1f}-{max(ratios):.1f})"
+        text += f" ({min(ratios):.{digits}f}-{max(ratios):.{digits}f})"
     return text
 
 
@@ -431,7 +433,7 @@ def target_lines(results: list[dict]) -> tuple[list[str], bool]:
     """The Cython step (allocating, and with out= buffers) against the NumPy reference's and torch's
     step in the same allocator state, at 1 thread: the median over runs of each run's ratio."""
     lines, all_met = [], True
-    for allocator in ALLOCATORS:
+    for allocator in sorted(ALLOCATORS):  # cold first, as in fault_lines
         times = per_run(results, 1, allocator)
         for batch, filters, op in sorted({(b, f, o) for (lib, b, f, o) in times
                                           if lib == "cython" and o in COLD_OPS},
@@ -443,8 +445,9 @@ def target_lines(results: list[dict]) -> tuple[list[str], bool]:
                     continue
                 met = statistics.median(ratios) >= target
                 all_met &= met
+                # Two decimals: a median of 19.96x must not print as 20.0x beside MISSED.
                 lines.append(f"  {allocator:4} N={batch} F={filters} {OP_TITLES[op]:11}: cython "
-                             f"{fmt_ratio(ratios)} {lib} step (target >= {target:g}x) "
+                             f"{fmt_ratio(ratios, 2)} {lib} step (target >= {target:g}x) "
                              f"{'met' if met else 'MISSED'}")
     return lines, all_met
 
