@@ -310,12 +310,7 @@ def _load_network(name: str, weights=None, init: str = "pretrained"):
     path, digest, source = resolve_weights(name, weights)
     state = _read_state(name, path)
     network = _build_network(name)
-    problem = _state_mismatch(network, state)
-    if problem is None:
-        try:
-            network.load_state_dict(state, strict=True)
-        except (RuntimeError, TypeError, AttributeError) as exc:
-            problem = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else repr(exc)
+    problem = _load_state(network, state)
     if problem is not None:
         raise BackboneUnavailable(
             f"{name}: weights file {path} does not fit the architecture: {problem}")
@@ -336,6 +331,18 @@ def _read_state(name: str, path: Path) -> dict:
             f"{name}: weights file {path} holds a {type(state).__name__}, not a state_dict (save "
             "one with torch.save(model.state_dict(), PATH))")
     return state
+
+
+def _load_state(module, state: dict, assign: bool = False) -> str | None:
+    """Load `state` into `module` (strict; `assign`: the state's tensors replace the module's);
+    None when it fits, else what keeps it from fitting, in one line."""
+    problem = _state_mismatch(module, state)
+    if problem is None:
+        try:
+            module.load_state_dict(state, strict=True, assign=assign)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            problem = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else repr(exc)
+    return problem
 
 
 def _state_mismatch(network, state: dict) -> str | None:
@@ -603,14 +610,11 @@ def _own_copy(module, state: dict, structure_only: bool):
     import torch
 
     module = copy.deepcopy(module)
-    try:
-        # A structure's tensors (on the meta device, or placeholders) are not copied into but
-        # replaced by the checkpoint's (requires_grad stays the module's).
-        module.load_state_dict(state, assign=structure_only)
-    except (RuntimeError, TypeError, AttributeError) as exc:
-        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"a damaged checkpoint: its weights do not fit the model ({problem})"
-                        ) from exc
+    # A structure's tensors (on the meta device, or placeholders) are not copied into but
+    # replaced by the checkpoint's (requires_grad stays the module's).
+    problem = _load_state(module, state, assign=structure_only)
+    if problem is not None:
+        raise UserError(f"a damaged checkpoint: its weights do not fit the model ({problem})")
     if structure_only and any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
         raise UserError("a damaged checkpoint: it lacks some of the weights of its full model")
     return module.to(memory_format=torch.channels_last).eval()
